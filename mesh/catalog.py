@@ -1,0 +1,47 @@
+"""The models the platform serves, shared by gateway, router and inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+AUTO_MODEL = "auto"
+
+
+class ModelSpec(BaseModel):
+    """One servable model. ``name`` is both the public model id and the Triton model name."""
+
+    name: str
+    # A Hugging Face directory with the tokenizer (and, for Triton, the weights).
+    hf_dir: Path
+    # Currency units per 1,000 tokens.
+    price_input_per_1k: float = Field(ge=0)
+    price_output_per_1k: float = Field(ge=0)
+    context_length: int = Field(default=256, gt=0)
+
+    def resolved_dir(self) -> Path:
+        return self.hf_dir if self.hf_dir.is_absolute() else REPO_ROOT / self.hf_dir
+
+
+def default_models() -> list[ModelSpec]:
+    return [
+        ModelSpec(
+            name="llmesh-small",
+            hf_dir=Path("models/artifacts/small"),
+            price_input_per_1k=0.0001,
+            price_output_per_1k=0.0002,
+        ),
+        ModelSpec(
+            name="llmesh-large",
+            hf_dir=Path("models/artifacts/large"),
+            price_input_per_1k=0.001,
+            price_output_per_1k=0.002,
+        ),
+    ]
+
+
+def find_model(models: list[ModelSpec], name: str) -> ModelSpec | None:
+    return next((model for model in models if model.name == name), None)

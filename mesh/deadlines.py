@@ -1,0 +1,124 @@
+"""Deadline propagation: an outbound call never outlives the inbound call that caused it.
+
+The server interceptor records the inbound deadline in a context variable; the client
+interceptor gives every outbound call the earliest of its own timeout, the inbound deadline
+and the default deadline, so every call has one.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Callable
+
+import grpc
+
+_inbound_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "llmesh_inbound_deadline", default=None
+)
+
+
+def remaining_s() -> float | None:
+    """Seconds left before the inbound deadline, or None outside a call with a deadline."""
+    deadline = _inbound_deadline.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler | None,
+    wrap: Callable[[Callable, bool, bool], Callable],
+) -> grpc.RpcMethodHandler | None:
+    """Return a copy of an aio method handler whose behaviour is ``wrap(behaviour, ...)``."""
+    if handler is None:
+        return None
+    if handler.unary_unary:
+        factory, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
+    elif handler.unary_stream:
+        factory, behavior = grpc.unary_stream_rpc_method_handler, handler.unary_stream
+    elif handler.stream_unary:
+        factory, behavior = grpc.stream_unary_rpc_method_handler, handler.stream_unary
+    else:
+        factory, behavior = grpc.stream_stream_rpc_method_handler, handler.stream_stream
+    return factory(
+        wrap(behavior, handler.request_streaming, handler.response_streaming),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _with_deadline(behavior, _request_streaming: bool, response_streaming: bool):
+    def enter(context) -> contextvars.Token:
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        return _inbound_deadline.set(deadline)
+
+    if response_streaming:
+
+        async def stream_behavior(request, context):
+            token = enter(context)
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            finally:
+                _inbound_deadline.reset(token)
+
+        return stream_behavior
+
+    async def unary_behavior(request, context):
+        token = enter(context)
+        try:
+            return await behavior(request, context)
+        finally:
+            _inbound_deadline.reset(token)
+
+    return unary_behavior
+
+
+class DeadlineServerInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, handler_call_details):
+        return wrap_handler(await continuation(handler_call_details), _with_deadline)
+
+
+class _DeadlineClientInterceptor:
+    def __init__(self, default_deadline_s: float) -> None:
+        self.default_deadline_s = default_deadline_s
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        candidates = [self.default_deadline_s if details.timeout is None else details.timeout]
+        inbound = remaining_s()
+        if inbound is not None:
+            candidates.append(max(inbound, 0.0))
+        return grpc.aio.ClientCallDetails(
+            details.method,
+            min(candidates),
+            details.metadata,
+            details.credentials,
+            details.wait_for_ready,
+        )
+
+
+class DeadlineUnaryUnary(_DeadlineClientInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, details, request):
+        return await continuation(self._details(details), request)
+
+
+class DeadlineUnaryStream(_DeadlineClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation, details, request):
+        return await continuation(self._details(details), request)
+
+
+class DeadlineStreamUnary(_DeadlineClientInterceptor, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation, details, request_iterator):
+        return await continuation(self._details(details), request_iterator)
+
+
+class DeadlineStreamStream(_DeadlineClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation, details, request_iterator):
+        return await continuation(self._details(details), request_iterator)
+
+
+def client_interceptors(default_deadline_s: float) -> list:
+    return [
+        cls(default_deadline_s)
+        for cls in (DeadlineUnaryUnary, DeadlineUnaryStream, DeadlineStreamUnary, DeadlineStreamStream)
+    ]

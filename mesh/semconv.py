@@ -1,0 +1,47 @@
+"""Span, metric and attribute names, in one place.
+
+Attribute names follow OpenTelemetry's GenAI semantic conventions where one exists; llmesh's
+own attributes live under ``llmesh.``.
+"""
+
+# GenAI semantic conventions.
+GEN_AI_SYSTEM = "gen_ai.system"
+GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+GEN_AI_REQUEST_TEMPERATURE = "gen_ai.request.temperature"
+GEN_AI_REQUEST_TOP_P = "gen_ai.request.top_p"
+GEN_AI_RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
+GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_SYSTEM_VALUE = "llmesh"
+
+# llmesh attributes.
+LLMESH_REQUEST_ID = "llmesh.request.id"
+LLMESH_TENANT_ID = "llmesh.tenant.id"
+LLMESH_ROUTE_POLICY = "llmesh.route.policy"
+LLMESH_ROUTE_REASON = "llmesh.route.reason"
+LLMESH_ROUTE_FALLBACKS = "llmesh.route.fallbacks"
+LLMESH_ROUTE_SIGNAL_PREFIX = "llmesh.route.signal."
+LLMESH_SAFETY_BLOCKED = "llmesh.safety.blocked"
+LLMESH_SAFETY_CATEGORY = "llmesh.safety.category"
+LLMESH_SAFETY_RULE = "llmesh.safety.rule"
+LLMESH_FAILOVER_FROM = "llmesh.inference.failover_from"
+LLMESH_EXPERIMENT_PREFIX = "llmesh.experiment."
+
+# Span names of work done inside a service (RPC spans are named by the gRPC instrumentation).
+SPAN_GATEWAY_CHAT = "gateway.chat"
+SPAN_TRITON_GENERATE = "triton.generate"
+SPAN_TRITON_SCORE = "triton.score"
+
+# Metric names (Prometheus).
+METRIC_RPC_SERVER_DURATION = "llmesh_rpc_server_duration_seconds"
+METRIC_RPC_SERVER_REQUESTS = "llmesh_rpc_server_requests_total"
+METRIC_GATEWAY_REQUESTS = "llmesh_gateway_requests_total"
+METRIC_GATEWAY_DURATION = "llmesh_gateway_request_duration_seconds"
+METRIC_GATEWAY_TTFT = "llmesh_gateway_time_to_first_token_seconds"
+METRIC_TOKENS = "llmesh_tokens_total"
+METRIC_ROUTE_DECISIONS = "llmesh_route_decisions_total"
+METRIC_SAFETY_BLOCKS = "llmesh_safety_blocks_total"
+METRIC_INFERENCE_FAILOVERS = "llmesh_inference_failovers_total"

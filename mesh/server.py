@@ -1,0 +1,122 @@
+"""The one way to build and run a gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from prometheus_client import start_http_server
+
+from mesh.deadlines import DeadlineServerInterceptor
+from mesh.metrics import MetricsServerInterceptor
+from mesh.settings import MeshSettings
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+def transport_options(settings: MeshSettings) -> list[tuple[str, int]]:
+    """Options shared by servers and channels so both ends agree on limits and keepalive."""
+    return [
+        ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
+        ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+        ("grpc.keepalive_time_ms", settings.grpc_keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", settings.grpc_keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Let clients ping as often as their keepalive asks for without being cut off.
+        ("grpc.http2.min_ping_interval_without_data_ms", settings.grpc_keepalive_time_ms // 2),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def create_server(addr: str, settings: MeshSettings) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server with tracing, deadline propagation and metrics, bound to ``addr``.
+
+    ``addr`` may use port 0; the bound port is returned.
+    """
+    server = grpc.aio.server(
+        interceptors=[aio_server_interceptor(), DeadlineServerInterceptor(), MetricsServerInterceptor()],
+        options=transport_options(settings),
+    )
+    port = server.add_insecure_port(addr)
+    if port == 0:
+        raise OSError(f"could not bind gRPC server to {addr}")
+    return server, port
+
+
+def listen_addr(settings: MeshSettings, own_addr: str) -> str:
+    return settings.listen_addr or own_addr
+
+
+class Health:
+    """The standard grpc.health.v1 service, with status set from real readiness checks."""
+
+    def __init__(self, server: grpc.aio.Server, service_names: Sequence[str]) -> None:
+        # The empty name is the whole server's health, as probes ask for it.
+        self.service_names = ["", *service_names]
+        self.servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
+        reflection.enable_server_reflection(
+            [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            server,
+        )
+        self.serving = False
+
+    async def set(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self.service_names:
+            await self.servicer.set(name, status)
+        if serving != self.serving:
+            log.info("health changed", extra={"serving": serving})
+        self.serving = serving
+
+    async def watch(self, check: ReadinessCheck, interval_s: float = 2.0) -> None:
+        """Re-check readiness for as long as the server runs; a failing check means NOT_SERVING."""
+        while True:
+            try:
+                ready = await check()
+            except Exception:  # noqa: BLE001 - any failure of a dependency means not ready
+                log.warning("readiness check failed", exc_info=True)
+                ready = False
+            await self.set(ready)
+            await asyncio.sleep(interval_s if ready else min(interval_s, 0.5))
+
+    async def shutdown(self) -> None:
+        await self.set(False)
+        await self.servicer.enter_graceful_shutdown()
+
+
+async def serve(
+    server: grpc.aio.Server,
+    health_: Health,
+    settings: MeshSettings,
+    *,
+    readiness: ReadinessCheck,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT: report NOT_SERVING, drain in-flight calls, then close clients."""
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.listen_addr.rpartition(":")[0] or "127.0.0.1")
+    await server.start()
+    watcher = asyncio.create_task(health_.watch(readiness))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("serving", extra={"service": settings.service_name})
+    await stop.wait()
+    log.info("shutting down", extra={"grace_s": settings.shutdown_grace_s})
+    watcher.cancel()
+    await health_.shutdown()
+    await server.stop(settings.shutdown_grace_s)
+    if on_stop is not None:
+        await on_stop()

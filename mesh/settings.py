@@ -1,0 +1,110 @@
+"""The one settings pattern: a pydantic-settings class per process, env prefix ``LLMESH_``.
+
+Every process derives its settings from :class:`MeshSettings`, so the addresses of every
+part of the stack are read from the same variables everywhere and one environment configures
+the whole mesh. A bad value fails at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mesh.catalog import REPO_ROOT, ModelSpec, default_models
+
+__all__ = ["REPO_ROOT", "MeshSettings", "load_settings"]
+
+ENV_PREFIX = "LLMESH_"
+
+
+def _check_host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+class MeshSettings(BaseSettings):
+    """Settings shared by every llmesh process."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    service_name: str = "llmesh"
+    log_level: str = "INFO"
+    # Where this process listens; empty means the process's own address below (k8s sets 0.0.0.0:PORT).
+    listen_addr: str = ""
+
+    # Addresses of every part of the mesh (defaults are the documented local ports).
+    gateway_http_addr: str = "127.0.0.1:8080"
+    gateway_grpc_addr: str = "127.0.0.1:50050"
+    preprocess_addr: str = "127.0.0.1:50051"
+    router_addr: str = "127.0.0.1:50052"
+    inference_addr: str = "127.0.0.1:50053"
+    postprocess_addr: str = "127.0.0.1:50054"
+    triton_grpc_addr: str = "127.0.0.1:8001"
+    triton_http_addr: str = "127.0.0.1:8000"
+    triton_metrics_addr: str = "127.0.0.1:8002"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # The models served (LLMESH_MODELS as JSON); every model shares the first one's tokenizer.
+    models: list[ModelSpec] = Field(default_factory=default_models, min_length=1)
+    # Triton model that returns per-token log-probabilities under the small model.
+    scoring_model: str = "llmesh-small-score"
+
+    # Prometheus /metrics port of a gRPC service process; 0 disables it.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+
+    # OTLP/HTTP base URL (e.g. http://127.0.0.1:4318); empty disables span export.
+    otlp_endpoint: str = ""
+
+    # gRPC transport.
+    grpc_max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    grpc_keepalive_time_ms: int = Field(default=30_000, gt=0)
+    grpc_keepalive_timeout_ms: int = Field(default=10_000, gt=0)
+    # Deadline for a call made without one and outside any inbound deadline.
+    default_deadline_s: float = Field(default=30.0, gt=0)
+    # How long SIGTERM waits for in-flight RPCs before cancelling them.
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    retry_max_attempts: int = Field(default=3, ge=1, le=5)
+
+    @field_validator(
+        "gateway_http_addr",
+        "gateway_grpc_addr",
+        "preprocess_addr",
+        "router_addr",
+        "inference_addr",
+        "postprocess_addr",
+        "triton_grpc_addr",
+        "triton_http_addr",
+        "triton_metrics_addr",
+    )
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        return _check_host_port(value)
+
+    @field_validator("listen_addr")
+    @classmethod
+    def _optional_host_port(cls, value: str) -> str:
+        return _check_host_port(value) if value else value
+
+
+    def default_model(self) -> ModelSpec:
+        return self.models[0]
+
+
+SettingsT = TypeVar("SettingsT", bound=MeshSettings)
+
+
+def load_settings(cls: type[SettingsT], **overrides) -> SettingsT:
+    """Build settings from the environment; exit with the failing variable named on error."""
+    try:
+        return cls(**overrides)
+    except ValidationError as error:
+        lines = [f"invalid llmesh configuration ({cls.__name__}):"]
+        for problem in error.errors():
+            field = ".".join(str(part) for part in problem["loc"])
+            lines.append(f"  {ENV_PREFIX}{field.upper()}: {problem['msg']}")
+        sys.exit("\n".join(lines))

@@ -1,0 +1,38 @@
+"""OpenTelemetry set-up shared by every process."""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from mesh.settings import MeshSettings
+
+
+def setup_tracing(settings: MeshSettings) -> TracerProvider:
+    """Install the global tracer provider; spans go to OTLP/HTTP when an endpoint is set.
+
+    W3C trace context is OpenTelemetry's default propagator, which is what Triton reads too.
+    """
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: settings.service_name}))
+    if settings.otlp_endpoint:
+        exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint.rstrip("/") + "/v1/traces")
+        # A short delay keeps local traces readable within a second of the request.
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def tracer(name: str) -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current span, for callers that inject it by hand (Triton)."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return None
+    flags = int(span_context.trace_flags)
+    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{flags:02x}"

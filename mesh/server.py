@@ -6,6 +6,8 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -15,7 +17,9 @@ from prometheus_client import start_http_server
 
 from mesh.deadlines import DeadlineServerInterceptor
 from mesh.metrics import MetricsServerInterceptor
+from mesh.logging import setup_logging
 from mesh.settings import MeshSettings
+from mesh.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +124,56 @@ async def serve(
     await server.stop(settings.shutdown_grace_s)
     if on_stop is not None:
         await on_stop()
+
+
+class MeshService(Protocol):
+    """What a service process hands to the mesh: its gRPC servicers and its readiness."""
+
+    # Fully qualified gRPC service names, for health and reflection.
+    service_names: Sequence[str]
+
+    def register(self, server: grpc.aio.Server) -> None: ...
+
+    async def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class RunningService:
+    server: grpc.aio.Server
+    port: int
+    health: Health
+    watcher: asyncio.Task
+
+    async def stop(self, grace: float | None = None) -> None:
+        self.watcher.cancel()
+        await self.health.shutdown()
+        await self.server.stop(grace)
+
+
+async def start_service(service: MeshService, settings: MeshSettings, addr: str) -> RunningService:
+    """Start a service in this event loop (tests use port 0); readiness is watched in the background."""
+    server, port = create_server(addr, settings)
+    service.register(server)
+    health_ = Health(server, service.service_names)
+    await server.start()
+    return RunningService(server, port, health_, asyncio.create_task(health_.watch(service.ready)))
+
+
+def run_service(settings: MeshSettings, own_addr: str, factory: Callable[[MeshSettings], MeshService]) -> None:
+    """Entry point of every ``python -m services.<name>``."""
+    setup_logging(settings.service_name, settings.log_level)
+    provider = setup_tracing(settings)
+
+    async def main() -> None:
+        # Built inside the loop: aio channels and clients bind to the running loop.
+        service = factory(settings)
+        server, _ = create_server(listen_addr(settings, own_addr), settings)
+        service.register(server)
+        await serve(server, Health(server, service.service_names), settings, readiness=service.ready, on_stop=service.close)
+
+    try:
+        asyncio.run(main())
+    finally:
+        provider.shutdown()

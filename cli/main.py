@@ -1,4 +1,83 @@
 """`llmesh`: the operator command line."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
 import typer
+from rich.console import Console
+
+from mesh.collector import CollectorSettings
+from mesh.settings import load_settings
 
 app = typer.Typer(help="llmesh operator commands", no_args_is_help=True)
+console = Console()
+
+
+@app.command()
+def up(
+    free_ports: bool = typer.Option(False, help="pick free ports instead of the documented defaults"),
+    triton_timeout: float = typer.Option(300.0, help="seconds to wait for Triton to load its models"),
+) -> None:
+    """Start the whole stack (Redis, collector, Triton, services, gateway) until Ctrl-C."""
+    from cli.stack import Ports, Stack, StackError
+
+    stack = Stack(
+        ports=Ports.free() if free_ports else Ports(),
+        on_ready=lambda name, seconds: console.print(f"[green]ready[/]  {name:<12} {seconds:6.1f}s"),
+    )
+    console.print(f"starting llmesh (logs in {stack.run_dir / 'logs'}) ...")
+    try:
+        stack.start(triton_timeout_s=triton_timeout)
+    except StackError as error:
+        console.print(f"[red]failed to start:[/] {error}")
+        raise typer.Exit(1) from None
+    url = stack.gateway_url
+    console.print(
+        f"\n[bold]llmesh is up[/]: OpenAI-compatible API at {url}/v1, gRPC edge at 127.0.0.1:{stack.ports.gateway_grpc}\n"
+        f"try:\n  curl -N {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+        "    -d '{\"model\": \"auto\", \"stream\": true, \"messages\": [{\"role\": \"user\", "
+        "\"content\": \"What does json.dumps do?\"}]}'\n"
+        "then `llmesh trace <x-trace-id header>` to see the request's trace. Ctrl-C stops everything."
+    )
+    try:
+        while (failed := stack.failed_child()) is None:
+            time.sleep(1.0)
+        console.print(f"[red]{failed.name} exited unexpectedly[/] (log {failed.log_path}); stopping")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        console.print("stopping ...")
+    finally:
+        stack.stop()
+
+
+@app.command()
+def trace(
+    trace_id: str,
+    as_json: bool = typer.Option(False, "--json", help="print the spans as JSON"),
+    wait: float = typer.Option(3.0, help="seconds to wait for spans still being exported"),
+) -> None:
+    """Print one trace as a waterfall, from the local trace collector."""
+    from cli.waterfall import waterfall
+
+    settings = load_settings(CollectorSettings)
+    url = f"http://{settings.collector_addr}/v1/traces/{trace_id.lower()}"
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            spans = httpx.get(url, timeout=5.0).raise_for_status().json()["spans"]
+        except httpx.HTTPError as error:
+            console.print(f"[red]cannot read traces from {url}:[/] {error}")
+            raise typer.Exit(2) from None
+        if spans or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if not spans:
+        console.print(f"no spans for trace {trace_id}")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps(spans, indent=2))
+    else:
+        console.print(waterfall(spans), soft_wrap=True)

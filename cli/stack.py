@@ -1,0 +1,260 @@
+"""The whole stack on one machine: Redis, the trace collector, Triton, four services, gateway.
+
+Used by ``llmesh up`` (``make run``) and by the e2e test session, so both run exactly the same
+processes. Every child gets the same ``LLMESH_*`` environment, logs to ``<run_dir>/logs/`` and
+is checked with a real health probe before the next tier starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mesh.settings import REPO_ROOT
+from services.inference.triton_server import TritonServer
+
+DEFAULT_RUN_DIR = REPO_ROOT / ".run"
+
+
+class StackError(RuntimeError):
+    """A part of the stack failed to start; the message names it and quotes its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Ports:
+    gateway_http: int = 8080
+    gateway_grpc: int = 50050
+    preprocess: int = 50051
+    router: int = 50052
+    inference: int = 50053
+    postprocess: int = 50054
+    triton_http: int = 8000
+    triton_grpc: int = 8001
+    triton_metrics: int = 8002
+    redis: int = 6379
+    collector: int = 4318
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(**{name: free_port() for name in cls.__dataclass_fields__})
+
+
+def stack_env(ports: Ports, run_dir: Path) -> dict[str, str]:
+    """The environment every process of the stack shares (see mesh.settings.MeshSettings)."""
+    local = "127.0.0.1"
+    return {
+        "LLMESH_GATEWAY_HTTP_ADDR": f"{local}:{ports.gateway_http}",
+        "LLMESH_GATEWAY_GRPC_ADDR": f"{local}:{ports.gateway_grpc}",
+        "LLMESH_PREPROCESS_ADDR": f"{local}:{ports.preprocess}",
+        "LLMESH_ROUTER_ADDR": f"{local}:{ports.router}",
+        "LLMESH_INFERENCE_ADDR": f"{local}:{ports.inference}",
+        "LLMESH_POSTPROCESS_ADDR": f"{local}:{ports.postprocess}",
+        "LLMESH_TRITON_HTTP_ADDR": f"{local}:{ports.triton_http}",
+        "LLMESH_TRITON_GRPC_ADDR": f"{local}:{ports.triton_grpc}",
+        "LLMESH_TRITON_METRICS_ADDR": f"{local}:{ports.triton_metrics}",
+        "LLMESH_REDIS_URL": f"redis://{local}:{ports.redis}/0",
+        "LLMESH_COLLECTOR_ADDR": f"{local}:{ports.collector}",
+        "LLMESH_OTLP_ENDPOINT": f"http://{local}:{ports.collector}",
+        "LLMESH_TRACE_DB": str(run_dir / "traces.db"),
+    }
+
+
+def _grpc_serving(port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            except grpc.RpcError:
+                return False
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    return check
+
+
+def _http_ok(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
+def _redis_ok(port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return bool(redis.Redis(port=port, socket_timeout=1.0).ping())
+        except redis.RedisError:
+            return False
+
+    return check
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    ready: Callable[[], bool]
+    ready_timeout_s: float = 60.0
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+
+@dataclass
+class Stack:
+    ports: Ports = field(default_factory=Ports)
+    run_dir: Path = DEFAULT_RUN_DIR
+    extra_env: dict[str, str] = field(default_factory=dict)
+    # Called with each part's name once it is healthy (progress for `llmesh up`).
+    on_ready: Callable[[str, float], None] = lambda name, seconds: None
+
+    def __post_init__(self) -> None:
+        self.env = {**os.environ, **stack_env(self.ports, self.run_dir), **self.extra_env}
+        self.children: list[Child] = []
+        self.triton: TritonServer | None = None
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.gateway_http}"
+
+    def _services(self) -> list[Child]:
+        python = sys.executable
+        redis_server = shutil.which("redis-server")
+        if redis_server is None:
+            raise StackError("redis-server is not installed (make run installs it from Debian's packages)")
+        redis_dir = self.run_dir / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        p = self.ports
+
+        def service(name: str, module: str, port: int) -> Child:
+            return Child(name, [python, "-m", module], _grpc_serving(port))
+
+        return [
+            Child(
+                "redis",
+                [redis_server, "--port", str(p.redis), "--bind", "127.0.0.1", "--dir", str(redis_dir),
+                 "--save", "", "--appendonly", "no"],
+                _redis_ok(p.redis),
+            ),  # fmt: skip
+            Child("collector", [python, "-m", "mesh.collector"], _http_ok(f"http://127.0.0.1:{p.collector}/healthz")),
+            service("preprocess", "services.preprocess", p.preprocess),
+            service("postprocess", "services.postprocess", p.postprocess),
+            # Router and inference are ready only once their Triton models are.
+            service("router", "services.router", p.router),
+            service("inference", "services.inference", p.inference),
+            Child(
+                "gateway",
+                [python, "-m", "gateway"],
+                _http_ok(f"http://127.0.0.1:{p.gateway_http}/readyz"),
+            ),
+        ]
+
+    def _spawn(self, child: Child) -> None:
+        logs = self.run_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        child.log_path = logs / f"{child.name}.log"
+        with open(child.log_path, "ab") as out:
+            child.proc = subprocess.Popen(
+                child.argv, env={**self.env, "LLMESH_SERVICE_NAME": child.name}, cwd=REPO_ROOT,
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        self.children.append(child)
+
+    def _wait(self, child: Child, started: float) -> None:
+        deadline = time.monotonic() + child.ready_timeout_s
+        while time.monotonic() < deadline:
+            if child.proc is not None and child.proc.poll() is not None:
+                raise StackError(f"{child.name} exited with {child.proc.returncode}:\n{_tail(child.log_path)}")
+            if child.ready():
+                self.on_ready(child.name, time.monotonic() - started)
+                return
+            time.sleep(0.2)
+        raise StackError(f"{child.name} not ready after {child.ready_timeout_s:.0f}s:\n{_tail(child.log_path)}")
+
+    def start(self, triton_timeout_s: float = 300.0) -> Stack:
+        started = time.monotonic()
+        try:
+            services = self._services()
+            redis_child, collector, *rest = services
+            for child in (redis_child, collector):
+                self._spawn(child)
+                self._wait(child, started)
+            self.triton = TritonServer(
+                http_port=self.ports.triton_http,
+                grpc_port=self.ports.triton_grpc,
+                metrics_port=self.ports.triton_metrics,
+                otlp_endpoint=self.env["LLMESH_OTLP_ENDPOINT"],
+                log_file=self.run_dir / "logs" / "triton.log",
+                env=self.env,
+            ).start()
+            # The Python services start while Triton loads its models; they report
+            # NOT_SERVING until their dependencies are ready.
+            for child in rest:
+                self._spawn(child)
+            self.triton.wait_ready(triton_timeout_s)
+            self.on_ready("triton", time.monotonic() - started)
+            for child in rest:
+                self._wait(child, started)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def failed_child(self) -> Child | None:
+        """The first child that exited on its own, if any (for the supervisor loop)."""
+        for child in self.children:
+            if child.proc is not None and child.proc.poll() is not None:
+                return child
+        if self.triton is not None and self.triton.proc is not None and self.triton.proc.poll() is not None:
+            return Child("triton", [], lambda: False, proc=self.triton.proc, log_path=self.triton.log_file)
+        return None
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM in reverse start order (gateway first), then kill what is left."""
+        for child in reversed(self.children):
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for child in reversed(self.children):
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                os.killpg(child.proc.pid, signal.SIGKILL)
+                child.proc.wait()
+        if self.triton is not None:
+            self.triton.stop()
+        self.children.clear()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _tail(path: Path | None, lines: int = 40) -> str:
+    if path is None or not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

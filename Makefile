@@ -1,0 +1,56 @@
+# `make run` and `make test` do all set-up on a fresh machine (Debian 12, CPython 3.11).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MODELS := models/artifacts/small/model.safetensors models/artifacts/large/model.safetensors
+# apt-get needs root; use sudo when we are not.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help run test test-unit test-integration test-e2e venv redis protos models clean
+
+help:
+	@echo "make run    start the whole stack (Triton, Redis, services, gateway) on the documented ports"
+	@echo "make test   install what is needed and run unit, integration and e2e tests"
+	@echo "make protos regenerate gen/ from protos/;  make models  retrain the models"
+
+run: venv redis $(MODELS)
+	$(VENV)/bin/llmesh up
+
+test: venv redis $(MODELS)
+	$(PY) -m pytest -ra
+
+test-unit: venv
+	$(PY) -m pytest tests/unit
+
+test-integration: venv
+	$(PY) -m pytest tests/integration
+
+test-e2e: venv redis $(MODELS)
+	$(PY) -m pytest tests/e2e
+
+venv: $(STAMP)
+
+# Exact versions come from requirements.lock; torch==2.13.0 is the local CPU build.
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $@
+
+redis:
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+
+protos: venv
+	$(PY) protos/generate.py
+
+# Trained once (about 8 minutes on 2 cores) when the committed artifacts are missing.
+$(MODELS):
+	$(MAKE) venv
+	$(PY) -m models.train
+
+models: venv
+	$(PY) -m models.train
+
+clean:
+	rm -rf .run .cache .pytest_cache

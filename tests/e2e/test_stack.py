@@ -1,0 +1,189 @@
+"""End to end through the real stack: REST, SSE, the openai client, the gRPC edge, traces."""
+
+import json
+import time
+
+import grpc
+import httpx
+import openai
+import pytest
+
+from llmesh.common.v1 import common_pb2
+from llmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+pytestmark = pytest.mark.e2e
+
+QUESTION = [{"role": "user", "content": "What does json.dumps do?"}]
+CHAT = {"model": "auto", "messages": QUESTION, "max_tokens": 24, "temperature": 0}
+
+
+def _sse_events(response: httpx.Response) -> list[str]:
+    return [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def test_chat_completion(base_url):
+    response = httpx.post(f"{base_url}/v1/chat/completions", json=CHAT, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    choice = body["choices"][0]
+    assert body["object"] == "chat.completion"
+    assert choice["message"]["role"] == "assistant" and choice["message"]["content"].strip()
+    assert choice["finish_reason"] in ("stop", "length")
+    assert body["model"] in ("llmesh-small", "llmesh-large")
+    assert body["usage"]["prompt_tokens"] > 0 and 0 < body["usage"]["completion_tokens"] <= 24
+    assert response.headers["x-llmesh-model"] == body["model"]
+    assert response.headers["x-llmesh-route-reason"]
+
+
+def test_greedy_generation_is_deterministic(base_url):
+    first, second = (
+        httpx.post(f"{base_url}/v1/chat/completions", json={**CHAT, "model": "llmesh-small"}, timeout=60).json()
+        for _ in range(2)
+    )
+    assert first["choices"][0]["message"]["content"] == second["choices"][0]["message"]["content"]
+
+
+def test_chat_completion_stream_is_openai_sse(base_url):
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json={**CHAT, "stream": True}, timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = _sse_events(response)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
+    assert chunks[0]["choices"][0]["delta"].get("role") == "assistant"
+    text = "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks if chunk["choices"])
+    assert text.strip(), "the stream carried no generated text"
+    finish = [chunk["choices"][0]["finish_reason"] for chunk in chunks if chunk["choices"]]
+    assert finish[-1] in ("stop", "length") and all(f is None for f in finish[:-1])
+
+
+def test_streamed_and_unary_text_agree(base_url):
+    """Streaming goes through Triton's decoupled stream and postprocess's bidi stream; with
+    greedy decoding it must give the same text as the unary path, so no chunk was lost."""
+    request = {**CHAT, "model": "llmesh-large"}
+    unary = httpx.post(f"{base_url}/v1/chat/completions", json=request, timeout=60).json()
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json={**request, "stream": True}, timeout=60) as r:
+        chunks = [json.loads(e) for e in _sse_events(r)[:-1]]
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert streamed == unary["choices"][0]["message"]["content"]
+
+
+def test_openai_client_unmodified(base_url):
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused")
+    completion = client.chat.completions.create(model="auto", messages=QUESTION, max_tokens=16, temperature=0)
+    assert completion.choices[0].message.content
+    assert completion.usage.completion_tokens > 0
+
+    stream = client.chat.completions.create(
+        model="llmesh-small", messages=QUESTION, max_tokens=16, temperature=0, stream=True
+    )
+    pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+    assert "".join(pieces).strip()
+
+    models = {model.id for model in client.models.list()}
+    assert {"llmesh-small", "llmesh-large", "auto"} <= models
+
+
+def test_openai_client_sees_typed_errors(base_url):
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=QUESTION)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="auto", messages=QUESTION, temperature=7)
+
+
+def test_completions_endpoint(base_url):
+    response = httpx.post(
+        f"{base_url}/v1/completions",
+        json={"model": "llmesh-small", "prompt": "Return the absolute value", "max_tokens": 12, "temperature": 0},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["text"]
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code"),
+    [
+        (b"{not json", 400, None),
+        (json.dumps({**CHAT, "model": "nope"}).encode(), 404, "model_not_found"),
+        (json.dumps({**CHAT, "temperature": 3}).encode(), 400, None),
+        (json.dumps({"model": "auto"}).encode(), 400, None),
+    ],
+)
+def test_bad_input_gets_openai_error(base_url, content, status, code):
+    response = httpx.post(
+        f"{base_url}/v1/chat/completions", content=content, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["message"] and error["type"]
+    if code:
+        assert error["code"] == code
+
+
+def test_oversize_body_is_refused(base_url):
+    huge = json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * (4 * 1024 * 1024)}]})
+    response = httpx.post(f"{base_url}/v1/chat/completions", content=huge, timeout=30)
+    assert response.status_code == 413
+    assert response.json()["error"]["message"]
+
+
+def test_grpc_edge(stack):
+    request = dict(
+        model="llmesh-small",
+        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="What does json.dumps do?")],
+        sampling=common_pb2.SamplingParams(max_tokens=16, temperature=0),
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.gateway_grpc}") as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        reply = stub.Chat(gateway_pb2.ChatRequest(**request), timeout=60)
+        assert reply.text and reply.model == "llmesh-small" and reply.usage.completion_tokens > 0
+        deltas = list(stub.ChatStream(gateway_pb2.ChatStreamRequest(**request), timeout=60))
+    assert "".join(d.text_delta for d in deltas) == reply.text
+    assert deltas[-1].finish_reason in (common_pb2.FINISH_REASON_STOP, common_pb2.FINISH_REASON_LENGTH)
+
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.gateway_grpc}") as channel:
+        with pytest.raises(grpc.RpcError) as raised:
+            gateway_pb2_grpc.GatewayServiceStub(channel).Chat(
+                gateway_pb2.ChatRequest(**{**request, "model": "nope"}), timeout=30
+            )
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+EXPECTED_EDGES = {
+    ("gateway", "preprocess"),
+    ("gateway", "router"),
+    ("gateway", "inference"),
+    ("inference", "triton"),
+    ("gateway", "postprocess"),
+}
+
+
+def _service_edges(spans: list[dict]) -> set[tuple[str, str]]:
+    by_id = {span["span_id"]: span for span in spans}
+    return {
+        (by_id[span["parent_span_id"]]["service"], span["service"])
+        for span in spans
+        if span["parent_span_id"] in by_id and by_id[span["parent_span_id"]]["service"] != span["service"]
+    }
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_one_request_is_one_trace_across_every_hop(stack, base_url, stream):
+    response = httpx.post(f"{base_url}/v1/chat/completions", json={**CHAT, "stream": stream}, timeout=60)
+    assert response.status_code == 200
+    trace_id = response.headers["x-trace-id"]
+    collector = f"http://127.0.0.1:{stack.ports.collector}/v1/traces/{trace_id}"
+    deadline = time.monotonic() + 15
+    while True:
+        spans = httpx.get(collector, timeout=5).json()["spans"]
+        edges = _service_edges(spans)
+        if EXPECTED_EDGES <= edges or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert EXPECTED_EDGES <= edges, f"missing edges {EXPECTED_EDGES - edges}; spans: {[(s['service'], s['name']) for s in spans]}"
+    # Triton's own compute step is inside the same trace.
+    assert any(s["service"] == "triton" and s["name"] == "compute" for s in spans)
+    assert {s["trace_id"] for s in spans} == {trace_id}

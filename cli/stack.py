@@ -52,6 +52,11 @@ class Ports:
     triton_metrics: int = 8002
     redis: int = 6379
     collector: int = 4318
+    # Prometheus /metrics of the gRPC services (the gateway serves /metrics on its HTTP port).
+    preprocess_metrics: int = 9051
+    router_metrics: int = 9052
+    inference_metrics: int = 9053
+    postprocess_metrics: int = 9054
 
     @classmethod
     def free(cls) -> Ports:
@@ -115,6 +120,7 @@ class Child:
     name: str
     argv: list[str]
     ready: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 60.0
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
@@ -147,7 +153,8 @@ class Stack:
         p = self.ports
 
         def service(name: str, module: str, port: int) -> Child:
-            return Child(name, [python, "-m", module], _grpc_serving(port))
+            metrics_port = getattr(p, f"{name}_metrics")
+            return Child(name, [python, "-m", module], _grpc_serving(port), {"LLMESH_METRICS_PORT": str(metrics_port)})
 
         return [
             Child(
@@ -175,7 +182,7 @@ class Stack:
         child.log_path = logs / f"{child.name}.log"
         with open(child.log_path, "ab") as out:
             child.proc = subprocess.Popen(
-                child.argv, env={**self.env, "LLMESH_SERVICE_NAME": child.name}, cwd=REPO_ROOT,
+                child.argv, env={**self.env, "LLMESH_SERVICE_NAME": child.name, **child.env}, cwd=REPO_ROOT,
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         self.children.append(child)

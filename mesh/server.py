@@ -88,8 +88,11 @@ class Health:
         while True:
             try:
                 ready = await check()
-            except Exception:  # noqa: BLE001 - any failure of a dependency means not ready
-                log.warning("readiness check failed", exc_info=True)
+            except Exception as error:  # noqa: BLE001 - any failure of a dependency means not ready
+                if self.serving:
+                    log.warning("readiness check failed", exc_info=True)
+                else:
+                    log.debug("not ready yet: %s", error)
                 ready = False
             await self.set(ready)
             await asyncio.sleep(interval_s if ready else min(interval_s, 0.5))
@@ -110,6 +113,8 @@ async def serve(
     """Run until SIGTERM/SIGINT: report NOT_SERVING, drain in-flight calls, then close clients."""
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.listen_addr.rpartition(":")[0] or "127.0.0.1")
+    # The library's servicer answers SERVING until told otherwise; start from NOT_SERVING.
+    await health_.set(False)
     await server.start()
     watcher = asyncio.create_task(health_.watch(readiness))
     stop = asyncio.Event()
@@ -157,6 +162,7 @@ async def start_service(service: MeshService, settings: MeshSettings, addr: str)
     server, port = create_server(addr, settings)
     service.register(server)
     health_ = Health(server, service.service_names)
+    await health_.set(False)
     await server.start()
     return RunningService(server, port, health_, asyncio.create_task(health_.watch(service.ready)))
 

@@ -1,0 +1,102 @@
+"""PostprocessService: detokenize and moderate answers, whole or streamed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+from transformers import PreTrainedTokenizerBase
+
+from llmesh.common.v1 import common_pb2
+from llmesh.postprocess.v1 import postprocess_pb2, postprocess_pb2_grpc
+from mesh.errors import abort
+from services.postprocess.settings import PostprocessSettings
+from services.postprocess.stream import ModeratedDecoder
+from services.preprocess.tokenizer import Tokenizers
+from services.safety import verdicts
+from services.safety.lexicon import Lexicon
+
+class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
+    service_names = [postprocess_pb2.DESCRIPTOR.services_by_name["PostprocessService"].full_name]
+
+    def __init__(self, settings: PostprocessSettings) -> None:
+        self.settings = settings
+        self.tokenizers = Tokenizers(settings)
+        self.lexicon = Lexicon.from_files(en=settings.output_lexicon_en, zh=settings.output_lexicon_zh)
+        self.scanner = verdicts.LexiconScanner(self.lexicon, settings.refusal_message)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        postprocess_pb2_grpc.add_PostprocessServiceServicer_to_server(self, server)
+
+    async def ready(self) -> bool:
+        return await self.tokenizers.ready()
+
+    async def close(self) -> None:
+        self.tokenizers.close()
+
+    async def Postprocess(
+        self, request: postprocess_pb2.PostprocessRequest, context
+    ) -> postprocess_pb2.PostprocessResponse:
+        tokenizer = await self.tokenizers.get(request.tokenizer, context)
+        await check_token_ids(request.token_ids, tokenizer, context)
+        text = tokenizer.decode(request.token_ids, skip_special_tokens=True)
+        verdict = self.scanner.scan(text)
+        if verdict is not None:
+            verdicts.record(verdict)
+            return postprocess_pb2.PostprocessResponse(
+                text=self.settings.refusal_message,
+                verdict=verdict,
+                finish_reason=common_pb2.FINISH_REASON_CONTENT_FILTER,
+            )
+        verdicts.record(verdicts.PASSED)
+        return postprocess_pb2.PostprocessResponse(
+            text=text, verdict=verdicts.PASSED, finish_reason=request.finish_reason
+        )
+
+    async def PostprocessStream(
+        self, requests: AsyncIterator[postprocess_pb2.PostprocessStreamRequest], context
+    ) -> AsyncIterator[postprocess_pb2.PostprocessStreamResponse]:
+        # One response per request (its text may be empty while held back), so a caller can
+        # pair them; the last one carries the finish reason and the verdict.
+        decoder = None
+        async for request in requests:
+            if decoder is None:
+                tokenizer = await self.tokenizers.get(request.tokenizer, context)
+                decoder = ModeratedDecoder(tokenizer, self.lexicon)
+            await check_token_ids(request.token_ids, tokenizer, context)
+            final = request.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED
+            response = self._step(decoder, request.token_ids, final, request.finish_reason)
+            yield response
+            if final or response.verdict.blocked:
+                return
+        if decoder is not None:
+            # The caller closed its side without a final message: the answer ended all the
+            # same, so release (or block) what is still held back.
+            yield self._step(decoder, [], True, common_pb2.FINISH_REASON_UNSPECIFIED)
+
+    def _step(
+        self, decoder: ModeratedDecoder, token_ids: Sequence[int], final: bool, finish_reason: common_pb2.FinishReason
+    ) -> postprocess_pb2.PostprocessStreamResponse:
+        text, match = decoder.push(token_ids, final)
+        if match is not None:
+            verdict = verdicts.lexicon_verdict(match, self.settings.refusal_message)
+            verdicts.record(verdict)
+            return postprocess_pb2.PostprocessStreamResponse(
+                finish_reason=common_pb2.FINISH_REASON_CONTENT_FILTER, verdict=verdict
+            )
+        if not final:
+            return postprocess_pb2.PostprocessStreamResponse(text_delta=text)
+        verdicts.record(verdicts.PASSED)
+        return postprocess_pb2.PostprocessStreamResponse(
+            text_delta=text, finish_reason=finish_reason, verdict=verdicts.PASSED
+        )
+
+
+async def check_token_ids(token_ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, context) -> None:
+    vocab_size = len(tokenizer)
+    bad = next((token_id for token_id in token_ids if not 0 <= token_id < vocab_size), None)
+    if bad is not None:
+        await abort(
+            context, grpc.StatusCode.INVALID_ARGUMENT, f"token id {bad} is outside the vocabulary (size {vocab_size})",
+            "INVALID_TOKEN_ID", token_id=str(bad),
+        )

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from services.preprocess.tokenizer import TokenizerSettings
+from services.safety.lexicon import DEFAULT_EN, DEFAULT_ZH
+
+
+class PostprocessSettings(TokenizerSettings):
+    service_name: str = "postprocess"
+
+    # Blocked-term lists for answers (LLMESH_OUTPUT_LEXICON_EN='["/etc/llmesh/en.txt"]'); by
+    # default the same lists as for prompts.
+    output_lexicon_en: list[Path] = Field(default_factory=lambda: list(DEFAULT_EN))
+    output_lexicon_zh: list[Path] = Field(default_factory=lambda: list(DEFAULT_ZH))
+    # Replaces a blocked answer, and is the verdict's message.
+    refusal_message: str = "Sorry, I can't help with that."

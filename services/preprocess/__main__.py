@@ -1,0 +1,7 @@
+from mesh.server import run_service
+from mesh.settings import load_settings
+from services.preprocess.service import PreprocessService
+from services.preprocess.settings import PreprocessSettings
+
+settings = load_settings(PreprocessSettings)
+run_service(settings, settings.preprocess_addr, PreprocessService)

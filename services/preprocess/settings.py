@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from services.preprocess.tokenizer import TokenizerSettings
+from services.safety.lexicon import DEFAULT_EN, DEFAULT_ZH
+
+
+class PreprocessSettings(TokenizerSettings):
+    service_name: str = "preprocess"
+
+    # Blocked-term lists for prompts (LLMESH_INPUT_LEXICON_EN='["/etc/llmesh/en.txt"]').
+    input_lexicon_en: list[Path] = Field(default_factory=lambda: list(DEFAULT_EN))
+    input_lexicon_zh: list[Path] = Field(default_factory=lambda: list(DEFAULT_ZH))
+    input_blocked_message: str = "The request contains content that is not allowed."
+
+    # Size limits, checked on the normalised text and on the rendered, tokenized prompt.
+    max_prompt_chars: int = Field(default=32_000, gt=0)
+    # Unset means the default model's context length.
+    max_prompt_tokens: int | None = Field(default=None, gt=0)
+
+    def prompt_token_limit(self) -> int:
+        return self.max_prompt_tokens or self.default_model().context_length

@@ -1,0 +1,103 @@
+"""Blocked-word lexicons matched with Aho-Corasick over folded text (see ``text.fold``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import ahocorasick
+
+from services.safety.text import fold, is_word_char
+
+LEXICON_DIR = Path(__file__).resolve().parent / "lexicons"
+DEFAULT_EN = [LEXICON_DIR / "en" / "default.txt"]
+DEFAULT_ZH = [LEXICON_DIR / "zh" / "default.txt"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    word: str  # folded
+    rule: str  # "lexicon:<language>:<list name>"
+    # Space-separated languages match whole words only ("ass" must not fire inside "class");
+    # Chinese has no spaces between words, so its terms match anywhere.
+    whole_word: bool
+
+
+@dataclass(frozen=True)
+class Match:
+    rule: str
+    word: str
+    # The matched span of the searched text (not of its folded form).
+    start: int
+    end: int
+
+
+def read_words(path: Path) -> list[str]:
+    """One term a line; blank lines and lines starting with '#' are ignored."""
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+class Lexicon:
+    def __init__(self, entries: Iterable[Entry]) -> None:
+        self._automaton = ahocorasick.Automaton()
+        for entry in entries:
+            if entry.word:
+                self._automaton.add_word(entry.word, entry)
+        self.max_word_len = max((len(word) for word in self._automaton.keys()), default=0)
+        if self.max_word_len:
+            self._automaton.make_automaton()
+
+    @classmethod
+    def from_words(cls, words: Iterable[str], rule: str, whole_word: bool) -> Lexicon:
+        return cls(Entry(fold(word)[0], rule, whole_word) for word in words)
+
+    @classmethod
+    def from_files(cls, en: Sequence[Path] = (), zh: Sequence[Path] = ()) -> Lexicon:
+        """English (whole-word) and Chinese (substring) lists; a list's rule is named after
+        its language and file, e.g. ``lexicon:en:default``."""
+        return cls(
+            Entry(fold(word)[0], f"lexicon:{language}:{path.stem}", whole_word)
+            for language, paths, whole_word in (("en", en, True), ("zh", zh, False))
+            for path in paths
+            for word in read_words(path)
+        )
+
+    def find(self, text: str, complete: bool = True, since: int = 0) -> Match | None:
+        """The first blocked term in ``text`` that ends after index ``since``, if any.
+
+        ``complete=False`` means more text may follow, so a whole-word term that ends exactly at
+        the end of ``text`` is not a match yet: the next character may continue the word.
+        ``since`` skips terms within text already judged, which may be there only as the left
+        context of the new text.
+        """
+        if not self.max_word_len:
+            return None
+        folded, offsets = fold(text)
+        for last, entry in self._automaton.iter(folded):
+            first = last - len(entry.word) + 1
+            end = offsets[last] + 1
+            if end > since and (not entry.whole_word or _is_whole_word(folded, first, last, complete)):
+                return Match(entry.rule, entry.word, offsets[first], end)
+        return None
+
+    def unsafe_suffix_start(self, text: str) -> int:
+        """Where the longest suffix of ``text`` that could still grow into a blocked term
+        starts (``len(text)`` when there is none): text before it is safe to release whatever
+        follows. A suffix that already is a whole term counts, as a whole word still needs
+        the character after it to tell."""
+        folded, offsets = fold(text)
+        for length in range(min(self.max_word_len, len(folded)), 0, -1):
+            # Automaton.match: is this a prefix of some term?
+            if self._automaton.match(folded[-length:]):
+                return offsets[len(folded) - length]
+        return len(text)
+
+
+def _is_whole_word(folded: str, first: int, last: int, complete: bool) -> bool:
+    if first > 0 and is_word_char(folded[first - 1]):
+        return False
+    if last + 1 == len(folded):
+        return complete  # else the next character, still to come, decides
+    return not is_word_char(folded[last + 1])

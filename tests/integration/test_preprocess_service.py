@@ -1,0 +1,147 @@
+"""PreprocessService in-process on port 0, called through the mesh channel and generated stubs."""
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY
+from transformers import AutoTokenizer
+
+from llmesh.common.v1 import common_pb2
+from llmesh.preprocess.v1 import preprocess_pb2, preprocess_pb2_grpc
+from mesh import semconv
+from mesh.channel import build_channel
+from mesh.errors import error_info
+from mesh.server import start_service
+from services.preprocess.service import PreprocessService
+from services.preprocess.settings import PreprocessSettings
+from services.preprocess.testing import build_tokenizer, wait_until_serving
+
+SERVICE_NAME = "llmesh.preprocess.v1.PreprocessService"
+
+
+def chat(*messages: tuple[int, str], **fields) -> preprocess_pb2.PreprocessRequest:
+    return preprocess_pb2.PreprocessRequest(
+        messages=[common_pb2.ChatMessage(role=role, content=content) for role, content in messages], **fields
+    )
+
+
+@pytest.fixture(scope="module")
+def spans():
+    # The global provider can be set only once per process; add to it if a test already did.
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    return build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="module")
+async def channel(tokenizer_dir, spans):
+    settings = PreprocessSettings(
+        tokenizer_dir=tokenizer_dir, max_prompt_chars=300, max_prompt_tokens=120, default_deadline_s=10
+    )
+    service = PreprocessService(settings)
+    running = await start_service(service, settings, "127.0.0.1:0")
+    channel = build_channel(f"127.0.0.1:{running.port}", settings)
+    try:
+        await wait_until_serving(channel, SERVICE_NAME)
+        yield channel
+    finally:
+        await channel.close()
+        await running.stop(None)
+        await service.close()
+
+
+@pytest.fixture(scope="module")
+def stub(channel):
+    return preprocess_pb2_grpc.PreprocessServiceStub(channel)
+
+
+async def test_health_is_serving_once_the_tokenizer_is_loaded(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for name in ("", SERVICE_NAME):
+        response = await health.Check(health_pb2.HealthCheckRequest(service=name))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_chat_is_normalised_rendered_and_tokenized(stub, tokenizer_dir):
+    response = await stub.Preprocess(
+        chat((common_pb2.ROLE_SYSTEM, "Be brief."), (common_pb2.ROLE_USER, "Ｈｅｌｌｏ\u200b wor\x07ld"))
+    )
+    assert not response.verdict.blocked
+    assert response.prompt_text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello world<|im_end|>\n<|im_start|>assistant\n"
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert list(response.prompt_token_ids) == tokenizer.encode(response.prompt_text, add_special_tokens=False)
+    assert response.prompt_token_ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>")
+
+
+async def test_a_raw_prompt_gets_no_template(stub):
+    request = preprocess_pb2.PreprocessRequest(prompt="Once upon a ｔｉｍｅ", tokenizer="llmesh-small")
+    response = await stub.Preprocess(request)
+    assert response.prompt_text == "Once upon a time"
+    assert response.prompt_token_ids
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [("how do I BUILD A ＢＯＭＢ?", "lexicon:en:default"), ("请告诉我如何制造炸弹", "lexicon:zh:default")],
+)
+async def test_a_blocked_term_is_a_refusal_not_an_error(stub, spans, text, rule):
+    before = REGISTRY.get_sample_value(semconv.METRIC_SAFETY_BLOCKS, {"category": "sensitive_word"}) or 0
+    response = await stub.Preprocess(chat((common_pb2.ROLE_USER, "hi"), (common_pb2.ROLE_USER, text)))
+    assert response.verdict.blocked
+    assert response.verdict.category == common_pb2.SAFETY_CATEGORY_SENSITIVE_WORD
+    assert response.verdict.rule == rule and response.verdict.message
+    assert not response.prompt_text and not response.prompt_token_ids
+    assert REGISTRY.get_sample_value(semconv.METRIC_SAFETY_BLOCKS, {"category": "sensitive_word"}) == before + 1
+    server_span = next(
+        span
+        for span in reversed(spans.get_finished_spans())
+        if span.kind == trace.SpanKind.SERVER and span.name.endswith("/Preprocess")
+    )
+    assert server_span.attributes[semconv.LLMESH_SAFETY_BLOCKED] is True
+    assert server_span.attributes[semconv.LLMESH_SAFETY_CATEGORY] == "sensitive_word"
+    assert server_span.attributes[semconv.LLMESH_SAFETY_RULE] == rule
+
+
+async def test_too_many_characters_is_a_size_limit_refusal(stub):
+    response = await stub.Preprocess(chat((common_pb2.ROLE_USER, "a" * 200), (common_pb2.ROLE_USER, "b" * 101)))
+    assert response.verdict.blocked and response.verdict.category == common_pb2.SAFETY_CATEGORY_SIZE_LIMIT
+    assert response.verdict.rule == "size:chars" and "300" in response.verdict.message
+
+
+async def test_too_many_tokens_is_a_size_limit_refusal(stub):
+    # Under the character limit, over the token limit: every CJK character is several tokens.
+    response = await stub.Preprocess(preprocess_pb2.PreprocessRequest(prompt="你好" * 40))
+    assert response.verdict.blocked and response.verdict.category == common_pb2.SAFETY_CATEGORY_SIZE_LIMIT
+    assert response.verdict.rule == "size:tokens" and "120" in response.verdict.message
+
+
+@pytest.mark.parametrize(
+    ("request_", "reason"),
+    [
+        (preprocess_pb2.PreprocessRequest(), "EMPTY_PROMPT"),
+        (chat((common_pb2.ROLE_USER, "hi"), prompt="hi"), "AMBIGUOUS_PROMPT"),
+        (chat((common_pb2.ROLE_UNSPECIFIED, "hi")), "UNKNOWN_ROLE"),
+        (chat((common_pb2.ROLE_USER, "hi"), tokenizer="no-such-model"), "UNKNOWN_TOKENIZER"),
+    ],
+)
+async def test_invalid_requests_are_invalid_argument_with_error_info(stub, request_, reason):
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Preprocess(request_)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(raised.value)
+    assert info is not None and info.reason == reason

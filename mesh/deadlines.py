@@ -47,29 +47,25 @@ def wrap_handler(
 
 
 def _with_deadline(behavior, _request_streaming: bool, response_streaming: bool):
-    def enter(context) -> contextvars.Token:
+    # grpc.aio runs every RPC in its own task, whose context is a copy: setting the variable
+    # there needs no reset (a reset would fail when a cancelled stream is closed from
+    # another task).
+    def enter(context) -> None:
         remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        return _inbound_deadline.set(deadline)
+        _inbound_deadline.set(None if remaining is None else time.monotonic() + remaining)
 
     if response_streaming:
 
         async def stream_behavior(request, context):
-            token = enter(context)
-            try:
-                async for response in behavior(request, context):
-                    yield response
-            finally:
-                _inbound_deadline.reset(token)
+            enter(context)
+            async for response in behavior(request, context):
+                yield response
 
         return stream_behavior
 
     async def unary_behavior(request, context):
-        token = enter(context)
-        try:
-            return await behavior(request, context)
-        finally:
-            _inbound_deadline.reset(token)
+        enter(context)
+        return await behavior(request, context)
 
     return unary_behavior
 

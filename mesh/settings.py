@@ -20,7 +20,7 @@ __all__ = ["REPO_ROOT", "MeshSettings", "load_settings"]
 ENV_PREFIX = "LLMESH_"
 
 
-def _check_host_port(value: str) -> str:
+def check_host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT, got {value!r}")
@@ -83,12 +83,12 @@ class MeshSettings(BaseSettings):
     )
     @classmethod
     def _host_port(cls, value: str) -> str:
-        return _check_host_port(value)
+        return check_host_port(value)
 
     @field_validator("listen_addr")
     @classmethod
     def _optional_host_port(cls, value: str) -> str:
-        return _check_host_port(value) if value else value
+        return check_host_port(value) if value else value
 
 
     def default_model(self) -> ModelSpec:

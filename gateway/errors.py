@@ -1,0 +1,128 @@
+"""The gateway's typed errors, and the one table that maps them to gRPC and HTTP.
+
+Both edges raise and render the same classes: the gRPC edge aborts with ``grpc_code`` and an
+ErrorInfo carrying ``reason``; the REST edge answers ``http_status`` with an OpenAI error object
+whose ``type`` is ``error_type`` and whose ``code`` is the reason in lower case.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from mesh.errors import error_info
+
+log = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    grpc_code = grpc.StatusCode.INTERNAL
+    http_status = 500
+    error_type = "server_error"
+    reason = "INTERNAL"
+    # How an upstream failure of this kind is told to the caller.
+    phrase = "failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        param: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason:
+            self.reason = reason
+        self.param = param
+        self.metadata = dict(metadata or {})
+        # What the upstream said, for the logs only: it may name internal addresses.
+        self.upstream_message = ""
+
+    @property
+    def code(self) -> str:
+        return self.reason.lower()
+
+
+class InvalidRequest(GatewayError):
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 400
+    error_type = "invalid_request_error"
+    reason = "INVALID_REQUEST"
+
+
+class ModelNotFound(GatewayError):
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    http_status = 404
+    error_type = "invalid_request_error"
+    reason = "MODEL_NOT_FOUND"
+
+    def __init__(self, model: str, message: str | None = None, **kwargs) -> None:
+        kwargs.setdefault("param", "model")
+        kwargs.setdefault("metadata", {"model": model})
+        super().__init__(message or f"The model '{model}' does not exist.", **kwargs)
+
+
+class UpstreamUnavailable(GatewayError):
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    http_status = 503
+    reason = "UPSTREAM_UNAVAILABLE"
+    phrase = "is unavailable"
+
+
+class UpstreamTimeout(GatewayError):
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 504
+    reason = "UPSTREAM_TIMEOUT"
+    phrase = "did not answer in time"
+
+
+class UpstreamError(GatewayError):
+    """An upstream failed in a way the caller cannot fix (INTERNAL, UNKNOWN, ...)."""
+
+    http_status = 502
+    reason = "UPSTREAM_ERROR"
+
+
+_BY_CODE: dict[grpc.StatusCode, type[GatewayError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidRequest,
+    grpc.StatusCode.FAILED_PRECONDITION: InvalidRequest,
+    grpc.StatusCode.NOT_FOUND: ModelNotFound,
+    grpc.StatusCode.UNAVAILABLE: UpstreamUnavailable,
+    # Out of capacity (queue full, breaker open): the caller should come back later.
+    grpc.StatusCode.RESOURCE_EXHAUSTED: UpstreamUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: UpstreamTimeout,
+}
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> GatewayError:
+    """The typed error for a failed call to ``service``; keeps the upstream's ErrorInfo reason."""
+    cls = _BY_CODE.get(error.code(), UpstreamError)
+    info = error_info(error)
+    metadata = {**(info.metadata if info else {}), "service": service}
+    reason = info.reason if info else None
+    # Upstream messages about bad requests are written for the caller; those about failures
+    # name internal addresses, so they stay in the logs.
+    if cls.http_status < 500:
+        message = error.details() or "invalid request"
+    else:
+        message = f"The {service} service {cls.phrase}; please retry."
+    if cls is ModelNotFound:
+        failure = ModelNotFound(metadata.get("model", ""), message, reason=reason, metadata=metadata)
+    else:
+        failure = cls(message, reason=reason, param=metadata.get("param"), metadata=metadata)
+    failure.upstream_message = error.details() or ""
+    return failure
+
+
+def log_failure(error: GatewayError, **fields: str) -> None:
+    """Server-side failures are the operator's to look at; a caller's mistakes show in the
+    access log and metrics by status alone."""
+    if error.http_status >= 500:
+        log.warning(
+            error.message,
+            extra={"reason": error.reason, "details": error.metadata, "upstream": error.upstream_message, **fields},
+        )

@@ -1,0 +1,437 @@
+"""One request through the mesh, the same for every entry point (REST, gRPC, batch).
+
+The gateway is the hub: preprocess -> router -> inference -> postprocess, each a gRPC call from
+here. Inputs and outputs are plain dataclasses and the common protos, so an edge only translates
+its own wire format.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamError, from_rpc_error
+from gateway.metrics import TTFT
+from gateway.settings import GatewaySettings
+from llmesh.common.v1 import common_pb2
+from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
+from llmesh.postprocess.v1 import postprocess_pb2, postprocess_pb2_grpc
+from llmesh.preprocess.v1 import preprocess_pb2, preprocess_pb2_grpc
+from llmesh.router.v1 import router_pb2, router_pb2_grpc
+from mesh import semconv
+from mesh.catalog import AUTO_MODEL, find_model
+from mesh.channel import build_channel
+from mesh.telemetry import tracer
+
+_tracer = tracer(__name__)
+
+# OpenAI's ranges; every edge is held to them here, the REST edge also in its request models.
+MAX_TEMPERATURE = 2.0
+MAX_TOP_P = 1.0
+
+_FINISH_REASON_NAMES = {
+    common_pb2.FINISH_REASON_STOP: "stop",
+    common_pb2.FINISH_REASON_LENGTH: "length",
+    common_pb2.FINISH_REASON_CONTENT_FILTER: "content_filter",
+    common_pb2.FINISH_REASON_ERROR: "error",
+}
+
+
+def finish_reason_name(reason: int) -> str:
+    """OpenAI's name for a finish reason; an unset one reads as a normal stop."""
+    return _FINISH_REASON_NAMES.get(reason, "stop")
+
+
+@dataclass(frozen=True)
+class ChatInput:
+    """One request as every edge hands it to the pipeline."""
+
+    messages: Sequence[common_pb2.ChatMessage] = ()
+    # /v1/completions: a raw prompt that gets no chat template; messages stay empty.
+    prompt: str | None = None
+    # "auto" (or empty) lets the router choose.
+    model: str = AUTO_MODEL
+    sampling: common_pb2.SamplingParams = field(default_factory=common_pb2.SamplingParams)
+    user: str = ""
+
+    @property
+    def operation(self) -> str:
+        """The GenAI operation name, which also picks the OpenAI id prefix."""
+        return "chat" if self.prompt is None else "text_completion"
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    id: str
+    created: int
+    # The model that answered (differs from the routed one after failover).
+    model: str
+    text: str
+    finish_reason: int  # common_pb2.FinishReason
+    usage: common_pb2.Usage
+    route_reason: str
+    # Explains a content_filter finish when blocked; empty otherwise.
+    verdict: common_pb2.SafetyVerdict
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """Text released to the caller; only the last chunk has a finish reason and usage."""
+
+    text: str = ""
+    finish_reason: int = common_pb2.FINISH_REASON_UNSPECIFIED
+    usage: common_pb2.Usage | None = None
+    verdict: common_pb2.SafetyVerdict | None = None
+
+
+@dataclass
+class ChatStream:
+    """A streaming answer whose id, model and route are known before its first chunk is read,
+    so an edge can send them as headers; an error before that is a plain error response."""
+
+    id: str
+    created: int
+    model: str
+    route_reason: str
+    chunks: AsyncGenerator[StreamChunk, None]
+    # Cancels the upstream calls and ends the span; runs at most once.
+    close: Callable[[], None]
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        return self.chunks
+
+    async def aclose(self) -> None:
+        """Release everything, read to the end or not (the caller may have gone away)."""
+        await self.chunks.aclose()
+        # A generator closed before its first step never runs its own clean-up.
+        self.close()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What is settled before generation: who asks, the prepared prompt and the route."""
+
+    context: common_pb2.RequestContext
+    created: int
+    sampling: common_pb2.SamplingParams
+    prompt: preprocess_pb2.PreprocessResponse
+    # None when preprocess blocked the prompt: nothing is routed or generated then.
+    route: router_pb2.RouteResponse | None
+
+    def generate_request(self) -> inference_pb2.GenerateRequest:
+        return inference_pb2.GenerateRequest(
+            context=self.context,
+            model=self.route.model,
+            fallback_models=self.route.fallback_models,
+            prompt_token_ids=self.prompt.prompt_token_ids,
+            sampling=self.sampling,
+        )
+
+    def refusal(self, requested_model: str) -> ChatResult:
+        prompt_tokens = len(self.prompt.prompt_token_ids)
+        return ChatResult(
+            id=self.context.request_id,
+            created=self.created,
+            model=requested_model or AUTO_MODEL,
+            text="",
+            finish_reason=common_pb2.FINISH_REASON_CONTENT_FILTER,
+            usage=common_pb2.Usage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
+            route_reason="",
+            verdict=self.prompt.verdict,
+        )
+
+
+class Pipeline:
+    """Holds one channel and stub per upstream service; safe to share between edges."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.channels: dict[str, grpc.aio.Channel] = {
+            "preprocess": build_channel(settings.preprocess_addr, settings),
+            "router": build_channel(settings.router_addr, settings),
+            "inference": build_channel(settings.inference_addr, settings),
+            "postprocess": build_channel(settings.postprocess_addr, settings),
+        }
+        self.preprocess = preprocess_pb2_grpc.PreprocessServiceStub(self.channels["preprocess"])
+        self.router = router_pb2_grpc.RouterServiceStub(self.channels["router"])
+        self.inference = inference_pb2_grpc.InferenceServiceStub(self.channels["inference"])
+        self.postprocess = postprocess_pb2_grpc.PostprocessServiceStub(self.channels["postprocess"])
+
+    async def close(self) -> None:
+        for channel in self.channels.values():
+            await channel.close()
+
+    async def chat(self, request: ChatInput) -> ChatResult:
+        with _tracer.start_as_current_span(semconv.SPAN_GATEWAY_CHAT) as span:
+            plan = await self._plan(request, span)
+            if plan.route is None:
+                result = plan.refusal(request.model)
+            else:
+                result = await self._generate(plan)
+            _record_result(span, result.model, result.finish_reason, result.usage, result.verdict)
+            return result
+
+    async def stream(self, request: ChatInput) -> ChatStream:
+        """Everything up to the first generated tokens happens here, so that failures there
+        (unknown model, a service down) surface before the edge has answered anything."""
+        started = time.perf_counter()
+        span = _tracer.start_span(semconv.SPAN_GATEWAY_CHAT)
+        try:
+            # The span outlives this call; it is current only while calls are started here,
+            # never across a yield to the edge.
+            with trace.use_span(span):
+                plan = await self._plan(request, span)
+                if plan.route is None:
+                    refusal = plan.refusal(request.model)
+                    close = _closer(span)
+                    chunks = _refusal_chunks(refusal, span, close)
+                    return ChatStream(refusal.id, refusal.created, refusal.model, "", chunks, close)
+                generation = self.inference.GenerateStream(plan.generate_request())
+                responses = aiter(generation)
+                with _calling("inference"):
+                    first = await anext(responses, None)
+                if first is None:
+                    raise UpstreamError("The inference service ended its stream without an answer.")
+                feed = _TokenFeed(plan.context, first, responses)
+                released = self.postprocess.PostprocessStream(feed.requests())
+        except BaseException:
+            span.end()
+            raise
+        model = first.model or plan.route.model
+        close = _closer(span, generation, released)
+        chunks = _release(released, feed, model, span, started, close)
+        return ChatStream(plan.context.request_id, plan.created, model, plan.route.reason, chunks, close)
+
+    async def _plan(self, request: ChatInput, span: Span) -> _Plan:
+        created = int(time.time())
+        sampling = self._sampling(request)
+        prefix = "chatcmpl-" if request.operation == "chat" else "cmpl-"
+        context = common_pb2.RequestContext(
+            request_id=f"{prefix}{uuid.uuid4().hex}",
+            tenant_id=self.settings.default_tenant,
+            user_id=request.user,
+        )
+        span.set_attributes(
+            {
+                semconv.GEN_AI_SYSTEM: semconv.GEN_AI_SYSTEM_VALUE,
+                semconv.GEN_AI_OPERATION_NAME: request.operation,
+                semconv.GEN_AI_REQUEST_MODEL: request.model or AUTO_MODEL,
+                semconv.GEN_AI_REQUEST_MAX_TOKENS: sampling.max_tokens,
+                semconv.LLMESH_REQUEST_ID: context.request_id,
+                semconv.LLMESH_TENANT_ID: context.tenant_id,
+            }
+        )
+        if sampling.HasField("temperature"):
+            span.set_attribute(semconv.GEN_AI_REQUEST_TEMPERATURE, sampling.temperature)
+        if sampling.HasField("top_p"):
+            span.set_attribute(semconv.GEN_AI_REQUEST_TOP_P, sampling.top_p)
+
+        with _calling("preprocess"):
+            prompt = await self.preprocess.Preprocess(
+                preprocess_pb2.PreprocessRequest(
+                    context=context, messages=request.messages, prompt=request.prompt or ""
+                )
+            )
+        _record_verdict(span, prompt.verdict)
+        if prompt.verdict.blocked:
+            return _Plan(context, created, sampling, prompt, route=None)
+
+        with _calling("router"):
+            route = await self.router.Route(
+                router_pb2.RouteRequest(
+                    context=context,
+                    prompt_text=prompt.prompt_text,
+                    prompt_token_ids=prompt.prompt_token_ids,
+                    requested_model=request.model,
+                )
+            )
+        span.set_attributes(
+            {
+                semconv.LLMESH_ROUTE_REASON: route.reason,
+                semconv.LLMESH_ROUTE_POLICY: route.policy,
+                semconv.LLMESH_ROUTE_FALLBACKS: list(route.fallback_models),
+                **{semconv.LLMESH_ROUTE_SIGNAL_PREFIX + name: value for name, value in route.signals.items()},
+            }
+        )
+        return _Plan(context, created, sampling, prompt, route)
+
+    def _sampling(self, request: ChatInput) -> common_pb2.SamplingParams:
+        """Checks what every edge must respect and fills in the gateway's defaults."""
+        if request.model not in ("", AUTO_MODEL) and find_model(self.settings.models, request.model) is None:
+            raise ModelNotFound(request.model)
+        if request.operation == "chat" and not request.messages:
+            raise InvalidRequest("At least one message is required.", param="messages")
+        sampling = common_pb2.SamplingParams()
+        sampling.CopyFrom(request.sampling)
+        if sampling.HasField("temperature") and not 0 <= sampling.temperature <= MAX_TEMPERATURE:
+            raise InvalidRequest(f"temperature must be between 0 and {MAX_TEMPERATURE:g}.", param="temperature")
+        if sampling.HasField("top_p") and not 0 <= sampling.top_p <= MAX_TOP_P:
+            raise InvalidRequest(f"top_p must be between 0 and {MAX_TOP_P:g}.", param="top_p")
+        sampling.max_tokens = sampling.max_tokens or self.settings.default_max_tokens
+        return sampling
+
+    async def _generate(self, plan: _Plan) -> ChatResult:
+        with _calling("inference"):
+            generated = await self.inference.Generate(plan.generate_request())
+        with _calling("postprocess"):
+            post = await self.postprocess.Postprocess(
+                postprocess_pb2.PostprocessRequest(
+                    context=plan.context, token_ids=generated.token_ids, finish_reason=generated.finish_reason
+                )
+            )
+        return ChatResult(
+            id=plan.context.request_id,
+            created=plan.created,
+            model=generated.model or plan.route.model,
+            text=post.text,
+            finish_reason=post.finish_reason or generated.finish_reason,
+            usage=generated.usage,
+            route_reason=plan.route.reason,
+            verdict=post.verdict,
+        )
+
+
+class _TokenFeed:
+    """Turns the inference stream into PostprocessStream requests and remembers how it ended."""
+
+    def __init__(
+        self,
+        context: common_pb2.RequestContext,
+        first: inference_pb2.GenerateStreamResponse,
+        rest: AsyncIterator[inference_pb2.GenerateStreamResponse],
+    ) -> None:
+        self.context = context
+        self.first = first
+        self.rest = rest
+        self.finish_reason = common_pb2.FINISH_REASON_STOP
+        self.usage = common_pb2.Usage()
+        self.error: grpc.aio.AioRpcError | None = None
+
+    async def requests(self) -> AsyncIterator[postprocess_pb2.PostprocessStreamRequest]:
+        yield postprocess_pb2.PostprocessStreamRequest(context=self.context, token_ids=self._note(self.first))
+        try:
+            async for response in self.rest:
+                yield postprocess_pb2.PostprocessStreamRequest(token_ids=self._note(response))
+        except grpc.aio.AioRpcError as error:
+            # gRPC runs this iterator in a task of its own and would answer an exception by
+            # cancelling the postprocess call, hiding this error; so the stream ends as failed
+            # and the reader reports the error.
+            self.error = error
+            self.finish_reason = common_pb2.FINISH_REASON_ERROR
+        yield postprocess_pb2.PostprocessStreamRequest(finish_reason=self.finish_reason)
+
+    def _note(self, response: inference_pb2.GenerateStreamResponse) -> Sequence[int]:
+        if response.finish_reason:
+            self.finish_reason = response.finish_reason
+        if response.HasField("usage"):
+            self.usage = response.usage
+        return response.token_ids
+
+
+async def _release(
+    released: grpc.aio.StreamStreamCall,
+    feed: _TokenFeed,
+    model: str,
+    span: Span,
+    started: float,
+    close: Callable[[], None],
+) -> AsyncGenerator[StreamChunk, None]:
+    first_text = True
+    try:
+        final = None
+        try:
+            # Read to the end even after the final message, so the call completes rather
+            # than being cancelled (which both ends would trace as a failure).
+            async for response in released:
+                if response.text_delta and first_text:
+                    first_text = False
+                    TTFT.labels(model).observe(time.perf_counter() - started)
+                if response.finish_reason:
+                    final = StreamChunk(response.text_delta, response.finish_reason, feed.usage, response.verdict)
+                elif response.text_delta:
+                    yield StreamChunk(response.text_delta)
+        except grpc.aio.AioRpcError as error:
+            # A postprocess failure may only be the echo of an inference failure.
+            raise _failure(span, feed.error or error, "inference" if feed.error else "postprocess") from error
+        if feed.error is not None:
+            raise _failure(span, feed.error, "inference") from feed.error
+        # Postprocess ends every stream with a finish reason; the edges rely on a final
+        # chunk, so they get one even if it did not.
+        final = final or StreamChunk(finish_reason=feed.finish_reason, usage=feed.usage)
+        _record_result(span, model, final.finish_reason, final.usage, final.verdict)
+        yield final
+    finally:
+        close()
+
+
+async def _refusal_chunks(
+    refusal: ChatResult, span: Span, close: Callable[[], None]
+) -> AsyncGenerator[StreamChunk, None]:
+    try:
+        _record_result(span, refusal.model, refusal.finish_reason, refusal.usage, refusal.verdict)
+        yield StreamChunk(finish_reason=refusal.finish_reason, usage=refusal.usage, verdict=refusal.verdict)
+    finally:
+        close()
+
+
+def _closer(span: Span, *calls: grpc.aio.Call) -> Callable[[], None]:
+    closed = False
+
+    def close() -> None:
+        nonlocal closed
+        if not closed:
+            closed = True
+            for call in calls:
+                call.cancel()
+            span.end()
+
+    return close
+
+
+@contextmanager
+def _calling(service: str) -> Iterator[None]:
+    try:
+        yield
+    except grpc.aio.AioRpcError as error:
+        raise from_rpc_error(error, service) from error
+
+
+def _record_verdict(span: Span, verdict: common_pb2.SafetyVerdict) -> None:
+    span.set_attribute(semconv.LLMESH_SAFETY_BLOCKED, verdict.blocked)
+    if verdict.blocked:
+        span.set_attribute(semconv.LLMESH_SAFETY_CATEGORY, common_pb2.SafetyCategory.Name(verdict.category))
+        span.set_attribute(semconv.LLMESH_SAFETY_RULE, verdict.rule)
+
+
+def _record_result(
+    span: Span,
+    model: str,
+    finish_reason: int,
+    usage: common_pb2.Usage | None,
+    verdict: common_pb2.SafetyVerdict | None,
+) -> None:
+    usage = usage or common_pb2.Usage()
+    span.set_attributes(
+        {
+            semconv.GEN_AI_RESPONSE_MODEL: model,
+            semconv.GEN_AI_RESPONSE_FINISH_REASONS: [finish_reason_name(finish_reason)],
+            semconv.GEN_AI_USAGE_INPUT_TOKENS: usage.prompt_tokens,
+            semconv.GEN_AI_USAGE_OUTPUT_TOKENS: usage.completion_tokens,
+        }
+    )
+    if verdict is not None and verdict.blocked:
+        _record_verdict(span, verdict)
+
+
+def _failure(span: Span, error: grpc.aio.AioRpcError, service: str) -> GatewayError:
+    failure = from_rpc_error(error, service)
+    span.record_exception(failure)
+    span.set_status(Status(StatusCode.ERROR, failure.message))
+    return failure

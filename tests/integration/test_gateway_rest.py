@@ -1,0 +1,327 @@
+"""Gateway REST edge over in-process fake upstreams (httpx's ASGI transport, no socket)."""
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+
+import httpx
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from gateway.pipeline import Pipeline
+from gateway.rest import create_app
+from gateway.testing import (
+    BLOCKED_MESSAGE,
+    BLOCKED_WORD,
+    FAIL_MID_STREAM,
+    ROUTE_REASON,
+    ROUTED_MODEL,
+    FakeUpstreams,
+    gateway_settings,
+    reply_for,
+    unused_addr,
+)
+from mesh import semconv
+from mesh.server import start_service
+from mesh.settings import MeshSettings
+
+MAX_BODY = 4096
+CHAT = "/v1/chat/completions"
+HELLO = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def spans() -> InMemorySpanExporter:
+    # The global provider can be set once per process; share it if another test set it.
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+@pytest.fixture(scope="module")
+async def upstreams():
+    fakes = FakeUpstreams()
+    running = await start_service(fakes, MeshSettings(), "127.0.0.1:0")
+    yield fakes, f"127.0.0.1:{running.port}"
+    await running.stop(None)
+
+
+async def _client(settings):
+    pipeline = Pipeline(settings)
+    transport = httpx.ASGITransport(app=create_app(settings, pipeline))
+    return pipeline, httpx.AsyncClient(transport=transport, base_url="http://gateway")
+
+
+@pytest.fixture(scope="module")
+async def client(upstreams, spans):
+    pipeline, client = await _client(gateway_settings(upstreams[1], max_body_bytes=MAX_BODY))
+    async with client:
+        yield client
+    await pipeline.close()
+
+
+def _sse(body: str) -> list:
+    events = [block for block in body.split("\n\n") if block]
+    assert all(event.startswith("data: ") for event in events)
+    return [event[6:] if event == "data: [DONE]" else json.loads(event[6:]) for event in events]
+
+
+def _assert_openai_error(response: httpx.Response, status: int, error_type: str, param=None, code=None):
+    assert response.status_code == status, response.text
+    assert response.json() == {
+        "error": {"message": response.json()["error"]["message"], "type": error_type, "param": param, "code": code}
+    }
+
+
+async def test_chat_completion(client, upstreams):
+    fakes, _ = upstreams
+    response = await client.post(CHAT, json={**HELLO, "user": "alice"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    assert body["model"] == ROUTED_MODEL
+    assert body["choices"] == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": reply_for(ROUTED_MODEL), "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ]
+    reply_tokens = len(reply_for(ROUTED_MODEL))
+    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": reply_tokens, "total_tokens": 2 + reply_tokens}
+    assert response.headers["x-request-id"] == body["id"]
+    assert response.headers["x-llmesh-model"] == ROUTED_MODEL
+    assert response.headers["x-llmesh-route-reason"] == ROUTE_REASON
+    # One RequestContext, built once, reached every service.
+    for service in ("preprocess", "router", "inference", "postprocess"):
+        context = fakes.requests[service][-1].context
+        assert (context.request_id, context.tenant_id, context.user_id) == (body["id"], "default", "alice")
+    # The gateway's default max_tokens was filled in.
+    assert fakes.requests["inference"][-1].sampling.max_tokens == 128
+
+
+async def test_requested_model_and_max_tokens(client):
+    response = await client.post(CHAT, json={**HELLO, "model": "llmesh-large", "max_tokens": 5})
+    body = response.json()
+    assert body["model"] == "llmesh-large" == response.headers["x-llmesh-model"]
+    assert body["choices"][0]["message"]["content"] == reply_for("llmesh-large")[:5]
+    assert body["choices"][0]["finish_reason"] == "length"
+
+
+async def test_chat_stream_chunk_sequence(client):
+    request = {**HELLO, "stream": True, "stream_options": {"include_usage": True}}
+    response = await client.post(CHAT, json=request)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["x-llmesh-model"] == ROUTED_MODEL
+    events = _sse(response.text)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert {chunk["object"] for chunk in chunks} == {"chat.completion.chunk"}
+    assert {chunk["id"] for chunk in chunks} == {response.headers["x-request-id"]}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    content = [chunk["choices"][0]["delta"]["content"] for chunk in chunks[1:-2]]
+    assert len(content) > 1 and "".join(content) == reply_for(ROUTED_MODEL)
+    assert chunks[-2]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == len(reply_for(ROUTED_MODEL))
+
+
+async def test_completions(client):
+    response = await client.post("/v1/completions", json={"prompt": "Once upon", "max_tokens": 4})
+    body = response.json()
+    assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
+    assert body["choices"] == [{"text": "Hell", "index": 0, "logprobs": None, "finish_reason": "length"}]
+
+    response = await client.post("/v1/completions", json={"prompt": "Once upon", "stream": True})
+    events = _sse(response.text)
+    assert events[-1] == "[DONE]"
+    assert "".join(e["choices"][0]["text"] for e in events[:-1]) == reply_for(ROUTED_MODEL)
+    assert events[-2]["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_models_list(client):
+    body = (await client.get("/v1/models")).json()
+    assert body["object"] == "list"
+    assert [model["id"] for model in body["data"]] == ["llmesh-small", "llmesh-large", "auto"]
+    assert {model["object"] for model in body["data"]} == {"model"}
+
+
+async def test_blocked_prompt_is_a_refusal_not_an_error(client, upstreams):
+    fakes, _ = upstreams
+    calls = len(fakes.requests["inference"])
+    response = await client.post(CHAT, json={"messages": [{"role": "user", "content": f"say {BLOCKED_WORD}"}]})
+    assert response.status_code == 200
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] == "content_filter"
+    assert choice["message"]["refusal"] == BLOCKED_MESSAGE
+    assert len(fakes.requests["inference"]) == calls
+
+    response = await client.post(CHAT, json={"messages": [{"role": "user", "content": BLOCKED_WORD}], "stream": True})
+    events = _sse(response.text)
+    assert events[-1] == "[DONE]"
+    assert events[-2]["choices"][0]["finish_reason"] == "content_filter"
+    assert events[-2]["choices"][0]["delta"] == {"refusal": BLOCKED_MESSAGE}
+
+
+async def test_malformed_json_is_400(client):
+    response = await client.post(CHAT, content=b'{"messages": [', headers={"content-type": "application/json"})
+    _assert_openai_error(response, 400, "invalid_request_error")
+
+
+async def test_bad_temperature_is_400_with_param(client):
+    response = await client.post(CHAT, json={**HELLO, "temperature": 3})
+    _assert_openai_error(response, 400, "invalid_request_error", param="temperature")
+    response = await client.post("/v1/completions", json={"prompt": "x", "n": 3})
+    _assert_openai_error(response, 400, "invalid_request_error", param="n")
+
+
+async def test_unknown_model_is_404(client):
+    response = await client.post(CHAT, json={**HELLO, "model": "gpt-4o"})
+    _assert_openai_error(response, 404, "invalid_request_error", param="model", code="model_not_found")
+    assert "gpt-4o" in response.json()["error"]["message"]
+    response = await client.post(CHAT, json={**HELLO, "model": "gpt-4o", "stream": True})
+    _assert_openai_error(response, 404, "invalid_request_error", param="model", code="model_not_found")
+
+
+async def test_unknown_route_is_an_openai_error(client):
+    _assert_openai_error(await client.get("/v1/nothing"), 404, "invalid_request_error")
+
+
+async def test_oversize_body_by_content_length_is_413(client):
+    response = await client.post(CHAT, json={"messages": [{"role": "user", "content": "x" * MAX_BODY}]})
+    _assert_openai_error(response, 413, "invalid_request_error")
+
+
+async def test_oversize_chunked_body_is_413_before_it_is_read(client):
+    sent = 0
+
+    async def body():
+        nonlocal sent
+        for _ in range(10):
+            sent += 1
+            yield b" " * 1000
+
+    response = await client.post(CHAT, content=body(), headers={"content-type": "application/json"})
+    _assert_openai_error(response, 413, "invalid_request_error")
+    assert sent < 10
+
+
+async def test_mid_stream_failure_is_an_error_event(client):
+    request = {"messages": [{"role": "user", "content": FAIL_MID_STREAM}], "stream": True}
+    response = await client.post(CHAT, json=request)
+    assert response.status_code == 200
+    events = _sse(response.text)
+    assert "[DONE]" not in events
+    assert events[1]["choices"][0]["delta"]["content"]  # text released before the failure
+    assert events[-1]["error"]["type"] == "server_error"
+    # The inference error is reported, not the postprocess call it cut short.
+    assert events[-1]["error"]["code"] == "model_failed" and "inference" in events[-1]["error"]["message"]
+
+
+async def test_upstream_down_is_503(upstreams, spans):
+    for down in ("preprocess_addr", "inference_addr"):
+        pipeline, client = await _client(gateway_settings(upstreams[1], **{down: unused_addr()}))
+        async with client:
+            for stream in (False, True):
+                response = await client.post(CHAT, json={**HELLO, "stream": stream})
+                _assert_openai_error(response, 503, "server_error", code="upstream_unavailable")
+        await pipeline.close()
+
+
+async def test_pipeline_span_is_a_child_of_the_rest_span(client, spans):
+    spans.clear()
+    response = await client.post(CHAT, json={**HELLO, "temperature": 0.5})
+    finished = spans.get_finished_spans()
+    chat = next(span for span in finished if span.name == semconv.SPAN_GATEWAY_CHAT)
+    server = next(span for span in finished if span.kind == SpanKind.SERVER and span.name == f"POST {CHAT}")
+    assert chat.parent.span_id == server.context.span_id
+    assert response.headers["x-trace-id"] == format(chat.context.trace_id, "032x")
+    # The upstream calls hang under the pipeline span.
+    assert sum(1 for span in finished if span.parent and span.parent.span_id == chat.context.span_id) == 4
+    attributes = chat.attributes
+    assert attributes[semconv.GEN_AI_REQUEST_MODEL] == "auto"
+    assert attributes[semconv.GEN_AI_RESPONSE_MODEL] == ROUTED_MODEL
+    assert attributes[semconv.GEN_AI_REQUEST_TEMPERATURE] == 0.5
+    assert attributes[semconv.GEN_AI_USAGE_INPUT_TOKENS] == 2
+    assert attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] == len(reply_for(ROUTED_MODEL))
+    assert attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
+    assert attributes[semconv.LLMESH_ROUTE_REASON] == ROUTE_REASON
+    assert attributes[semconv.LLMESH_REQUEST_ID] == response.json()["id"]
+
+
+async def test_streaming_span_covers_the_stream(client, spans):
+    spans.clear()
+    await client.post(CHAT, json={**HELLO, "stream": True})
+    chat = next(span for span in spans.get_finished_spans() if span.name == semconv.SPAN_GATEWAY_CHAT)
+    assert chat.attributes[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
+    assert chat.attributes[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] == len(reply_for(ROUTED_MODEL))
+
+
+async def test_metrics(client):
+    await client.post(CHAT, json={**HELLO, "stream": True})
+    await client.post(CHAT, json={**HELLO, "temperature": 9})
+    text = (await client.get("/metrics")).text
+    assert f'{semconv.METRIC_GATEWAY_REQUESTS}{{route="{CHAT}",status="200"}}' in text
+    assert f'{semconv.METRIC_GATEWAY_REQUESTS}{{route="{CHAT}",status="400"}}' in text
+    assert f'{semconv.METRIC_GATEWAY_DURATION}_count{{route="{CHAT}",status="200"}}' in text
+    assert f'{semconv.METRIC_GATEWAY_TTFT}_count{{model="{ROUTED_MODEL}"}}' in text
+
+
+async def test_healthz(client):
+    response = await client.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+async def test_readyz_reports_each_dependency(client):
+    # The module's settings point Redis at a closed port.
+    response = await client.get("/readyz")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert {name: checks[name] for name in ("preprocess", "router", "inference", "postprocess")} == dict.fromkeys(
+        ("preprocess", "router", "inference", "postprocess"), "SERVING"
+    )
+    assert checks["redis"] != "SERVING"
+
+
+@pytest.fixture(scope="module")
+async def redis_url():
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait()
+
+
+async def test_readyz_ready_with_redis(upstreams, redis_url):
+    pipeline, client = await _client(gateway_settings(upstreams[1], redis_url=redis_url))
+    async with client:
+        response = await client.get("/readyz")
+    await pipeline.close()
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "ready"

@@ -92,7 +92,7 @@ async def test_deadline_propagates_to_downstream_call():
         async with build_channel(f"127.0.0.1:{up_port}", SETTINGS) as client:
             seen = float(await client.unary_unary(f"/{ECHO_SERVICE}/Relay")(b"", timeout=1.0))
         # The default deadline is 5 s; the downstream call saw at most the caller's 1 s.
-        assert 0 < seen <= 1.0
+        assert 0 < seen <= 1.05  # a few ms of clock rounding
     finally:
         await channel.close()
         await _stop(upstream, up_watcher)

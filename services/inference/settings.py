@@ -1,0 +1,31 @@
+"""Settings of the inference service (env prefix LLMESH_)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from mesh.settings import MeshSettings
+from services.inference.circuit import BreakerConfig
+
+
+class InferenceSettings(MeshSettings):
+    service_name: str = "inference"
+    # Used when a request's SamplingParams.max_tokens is 0.
+    default_max_tokens: int = Field(default=128, gt=0)
+
+    # Per-model circuit breaker (services/inference/circuit.py). The TTFT threshold is far above
+    # what a healthy model takes, so only an overloaded or stuck model trips it.
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_slow_ttft_s: float = Field(default=5.0, gt=0)
+    breaker_slow_threshold: int = Field(default=3, ge=1)
+    breaker_slow_window_s: float = Field(default=60.0, gt=0)
+    breaker_cooldown_s: float = Field(default=15.0, gt=0)
+
+    def breaker_config(self) -> BreakerConfig:
+        return BreakerConfig(
+            failure_threshold=self.breaker_failure_threshold,
+            slow_ttft_s=self.breaker_slow_ttft_s,
+            slow_threshold=self.breaker_slow_threshold,
+            slow_window_s=self.breaker_slow_window_s,
+            cooldown_s=self.breaker_cooldown_s,
+        )

@@ -1,0 +1,139 @@
+"""RouterService over gRPC, in-process on port 0, with a fake scoring model."""
+
+import asyncio
+import math
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY
+
+from llmesh.router.v1 import router_pb2, router_pb2_grpc
+from mesh import semconv
+from mesh.channel import build_channel
+from mesh.errors import error_info
+from mesh.server import start_service
+from services.inference.triton_client import TritonError
+from services.router.service import RouterService
+from services.router.settings import RouterSettings
+
+SMALL, LARGE = "llmesh-small", "llmesh-large"
+SETTINGS = RouterSettings(default_deadline_s=5.0, perplexity_threshold=30.0, degraded_model=SMALL)
+
+
+class FakeScorer:
+    """The scoring model: every token gets log-prob ``logprob``, or every call fails with ``error``."""
+
+    def __init__(self):
+        self.logprob = -1.0
+        self.error = None
+        self.calls = []
+
+    async def score(self, prompt_ids):
+        self.calls.append(list(prompt_ids))
+        if self.error:
+            raise self.error
+        return np.full(len(prompt_ids) - 1, self.logprob, dtype=np.float32)
+
+    async def model_ready(self, name):
+        return self.error is None and name == SETTINGS.scoring_model
+
+    async def close(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def spans():
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+@pytest.fixture
+def scorer():
+    return FakeScorer()
+
+
+@pytest.fixture
+async def channel(scorer):
+    running = await start_service(RouterService(SETTINGS, scorer), SETTINGS, "127.0.0.1:0")
+    channel = build_channel(f"127.0.0.1:{running.port}", SETTINGS)
+    yield channel
+    await channel.close()
+    await running.stop(None)
+
+
+@pytest.fixture
+def stub(channel):
+    return router_pb2_grpc.RouterServiceStub(channel)
+
+
+def route_request(requested_model=""):
+    return router_pb2.RouteRequest(prompt_text="...", prompt_token_ids=[5, 6, 7, 8], requested_model=requested_model)
+
+
+def decisions(model: str) -> float:
+    labels = {"policy": "perplexity", "model": model}
+    return REGISTRY.get_sample_value(semconv.METRIC_ROUTE_DECISIONS, labels) or 0.0
+
+
+async def test_low_perplexity_goes_to_the_small_model(stub, scorer, spans):
+    spans.clear()
+    before = decisions(SMALL)
+    response = await stub.Route(route_request())
+    assert (response.model, list(response.fallback_models)) == (SMALL, [LARGE])
+    assert (response.policy, response.reason) == ("perplexity", "perplexity 2.7 <= 30.0")
+    assert dict(response.signals) == {"perplexity": pytest.approx(math.e)}
+    assert scorer.calls == [[5, 6, 7, 8]]
+    assert decisions(SMALL) == before + 1
+    (span,) = [s for s in spans.get_finished_spans() if s.kind is trace.SpanKind.SERVER]
+    assert span.attributes[semconv.LLMESH_ROUTE_POLICY] == "perplexity"
+    assert span.attributes[semconv.LLMESH_ROUTE_REASON] == response.reason
+    assert span.attributes[semconv.LLMESH_ROUTE_FALLBACKS] == (LARGE,)
+    assert span.attributes[semconv.LLMESH_ROUTE_SIGNAL_PREFIX + "perplexity"] == pytest.approx(math.e)
+
+
+async def test_high_perplexity_goes_to_the_large_model(stub, scorer):
+    scorer.logprob = -math.log(41.2)
+    response = await stub.Route(route_request("auto"))
+    assert (response.model, list(response.fallback_models)) == (LARGE, [SMALL])
+    assert response.reason == "perplexity 41.2 > 30.0"
+
+
+async def test_a_named_model_is_honoured_without_scoring(stub, scorer):
+    response = await stub.Route(route_request(LARGE))
+    assert (response.model, response.reason, response.policy) == (LARGE, "requested", "requested")
+    assert list(response.fallback_models) == [SMALL]
+    assert dict(response.signals) == {}
+    assert scorer.calls == []
+
+
+async def test_unknown_named_model_is_not_found(stub):
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Route(route_request("gpt-9"))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_info(raised.value).reason == "MODEL_NOT_FOUND"
+
+
+async def test_scoring_down_degrades_to_the_default_model(stub, scorer):
+    scorer.error = TritonError("llmesh-small-score: model is not ready")
+    response = await stub.Route(route_request())
+    assert response.model == SETTINGS.degraded_model
+    assert response.reason.startswith("scoring model unavailable")
+    assert dict(response.signals) == {}
+
+
+async def test_health_follows_the_scoring_model(channel, scorer):
+    health = health_pb2_grpc.HealthStub(channel)
+    await asyncio.sleep(0.05)  # the first readiness check runs as the server starts
+    response = await health.Check(health_pb2.HealthCheckRequest(service=RouterService.service_names[0]))
+    assert response.status == health_pb2.HealthCheckResponse.SERVING

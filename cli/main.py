@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import httpx
@@ -23,6 +24,14 @@ def up(
 ) -> None:
     """Start the whole stack (Redis, collector, Triton, services, gateway) until Ctrl-C."""
     from cli.stack import Ports, Stack, StackError
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # SIGTERM (a supervisor, `docker stop`) stops the stack like Ctrl-C; SIGINT is re-armed
+    # because a shell starting us in the background ignores it.
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
 
     stack = Stack(
         ports=Ports.free() if free_ports else Ports(),

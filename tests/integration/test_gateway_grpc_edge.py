@@ -5,7 +5,7 @@ import pytest
 
 from gateway.grpc_edge import GatewayService
 from gateway.pipeline import Pipeline
-from gateway.testing import (
+from support.fake_upstreams import (
     BLOCKED_WORD,
     FAIL_MID_STREAM,
     ROUTE_REASON,

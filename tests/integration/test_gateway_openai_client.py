@@ -11,7 +11,7 @@ import uvicorn
 
 from gateway.pipeline import Pipeline
 from gateway.rest import RestServer, create_app
-from gateway.testing import (
+from support.fake_upstreams import (
     FAIL_MID_STREAM,
     ROUTE_REASON,
     ROUTED_MODEL,

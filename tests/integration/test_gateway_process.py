@@ -8,7 +8,7 @@ import sys
 
 import httpx
 
-from gateway.testing import ROUTED_MODEL, FakeUpstreams, reply_for, unused_addr
+from support.fake_upstreams import ROUTED_MODEL, FakeUpstreams, reply_for, unused_addr
 from llmesh.common.v1 import common_pb2
 from llmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from mesh.channel import build_channel

@@ -8,15 +8,11 @@ import subprocess
 
 import httpx
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from gateway.pipeline import Pipeline
 from gateway.rest import create_app
-from gateway.testing import (
+from support.fake_upstreams import (
     BLOCKED_MESSAGE,
     BLOCKED_WORD,
     FAIL_MID_STREAM,
@@ -36,16 +32,6 @@ CHAT = "/v1/chat/completions"
 HELLO = {"messages": [{"role": "user", "content": "hi"}]}
 
 
-@pytest.fixture(scope="module")
-def spans() -> InMemorySpanExporter:
-    # The global provider can be set once per process; share it if another test set it.
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from mesh.errors import error_info
 from mesh.server import start_service
 from services.postprocess.service import PostprocessService
 from services.postprocess.settings import PostprocessSettings
-from services.preprocess.testing import build_tokenizer, wait_until_serving
+from support.tokenizer import build_tokenizer, wait_until_serving
 
 SERVICE_NAME = "llmesh.postprocess.v1.PostprocessService"
 REFUSAL = "That answer was withheld."

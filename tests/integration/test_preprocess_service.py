@@ -4,9 +4,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 from transformers import AutoTokenizer
 
@@ -18,7 +15,7 @@ from mesh.errors import error_info
 from mesh.server import start_service
 from services.preprocess.service import PreprocessService
 from services.preprocess.settings import PreprocessSettings
-from services.preprocess.testing import build_tokenizer, wait_until_serving
+from support.tokenizer import build_tokenizer, wait_until_serving
 
 SERVICE_NAME = "llmesh.preprocess.v1.PreprocessService"
 
@@ -29,16 +26,6 @@ def chat(*messages: tuple[int, str], **fields) -> preprocess_pb2.PreprocessReque
     )
 
 
-@pytest.fixture(scope="module")
-def spans():
-    # The global provider can be set only once per process; add to it if a test already did.
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
 
 
 @pytest.fixture(scope="module")

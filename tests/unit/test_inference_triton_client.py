@@ -6,9 +6,6 @@ import grpc
 import numpy as np
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from tritonclient.grpc import InferResult, service_pb2
 from tritonclient.utils import (
     InferenceServerException,
@@ -30,15 +27,6 @@ from services.inference.triton_client import (
 )
 
 
-@pytest.fixture(scope="module")
-def spans():
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
 
 
 def result(raw: dict[str, bytes] | None = None, **outputs: np.ndarray) -> InferResult:

@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from services.postprocess.stream import HoldBackBuffer, IncrementalDetokenizer, ModeratedDecoder
 from services.preprocess.settings import PreprocessSettings
-from services.preprocess.testing import build_tokenizer
+from support.tokenizer import build_tokenizer
 from services.safety.lexicon import Entry, Lexicon
 
 LEXICON = Lexicon(

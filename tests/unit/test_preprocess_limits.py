@@ -9,7 +9,7 @@ from llmesh.common.v1 import common_pb2
 from llmesh.preprocess.v1 import preprocess_pb2
 from services.preprocess.service import PreprocessService
 from services.preprocess.settings import PreprocessSettings
-from services.preprocess.testing import build_tokenizer
+from support.tokenizer import build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,13 @@ class InvalidRequest(GatewayError):
     reason = "INVALID_REQUEST"
 
 
+class Unauthorized(GatewayError):
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
+    error_type = "authentication_error"
+    reason = "INVALID_API_KEY"
+
+
 class ModelNotFound(GatewayError):
     grpc_code = grpc.StatusCode.NOT_FOUND
     http_status = 404

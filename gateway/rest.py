@@ -46,6 +46,7 @@ _UNTRACED_URLS = "/healthz,/readyz,/metrics"
 
 def create_app(settings: GatewaySettings, pipeline: Pipeline) -> FastAPI:
     app = FastAPI(title="llmesh gateway", summary="OpenAI-compatible edge of the llmesh platform")
+    app.state.settings = settings
     # Added last = outermost: observation also sees the 413s the size limit answers itself.
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(_Observe)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from mesh.settings import MeshSettings, check_host_port
 
@@ -20,6 +20,8 @@ class GatewaySettings(MeshSettings):
     default_max_tokens: int = Field(default=128, gt=0)
     # Every request is this tenant's until API keys map callers to tenants.
     default_tenant: str = "default"
+    # Bearer key of the admin API (/admin/...); unset disables it.
+    admin_key: SecretStr | None = None
     # How long one readiness probe of an upstream (or Redis) may take.
     readiness_timeout_s: float = Field(default=1.0, gt=0)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, ValidationInfo, field_validator
 
 from mesh.settings import MeshSettings
@@ -12,8 +14,36 @@ class RouterSettings(MeshSettings):
     service_name: str = "router"
     # Which entry of services.router.policies.POLICIES decides.
     route_policy: str = "perplexity"
+    # Overrides of route_policy: per tenant (tenant id -> policy), and per A/B variant
+    # ("experiment:variant" from RequestContext.experiments -> policy), which wins over the tenant's.
+    tenant_policies: dict[str, str] = Field(default_factory=dict)
+    experiment_policies: dict[str, str] = Field(default_factory=dict)
     # perplexity policy: above this perplexity under the small model, use the large model.
-    perplexity_threshold: float = Field(default=30.0, gt=0)
+    # Threshold defaults send about 30% of the eval questions to the large model; recompute them
+    # with `llmesh router calibrate --share S --policy P` (docs/ROUTER.md).
+    perplexity_threshold: float = Field(default=7.0, gt=0)
+    # random policy: the share of requests sent to the large model.
+    random_large_share: float = Field(default=0.5, ge=0, le=1)
+    # fixed policy: the one model.
+    fixed_model: str = "llmesh-small"
+    # cascade policy: escalate when the small answer's mean token log-prob is below this.
+    cascade_min_logprob: float = -2.6
+    # learned policy: the artifact (file, or directory = newest version) and p(large better) cut.
+    learned_router_path: str = "models/artifacts/router/learned"
+    learned_threshold: float = Field(default=0.97, ge=0, le=1)
+    # cost-aware policy: the large model is chosen when the quality it is predicted to add (mean
+    # log-prob per token) per extra currency unit of effective cost exceeds this.
+    cost_min_gain_per_currency: float = Field(default=2000.0, gt=0)
+    # Output tokens assumed when pricing a request before it is answered.
+    expected_output_tokens: int = Field(default=64, ge=0)
+    # Triton load (metrics endpoint): re-read at most this often; a model's price doubles at
+    # either limit (mean queue time per request, requests pending).
+    load_refresh_s: float = Field(default=1.0, gt=0)
+    load_queue_ms: float = Field(default=50.0, gt=0)
+    load_pending: float = Field(default=8.0, gt=0)
+    # Per-tenant budgets in currency per UTC day (Redis); what happens when one is spent.
+    tenant_budgets: dict[str, float] = Field(default_factory=dict)
+    budget_exhausted_action: Literal["degrade", "refuse"] = "degrade"
     small_model: str = "llmesh-small"
     large_model: str = "llmesh-large"
     # Used when a signal the policy needs cannot be computed (scoring model down or slow).
@@ -30,7 +60,14 @@ class RouterSettings(MeshSettings):
             raise ValueError(f"unknown policy {value!r}; known: {', '.join(sorted(POLICIES))}")
         return value
 
-    @field_validator("small_model", "large_model", "degraded_model")
+    @field_validator("tenant_policies", "experiment_policies")
+    @classmethod
+    def _known_policies(cls, value: dict[str, str]) -> dict[str, str]:
+        for policy in value.values():
+            cls._known_policy(policy)
+        return value
+
+    @field_validator("small_model", "large_model", "degraded_model", "fixed_model")
     @classmethod
     def _in_catalog(cls, value: str, info: ValidationInfo) -> str:
         # `models` is validated first (it is declared first); if it failed there is nothing to check.

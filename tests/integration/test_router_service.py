@@ -10,14 +10,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from prometheus_client import REGISTRY
 
+from gateway.errors import BudgetExhausted, from_rpc_error
+from llmesh.common.v1 import common_pb2
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
 from mesh import semconv
 from mesh.channel import build_channel
 from mesh.errors import error_info
 from mesh.server import start_service
 from services.inference.triton_client import TritonError
+from services.router.budget import Budgets
 from services.router.service import RouterService
 from services.router.settings import RouterSettings
+from support.fake_redis import FakeRedis
 
 SMALL, LARGE = "llmesh-small", "llmesh-large"
 SETTINGS = RouterSettings(default_deadline_s=5.0, perplexity_threshold=30.0, degraded_model=SMALL)
@@ -44,8 +48,6 @@ class FakeScorer:
         pass
 
 
-
-
 @pytest.fixture
 def scorer():
     return FakeScorer()
@@ -70,7 +72,7 @@ def route_request(requested_model=""):
 
 
 def decisions(model: str) -> float:
-    labels = {"policy": "perplexity", "model": model}
+    labels = {"policy": "perplexity", "model": model, "outcome": "policy"}
     return REGISTRY.get_sample_value(semconv.METRIC_ROUTE_DECISIONS, labels) or 0.0
 
 
@@ -125,3 +127,78 @@ async def test_health_follows_the_scoring_model(channel, scorer):
     await asyncio.sleep(0.05)  # the first readiness check runs as the server starts
     response = await health.Check(health_pb2.HealthCheckRequest(service=RouterService.service_names[0]))
     assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# --- per-tenant and per-variant policies, budgets -------------------------------------------
+
+
+OVERRIDES = RouterSettings(
+    default_deadline_s=5.0,
+    perplexity_threshold=30.0,
+    fixed_model=LARGE,
+    tenant_policies={"pinned": "fixed"},
+    experiment_policies={"router-policy:cascade": "cascade"},
+    tenant_budgets={"thrifty": 1e-9, "refused": 1e-9},
+)
+
+
+@pytest.fixture
+async def overrides_stub(scorer):
+    service = RouterService(OVERRIDES, scorer)
+    service.budgets = Budgets(dict(OVERRIDES.tenant_budgets), FakeRedis())
+    running = await start_service(service, OVERRIDES, "127.0.0.1:0")
+    channel = build_channel(f"127.0.0.1:{running.port}", OVERRIDES)
+    yield router_pb2_grpc.RouterServiceStub(channel), service
+    await channel.close()
+    await running.stop(None)
+
+
+def tenant_request(tenant="", experiments=None, stream=False):
+    context = common_pb2.RequestContext(tenant_id=tenant, experiments=experiments or {})
+    return router_pb2.RouteRequest(context=context, prompt_token_ids=[5, 6, 7, 8], stream=stream)
+
+
+async def test_policy_per_tenant_and_per_variant(overrides_stub):
+    stub, _ = overrides_stub
+    default = await stub.Route(tenant_request("someone"))
+    assert (default.policy, default.model) == ("perplexity", SMALL)
+    pinned = await stub.Route(tenant_request("pinned"))
+    assert (pinned.policy, pinned.model, pinned.reason) == ("fixed", LARGE, f"fixed {LARGE}")
+    # The A/B variant's policy wins over the tenant's.
+    variant = await stub.Route(tenant_request("pinned", {"router-policy": "cascade"}))
+    assert (variant.policy, variant.model, variant.cascade.escalate_model) == ("cascade", SMALL, LARGE)
+    streamed = await stub.Route(tenant_request("pinned", {"router-policy": "cascade"}, stream=True))
+    assert streamed.cascade.escalate_model == "" and "streaming" in streamed.reason
+
+
+async def test_a_spent_budget_degrades_to_the_small_model(overrides_stub, scorer):
+    stub, _ = overrides_stub
+    scorer.logprob = -math.log(41.2)
+    first = await stub.Route(tenant_request("thrifty"))
+    assert first.model == LARGE  # the first request spends the tiny budget
+    second = await stub.Route(tenant_request("thrifty"))
+    assert second.model == SMALL
+    assert second.reason.startswith("budget") and second.reason.endswith(f"{SMALL} instead of {LARGE}")
+
+
+async def test_a_spent_budget_is_refused_when_the_policy_says_so(scorer):
+    settings = OVERRIDES.model_copy(update={"budget_exhausted_action": "refuse"})
+    service = RouterService(settings, scorer)
+    service.budgets = Budgets(dict(settings.tenant_budgets), FakeRedis())
+    running = await start_service(service, settings, "127.0.0.1:0")
+    channel = build_channel(f"127.0.0.1:{running.port}", settings)
+    try:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        await stub.Route(tenant_request("refused"))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.Route(tenant_request("refused"))
+    finally:
+        await channel.close()
+        await running.stop(None)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_info(raised.value)
+    assert info.reason == "BUDGET_EXHAUSTED" and int(info.metadata["retry_after_s"]) > 0
+
+    error = from_rpc_error(raised.value, "router")
+    assert isinstance(error, BudgetExhausted) and error.http_status == 429
+    assert error.headers == {"retry-after": info.metadata["retry_after_s"]}

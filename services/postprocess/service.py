@@ -13,8 +13,17 @@ from mesh.errors import abort
 from services.postprocess.settings import PostprocessSettings
 from services.postprocess.stream import ModeratedDecoder
 from services.preprocess.tokenizer import Tokenizers
-from services.safety import verdicts
-from services.safety.lexicon import Lexicon
+from services.safety import pii, scanners, verdicts
+from services.safety.lexicon import ReloadingLexicon
+
+# Released text the moderation classifier sees when a sentence ends: the sentence and some context.
+MODERATION_WINDOW_CHARS = 400
+_SENTENCE_ENDS = frozenset(".!?\n。！？")
+
+
+def _ends_sentence(delta: str, final: bool) -> bool:
+    return final or any(char in _SENTENCE_ENDS for char in delta)
+
 
 class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
     service_names = [postprocess_pb2.DESCRIPTOR.services_by_name["PostprocessService"].full_name]
@@ -22,8 +31,14 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
     def __init__(self, settings: PostprocessSettings) -> None:
         self.settings = settings
         self.tokenizers = Tokenizers(settings)
-        self.lexicon = Lexicon.from_files(en=settings.output_lexicon_en, zh=settings.output_lexicon_zh)
-        self.scanner = verdicts.LexiconScanner(self.lexicon, settings.refusal_message)
+        self.lexicon = ReloadingLexicon(en=settings.output_lexicon_en, zh=settings.output_lexicon_zh)
+        self.scanners: list[verdicts.Scanner] = [verdicts.LexiconScanner(self.lexicon, settings.refusal_message)]
+        self.moderation: scanners.ModerationScanner | None = None
+        if settings.output_moderation_threshold <= 1:
+            self.moderation = scanners.ModerationScanner(settings.refusal_message, settings.output_moderation_threshold)
+            self.scanners.append(self.moderation)
+        if settings.output_pii_action == "block":
+            self.scanners.append(scanners.PiiScanner(settings.refusal_message))
 
     def register(self, server: grpc.aio.Server) -> None:
         postprocess_pb2_grpc.add_PostprocessServiceServicer_to_server(self, server)
@@ -40,7 +55,7 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
         tokenizer = await self.tokenizers.get(request.tokenizer, context)
         await check_token_ids(request.token_ids, tokenizer, context)
         text = tokenizer.decode(request.token_ids, skip_special_tokens=True)
-        verdict = self.scanner.scan(text)
+        verdict = verdicts.first_verdict(self.scanners, [text])
         if verdict is not None:
             verdicts.record(verdict)
             return postprocess_pb2.PostprocessResponse(
@@ -48,10 +63,12 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
                 verdict=verdict,
                 finish_reason=common_pb2.FINISH_REASON_CONTENT_FILTER,
             )
-        verdicts.record(verdicts.PASSED)
-        return postprocess_pb2.PostprocessResponse(
-            text=text, verdict=verdicts.PASSED, finish_reason=request.finish_reason
-        )
+        passed = verdicts.PASSED
+        found = pii.find_pii(text) if self.settings.output_pii_action == "redact" else []
+        if found:
+            text, passed = pii.redact(text, found), scanners.redaction_verdict(found)
+        verdicts.record(passed)
+        return postprocess_pb2.PostprocessResponse(text=text, verdict=passed, finish_reason=request.finish_reason)
 
     async def PostprocessStream(
         self, requests: AsyncIterator[postprocess_pb2.PostprocessStreamRequest], context
@@ -62,10 +79,21 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
         async for request in requests:
             if decoder is None:
                 tokenizer = await self.tokenizers.get(request.tokenizer, context)
-                decoder = ModeratedDecoder(tokenizer, self.lexicon)
+                decoder = ModeratedDecoder(tokenizer, self.lexicon.current(), self.settings.output_pii_action)
+                released = ""
             await check_token_ids(request.token_ids, tokenizer, context)
             final = request.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED
             response = self._step(decoder, request.token_ids, final, request.finish_reason)
+            released = (released + response.text_delta)[-MODERATION_WINDOW_CHARS:]
+            if self.moderation is not None and _ends_sentence(response.text_delta, final):
+                # The classifier judges sentences, so it runs when one ends. Unlike the lexicon
+                # and PII hold-back it cannot stop text already released; it ends the answer.
+                verdict = self.moderation.scan(released)
+                if verdict is not None:
+                    verdicts.record(verdict)
+                    response = postprocess_pb2.PostprocessStreamResponse(
+                        finish_reason=common_pb2.FINISH_REASON_CONTENT_FILTER, verdict=verdict
+                    )
             yield response
             if final or response.verdict.blocked:
                 return
@@ -79,17 +107,22 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
     ) -> postprocess_pb2.PostprocessStreamResponse:
         text, match = decoder.push(token_ids, final)
         if match is not None:
-            verdict = verdicts.lexicon_verdict(match, self.settings.refusal_message)
+            if isinstance(match, list):
+                verdict = verdicts.blocked(
+                    common_pb2.SAFETY_CATEGORY_PII, scanners.pii_rule(match), self.settings.refusal_message
+                )
+            else:
+                verdict = verdicts.lexicon_verdict(match, self.settings.refusal_message)
             verdicts.record(verdict)
             return postprocess_pb2.PostprocessStreamResponse(
                 finish_reason=common_pb2.FINISH_REASON_CONTENT_FILTER, verdict=verdict
             )
         if not final:
             return postprocess_pb2.PostprocessStreamResponse(text_delta=text)
-        verdicts.record(verdicts.PASSED)
-        return postprocess_pb2.PostprocessStreamResponse(
-            text_delta=text, finish_reason=finish_reason, verdict=verdicts.PASSED
-        )
+        redacted = decoder.buffer.redacted
+        passed = scanners.redaction_verdict(redacted) if redacted else verdicts.PASSED
+        verdicts.record(passed)
+        return postprocess_pb2.PostprocessStreamResponse(text_delta=text, finish_reason=finish_reason, verdict=passed)
 
 
 async def check_token_ids(token_ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, context) -> None:
@@ -97,6 +130,9 @@ async def check_token_ids(token_ids: Sequence[int], tokenizer: PreTrainedTokeniz
     bad = next((token_id for token_id in token_ids if not 0 <= token_id < vocab_size), None)
     if bad is not None:
         await abort(
-            context, grpc.StatusCode.INVALID_ARGUMENT, f"token id {bad} is outside the vocabulary (size {vocab_size})",
-            "INVALID_TOKEN_ID", token_id=str(bad),
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"token id {bad} is outside the vocabulary (size {vocab_size})",
+            "INVALID_TOKEN_ID",
+            token_id=str(bad),
         )

@@ -6,6 +6,7 @@ from pydantic import Field
 
 from services.preprocess.tokenizer import TokenizerSettings
 from services.safety.lexicon import DEFAULT_EN, DEFAULT_ZH
+from services.safety.scanners import PiiAction
 
 
 class PostprocessSettings(TokenizerSettings):
@@ -17,3 +18,7 @@ class PostprocessSettings(TokenizerSettings):
     output_lexicon_zh: list[Path] = Field(default_factory=lambda: list(DEFAULT_ZH))
     # Replaces a blocked answer, and is the verdict's message.
     refusal_message: str = "Sorry, I can't help with that."
+    # PII in answers: placeholders such as [EMAIL] (redact), a refusal (block) or nothing (off).
+    output_pii_action: PiiAction = "redact"
+    # The moderation classifier's probability that blocks an answer; above 1 disables it.
+    output_moderation_threshold: float = Field(default=0.9, gt=0)

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
+from services.safety import pii
 from services.safety.lexicon import Lexicon, Match
+from services.safety.scanners import PiiAction
 
 REPLACEMENT_CHAR = "\ufffd"
 
@@ -48,25 +50,42 @@ class IncrementalDetokenizer:
 
 
 class HoldBackBuffer:
-    """Releases streamed text only once no blocked term could still be completed by text yet to
-    come: the longest end of the text that could begin a term is held back."""
+    """Releases streamed text only once no blocked term and no PII string could still be
+    completed by text yet to come: the longest end of the text that could begin a term, or the
+    run of characters a PII string could continue, is held back. Released PII is redacted
+    (``pii_action="redact"``) or blocks the stream (``"block"``)."""
 
-    def __init__(self, lexicon: Lexicon) -> None:
+    def __init__(self, lexicon: Lexicon, pii_action: PiiAction = "off") -> None:
         self._lexicon = lexicon
+        self._pii_action = pii_action
         self._context = ""
         self._held = ""
+        # Kinds of PII redacted so far, for the final verdict.
+        self.redacted: list[pii.PiiMatch] = []
 
-    def push(self, text: str, final: bool = False) -> tuple[str, Match | None]:
-        """Add ``text``; return what is now safe to release, or the term that blocks the stream
-        (then nothing of it has been released). ``final``: no more text follows."""
+    def push(self, text: str, final: bool = False) -> tuple[str, Match | list[pii.PiiMatch] | None]:
+        """Add ``text``; return what is now safe to release, or what blocks the stream (a
+        lexicon match, or the PII found under the block policy); nothing of it has been
+        released then. ``final``: no more text follows."""
         self._held += text
         window = self._context + self._held
         match = self._lexicon.find(window, complete=final, since=len(self._context))
         if match is not None:
             return "", match
         hold_from = len(window) if final else self._lexicon.unsafe_suffix_start(window)
+        if self._pii_action != "off" and not final:
+            hold_from = min(hold_from, pii.unsafe_suffix_start(window))
         cut = max(hold_from - len(self._context), 0)
         released, self._held = self._held[:cut], self._held[cut:]
+        if self._pii_action != "off" and released:
+            # Only PII that lies wholly in the text being released: the context went out already.
+            start = len(self._context)
+            found = [m for m in pii.find_pii(self._context + released) if m.start >= start]
+            if found and self._pii_action == "block":
+                return "", found
+            if found:
+                self.redacted += found
+                released = pii.redact(self._context + released, found)[start:]
         self._context = (self._context + released)[-CONTEXT_CHARS:]
         return released, None
 
@@ -74,9 +93,9 @@ class HoldBackBuffer:
 class ModeratedDecoder:
     """Token ids in, releasable text out: detokenization, then the hold-back buffer."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, lexicon: Lexicon) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, lexicon: Lexicon, pii_action: PiiAction = "off") -> None:
         self._detokenizer = IncrementalDetokenizer(tokenizer)
-        self._buffer = HoldBackBuffer(lexicon)
+        self.buffer = HoldBackBuffer(lexicon, pii_action)
 
-    def push(self, token_ids: Sequence[int], final: bool = False) -> tuple[str, Match | None]:
-        return self._buffer.push(self._detokenizer.push(token_ids, final), final)
+    def push(self, token_ids: Sequence[int], final: bool = False) -> tuple[str, Match | list[pii.PiiMatch] | None]:
+        return self.buffer.push(self._detokenizer.push(token_ids, final), final)

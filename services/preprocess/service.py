@@ -9,8 +9,8 @@ from llmesh.preprocess.v1 import preprocess_pb2, preprocess_pb2_grpc
 from mesh.errors import abort
 from services.preprocess.settings import PreprocessSettings
 from services.preprocess.tokenizer import Tokenizers
-from services.safety import verdicts
-from services.safety.lexicon import Lexicon
+from services.safety import pii, scanners, verdicts
+from services.safety.lexicon import ReloadingLexicon
 from services.safety.text import normalize
 
 # The role names chat templates expect.
@@ -22,15 +22,29 @@ ROLES = {
 }
 
 
+def input_scanners(settings: PreprocessSettings) -> list[verdicts.Scanner]:
+    """The blocking input scanners in the order they run (``llmesh safety eval`` times them)."""
+    chosen: list[verdicts.Scanner] = [
+        verdicts.LexiconScanner(
+            ReloadingLexicon(en=settings.input_lexicon_en, zh=settings.input_lexicon_zh),
+            settings.input_blocked_message,
+        )
+    ]
+    if settings.input_injection_action == "block":
+        chosen.append(scanners.InjectionScanner(settings.input_injection_message))
+    if settings.input_pii_action == "block":
+        chosen.append(scanners.PiiScanner(settings.input_pii_message))
+    return chosen
+
+
 class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
     service_names = [preprocess_pb2.DESCRIPTOR.services_by_name["PreprocessService"].full_name]
 
     def __init__(self, settings: PreprocessSettings) -> None:
         self.settings = settings
         self.tokenizers = Tokenizers(settings)
-        lexicon = Lexicon.from_files(en=settings.input_lexicon_en, zh=settings.input_lexicon_zh)
         # Run in order on every message; the first verdict wins.
-        self.scanners: list[verdicts.Scanner] = [verdicts.LexiconScanner(lexicon, settings.input_blocked_message)]
+        self.scanners = input_scanners(settings)
 
     def register(self, server: grpc.aio.Server) -> None:
         preprocess_pb2_grpc.add_PreprocessServiceServicer_to_server(self, server)
@@ -53,6 +67,14 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
         verdict = self._check_chars(texts) or verdicts.first_verdict(self.scanners, texts)
         if verdict is not None:
             return self._refuse(verdict)
+        passed = verdicts.PASSED
+        if self.settings.input_pii_action == "redact":
+            found = [pii.find_pii(text) for text in texts]
+            if any(found):
+                passed = scanners.redaction_verdict([match for matches in found for match in matches])
+                texts = [pii.redact(text, matches) for text, matches in zip(texts, found, strict=True)]
+                for message, text in zip(messages, texts, strict=False):
+                    message["content"] = text
 
         if messages:
             prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -64,10 +86,8 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
         if verdict is not None:
             return self._refuse(verdict)
 
-        verdicts.record(verdicts.PASSED)
-        return preprocess_pb2.PreprocessResponse(
-            verdict=verdicts.PASSED, prompt_text=prompt_text, prompt_token_ids=token_ids
-        )
+        verdicts.record(passed)
+        return preprocess_pb2.PreprocessResponse(verdict=passed, prompt_text=prompt_text, prompt_token_ids=token_ids)
 
     @staticmethod
     async def _validate(request: preprocess_pb2.PreprocessRequest, context) -> None:

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
 from services.preprocess.tokenizer import TokenizerSettings
 from services.safety.lexicon import DEFAULT_EN, DEFAULT_ZH
+from services.safety.scanners import PiiAction
 
 
 class PreprocessSettings(TokenizerSettings):
@@ -15,6 +17,12 @@ class PreprocessSettings(TokenizerSettings):
     input_lexicon_en: list[Path] = Field(default_factory=lambda: list(DEFAULT_EN))
     input_lexicon_zh: list[Path] = Field(default_factory=lambda: list(DEFAULT_ZH))
     input_blocked_message: str = "The request contains content that is not allowed."
+    # PII in prompts: replaced by placeholders such as [EMAIL] (redact), refused (block) or let through (off).
+    input_pii_action: PiiAction = "redact"
+    input_pii_message: str = "The request contains personal data or secrets that may not be sent."
+    # Prompt-injection rules: refuse (block) or let through (off).
+    input_injection_action: Literal["block", "off"] = "block"
+    input_injection_message: str = "The request looks like an attempt to override the assistant's instructions."
 
     # Size limits, checked on the normalised text and on the rendered, tokenized prompt.
     max_prompt_chars: int = Field(default=32_000, gt=0)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import ahocorasick
 
 from services.safety.text import fold, is_word_char
+
+log = logging.getLogger(__name__)
 
 LEXICON_DIR = Path(__file__).resolve().parent / "lexicons"
 DEFAULT_EN = [LEXICON_DIR / "en" / "default.txt"]
@@ -39,15 +43,49 @@ def read_words(path: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
+# Leetspeak: each look-alike class folds to one letter, in the terms and the text alike (so
+# "1", "l", "i" and "!" are one letter to the evasion matcher).
+_LEET = str.maketrans({
+    "0": "o", "1": "i", "l": "i", "!": "i", "|": "i", "3": "e", "4": "a", "@": "a",
+    "5": "s", "$": "s", "7": "t", "+": "t", "8": "b", "9": "g",
+})  # fmt: skip
+
+
+def squeeze(folded: str) -> tuple[str, list[int]]:
+    """The folded text with separators dropped and leetspeak undone, and for each character
+    the index in ``folded`` it came from: "f.0-r b 1 d" reads "forbid"."""
+    out: list[str] = []
+    index: list[int] = []
+    for position, char in enumerate(folded):
+        mapped = char.translate(_LEET)
+        if mapped.isalnum():
+            out.append(mapped)
+            index.append(position)
+    return "".join(out), index
+
+
 class Lexicon:
     def __init__(self, entries: Iterable[Entry]) -> None:
         self._automaton = ahocorasick.Automaton()
+        # The same terms squeezed (see ``squeeze``), to see through separators and leetspeak.
+        self._squeezed = ahocorasick.Automaton()
         for entry in entries:
             if entry.word:
                 self._automaton.add_word(entry.word, entry)
+                squeezed = squeeze(entry.word)[0]
+                if squeezed:
+                    self._squeezed.add_word(squeezed, (len(squeezed), entry))
         self.max_word_len = max((len(word) for word in self._automaton.keys()), default=0)
         if self.max_word_len:
             self._automaton.make_automaton()
+            self._squeezed.make_automaton()
+
+    def current(self) -> Lexicon:
+        """Itself (a ``ReloadingLexicon`` answers its latest build): scanners take either."""
+        return self
+
+    def __len__(self) -> int:
+        return len(self._automaton)
 
     @classmethod
     def from_words(cls, words: Iterable[str], rule: str, whole_word: bool) -> Lexicon:
@@ -74,12 +112,32 @@ class Lexicon:
         """
         if not self.max_word_len:
             return None
-        folded, offsets = fold(text)
+        return self._find_folded(*fold(text), complete, since)
+
+    def _find_folded(self, folded: str, offsets: list[int], complete: bool, since: int) -> Match | None:
         for last, entry in self._automaton.iter(folded):
             first = last - len(entry.word) + 1
             end = offsets[last] + 1
             if end > since and (not entry.whole_word or _is_whole_word(folded, first, last, complete)):
                 return Match(entry.rule, entry.word, offsets[first], end)
+        return None
+
+    def find_evasive(self, text: str) -> Match | None:
+        """Like ``find`` over complete text, and also through separators and leetspeak
+        ("f.o.r.b.i.d", "f0rb1d"). A whole-word term must still stand alone in ``text``:
+        the characters around the evasive span may not continue a word."""
+        if not self.max_word_len:
+            return None
+        folded, offsets = fold(text)
+        match = self._find_folded(folded, offsets, True, 0)
+        if match is not None:
+            return match
+        squeezed, index = squeeze(folded)
+        for last, (length, entry) in self._squeezed.iter(squeezed):
+            first, end = index[last - length + 1], index[last]
+            if entry.whole_word and not _is_whole_word(folded, first, end, complete=True):
+                continue
+            return Match(entry.rule, entry.word, offsets[first], offsets[end] + 1)
         return None
 
     def unsafe_suffix_start(self, text: str) -> int:
@@ -101,3 +159,34 @@ def _is_whole_word(folded: str, first: int, last: int, complete: bool) -> bool:
     if last + 1 == len(folded):
         return complete  # else the next character, still to come, decides
     return not is_word_char(folded[last + 1])
+
+
+class ReloadingLexicon:
+    """A lexicon built from files that is rebuilt when one of them changes, checked at most
+    every ``check_every_s``: operators edit the lists without restarting the service."""
+
+    def __init__(self, en: Sequence[Path] = (), zh: Sequence[Path] = (), check_every_s: float = 2.0) -> None:
+        self._en, self._zh = list(en), list(zh)
+        self._check_every_s = check_every_s
+        self._stamps = self._read_stamps()
+        self._checked = time.monotonic()
+        self._lexicon = Lexicon.from_files(en=self._en, zh=self._zh)
+
+    def _read_stamps(self) -> list[float]:
+        return [path.stat().st_mtime_ns if path.exists() else -1 for path in (*self._en, *self._zh)]
+
+    def current(self) -> Lexicon:
+        now = time.monotonic()
+        if now - self._checked >= self._check_every_s:
+            self._checked = now
+            stamps = self._read_stamps()
+            if stamps != self._stamps:
+                try:
+                    self._lexicon = Lexicon.from_files(en=self._en, zh=self._zh)
+                except OSError:
+                    # A list being replaced may be missing for a moment: keep the old lexicon.
+                    log.warning("lexicon reload failed; keeping the previous one", exc_info=True)
+                else:
+                    self._stamps = stamps
+                    log.info("lexicon reloaded", extra={"terms": len(self._lexicon)})
+        return self._lexicon

@@ -11,7 +11,7 @@ from prometheus_client import Counter
 
 from llmesh.common.v1 import common_pb2
 from mesh import semconv
-from services.safety.lexicon import Lexicon, Match
+from services.safety.lexicon import Lexicon, Match, ReloadingLexicon
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,16 @@ def lexicon_verdict(match: Match, message: str) -> SafetyVerdict:
 
 
 class LexiconScanner:
-    def __init__(self, lexicon: Lexicon, message: str) -> None:
+    """Complete text against the lexicon, through evasions (separators, leetspeak)."""
+
+    name = "lexicon"
+
+    def __init__(self, lexicon: Lexicon | ReloadingLexicon, message: str) -> None:
         self.lexicon = lexicon
         self.message = message
 
     def scan(self, text: str) -> SafetyVerdict | None:
-        match = self.lexicon.find(text)
+        match = self.lexicon.current().find_evasive(text)
         return None if match is None else lexicon_verdict(match, self.message)
 
 
@@ -64,10 +68,13 @@ def record(verdict: SafetyVerdict) -> None:
     """Put the verdict on the current (RPC) span, and count and log a block."""
     span = trace.get_current_span()
     span.set_attribute(semconv.LLMESH_SAFETY_BLOCKED, verdict.blocked)
-    if not verdict.blocked:
+    if verdict.category == common_pb2.SAFETY_CATEGORY_UNSPECIFIED:
         return
+    # A verdict that did not block may still have acted (PII redacted): it shows on the span.
     category = category_name(verdict.category)
     span.set_attribute(semconv.LLMESH_SAFETY_CATEGORY, category)
     span.set_attribute(semconv.LLMESH_SAFETY_RULE, verdict.rule)
+    if not verdict.blocked:
+        return
     SAFETY_BLOCKS.labels(category).inc()
     log.info("blocked by safety check", extra={"category": category, "rule": verdict.rule})

@@ -1,0 +1,282 @@
+"""The audit trail: one record per request in a hash chain, kept in a Redis stream and in
+rotated files.
+
+Each record carries ``seq`` (1, 2, ...), ``prev`` (the previous record's hash) and ``hash``
+(SHA-256 of its own canonical JSON without ``hash``). Editing a record breaks its hash,
+deleting one leaves a gap in ``seq``, inserting one breaks the next record's ``prev``, and
+the head (last seq and hash, kept apart from the stream) exposes records cut off the end.
+
+Several gateway replicas append to one chain: a replica reads the head, hashes its record
+locally (Redis's Lua has no SHA-256) and appends with a script that writes only if the head
+is still the one it read, retrying otherwise, so the chain never forks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import redis
+import redis.asyncio as aioredis
+from google.protobuf.json_format import MessageToDict
+from redis.exceptions import RedisError
+
+from gateway.settings import GatewaySettings
+from llmesh.common.v1 import common_pb2
+from services.safety import pii
+
+log = logging.getLogger(__name__)
+
+STREAM = "llmesh:audit:stream"
+HEAD = "llmesh:audit:head"  # hash: seq, hash of the newest record
+# The last record trimmed away by retention: where the remaining chain starts.
+ANCHOR = "llmesh:audit:anchor"
+GENESIS = "0" * 64
+_APPEND_ATTEMPTS = 50
+
+# ARGV: expected head seq, new seq, record JSON, new hash, oldest stream id to keep.
+_APPEND_LUA = """
+local head = redis.call('HMGET', KEYS[2], 'seq', 'hash')
+local seq = head[1] or '0'
+if seq ~= ARGV[1] then return {0, seq, head[2] or ''} end
+redis.call('XADD', KEYS[1], '*', 'seq', ARGV[2], 'record', ARGV[3])
+redis.call('HSET', KEYS[2], 'seq', ARGV[2], 'hash', ARGV[4])
+local cut = redis.call('XREVRANGE', KEYS[1], '(' .. ARGV[5], '-', 'COUNT', 1)
+if #cut > 0 then
+  local last = cjson.decode(cut[1][2][4])
+  redis.call('HSET', KEYS[3], 'seq', tostring(last['seq']), 'hash', last['hash'])
+  redis.call('XTRIM', KEYS[1], 'MINID', ARGV[5])
+end
+return {1, ARGV[2], ARGV[4]}
+"""
+
+
+def canonical(record: dict) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def record_hash(record: dict) -> str:
+    return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the audit keeps of one finished (or failed) request."""
+
+    request_id: str
+    tenant: str
+    requested_model: str
+    model: str = ""
+    route_reason: str = ""
+    finish_reason: str = ""
+    # "ok", or the error's reason (e.g. UPSTREAM_UNAVAILABLE).
+    status: str = "ok"
+    verdict: common_pb2.SafetyVerdict | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    experiments: dict[str, str] = field(default_factory=dict)
+    prompt: str = ""
+    output: str = ""
+
+
+def build_record(outcome: Outcome, include_text: bool) -> dict:
+    """The record's content, without its place in the chain (seq, prev, hash)."""
+    record = {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "tenant": outcome.tenant,
+        "request_id": outcome.request_id,
+        "requested_model": outcome.requested_model,
+        "model": outcome.model,
+        "route_reason": outcome.route_reason,
+        "finish_reason": outcome.finish_reason,
+        "status": outcome.status,
+        "safety": MessageToDict(outcome.verdict) if outcome.verdict is not None else {},
+        "usage": {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens},
+        "latency_ms": round(outcome.latency_ms, 1),
+        "experiments": dict(outcome.experiments),
+    }
+    if include_text:
+        # Redacted here whatever the services' PII policy: the trail outlives the request.
+        record["prompt"] = pii.redact(outcome.prompt, pii.find_pii(outcome.prompt))
+        record["output"] = pii.redact(outcome.output, pii.find_pii(outcome.output))
+    return record
+
+
+class AuditFiles:
+    """This process's JSON-lines file under ``directory``, rotated by size; rotated files older
+    than the retention are deleted. Each replica writes its own file (no shared file
+    locking); ``seq`` orders the records of all files into the one chain."""
+
+    def __init__(self, directory: Path, max_bytes: int, retention_days: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.retention_s = retention_days * 86400
+        self.name = f"audit-{socket.gethostname()}-{os.getpid()}"
+
+    @property
+    def current(self) -> Path:
+        return self.directory / f"{self.name}.jsonl"
+
+    def append(self, record: dict) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.current
+        if path.exists() and path.stat().st_size >= self.max_bytes:
+            path.rename(self.directory / f"{self.name}.{time.strftime('%Y%m%dT%H%M%S')}.{time.time_ns()}.jsonl")
+            self._expire()
+        with open(path, "ab") as out:
+            out.write(canonical(record) + b"\n")
+
+    def _expire(self) -> None:
+        cutoff = time.time() - self.retention_s
+        for old in self.directory.glob("audit-*.*.jsonl"):
+            if old.stat().st_mtime < cutoff:
+                old.unlink(missing_ok=True)
+
+
+class AuditLog:
+    def __init__(self, settings: GatewaySettings, client: aioredis.Redis | None = None) -> None:
+        self.settings = settings
+        self.enabled = settings.audit_enabled
+        self.redis = client or aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self._append = self.redis.register_script(_APPEND_LUA)
+        self.files = AuditFiles(settings.audit_dir, settings.audit_file_max_bytes, settings.audit_retention_days)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def append(self, outcome: Outcome) -> dict | None:
+        """Chain and store the outcome's record; returns it (None when auditing is off)."""
+        if not self.enabled:
+            return None
+        content = build_record(outcome, self.settings.audit_include_text)
+        keep_from_ms = int((time.time() - self.settings.audit_retention_days * 86400) * 1000)
+        head = await self.redis.hmget(HEAD, "seq", "hash")
+        seq, prev = int(head[0] or 0), head[1] or GENESIS
+        for _ in range(_APPEND_ATTEMPTS):
+            record = {**content, "seq": seq + 1, "prev": prev}
+            record["hash"] = record_hash(record)
+            done, head_seq, head_hash = await self._append(
+                keys=[STREAM, HEAD, ANCHOR],
+                args=[str(seq), str(seq + 1), canonical(record).decode(), record["hash"], keep_from_ms],
+            )
+            if int(done):
+                self.files.append(record)
+                return record
+            # Another replica appended first: chain onto its record.
+            seq, prev = int(head_seq), head_hash or GENESIS
+        raise RedisError(f"audit append lost the race {_APPEND_ATTEMPTS} times")
+
+
+# -- verification ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # edited | inserted | deleted
+    seq: int
+    where: str  # stream entry id or file:line
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: record seq {self.seq} ({self.where}): {self.detail}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    where: str
+    record: dict
+
+
+def verify(
+    entries: Iterable[Entry], anchor: tuple[int, str] | None, head: tuple[int, str] | None
+) -> tuple[int, list[Problem]]:
+    """Walk the chain in order; return how many records were read and every break found."""
+    problems: list[Problem] = []
+    expected_seq, expected_prev = (anchor[0] + 1, anchor[1]) if anchor else (None, GENESIS)
+    last: Entry | None = None
+    count = 0
+    for entry in entries:
+        count += 1
+        record = entry.record
+        seq = int(record.get("seq", -1))
+        if expected_seq is None:
+            # No anchor: the chain must start at the beginning.
+            expected_seq = 1
+        if record_hash(record) != record.get("hash"):
+            problems.append(Problem("edited", seq, entry.where, "its content does not match its hash"))
+        elif seq > expected_seq:
+            problems.append(
+                Problem("deleted", seq, entry.where, f"records {expected_seq}..{seq - 1} before it are missing")
+            )
+        elif seq < expected_seq:
+            problems.append(Problem("inserted", seq, entry.where, f"seq {seq} comes after seq {expected_seq - 1}"))
+        elif record.get("prev") != expected_prev:
+            problems.append(
+                Problem(
+                    "inserted",
+                    seq,
+                    entry.where,
+                    "it does not link to the record before it (a record was inserted or changed there)",
+                )
+            )
+        expected_seq, expected_prev, last = seq + 1, record.get("hash"), entry
+    if head is not None and head[0] > 0:
+        if last is None:
+            problems.append(Problem("deleted", head[0], "-", "the chain is empty but its head says otherwise"))
+        elif int(last.record.get("seq", -1)) < head[0]:
+            first_missing = int(last.record["seq"]) + 1
+            problems.append(
+                Problem("deleted", head[0], "end", f"records {first_missing}..{head[0]} at the end are missing")
+            )
+        elif last.record.get("hash") != head[1]:
+            problems.append(
+                Problem("edited", int(last.record["seq"]), last.where, "the last record does not match the head")
+            )
+    return count, problems
+
+
+def redis_entries(client: redis.Redis, batch: int = 1000) -> Iterator[Entry]:
+    start = "-"
+    while True:
+        rows = client.xrange(STREAM, min=start, count=batch)
+        for entry_id, fields in rows:
+            yield Entry(f"stream id {entry_id}", _parse(fields.get("record", "")))
+        if len(rows) < batch:
+            return
+        start = "(" + rows[-1][0]
+
+
+def file_entries(directory: Path) -> list[Entry]:
+    """Every record of every replica's files, in chain order."""
+    entries = [
+        Entry(f"{path.name}:{number}", _parse(line))
+        for path in sorted(directory.glob("audit-*.jsonl"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if line.strip()
+    ]
+    return sorted(entries, key=lambda entry: int(entry.record.get("seq", -1)))
+
+
+def redis_anchor_and_head(client: redis.Redis) -> tuple[tuple[int, str] | None, tuple[int, str] | None]:
+    def pair(key: str) -> tuple[int, str] | None:
+        fields = client.hgetall(key)
+        return (int(fields["seq"]), fields["hash"]) if fields else None
+
+    return pair(ANCHOR), pair(HEAD)
+
+
+def _parse(text: str) -> dict:
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return {"unparseable": text}
+    return record if isinstance(record, dict) else {"unparseable": text}

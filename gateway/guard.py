@@ -1,0 +1,177 @@
+"""What every edge does around the pipeline for a tenant: authenticate the API key, admit the
+request under the tenant's rate limits, and once it has finished charge its tokens and append
+its audit record. Shadow requests of A/B tests call the pipeline directly, so they are
+neither billed nor audited."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncGenerator
+
+import grpc
+from redis.exceptions import RedisError
+
+from gateway.audit import AuditLog, Outcome
+from gateway.errors import GatewayError
+from gateway.pipeline import ChatInput, ChatResult, ChatStream, Pipeline, StreamChunk, finish_reason_name
+from gateway.settings import GatewaySettings
+from gateway.tenancy import ApiKey, Tenancy
+from llmesh.common.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+
+class ContentBlocked(GatewayError):
+    """A refusal as an error, when LLMESH_SAFETY_BLOCK_AS_ERROR is set."""
+
+    http_status = 400
+    error_type = "invalid_request_error"
+    reason = "CONTENT_FILTER"
+
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, verdict: common_pb2.SafetyVerdict) -> None:
+        super().__init__(verdict.message or "The content was blocked.", metadata={"rule": verdict.rule})
+
+
+class Guard:
+    """One per gateway process, shared by both edges (like the pipeline)."""
+
+    def __init__(self, settings: GatewaySettings, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.tenancy = Tenancy(settings)
+        self.audit = AuditLog(settings)
+
+    async def close(self) -> None:
+        await self.tenancy.close()
+        await self.audit.close()
+
+    async def authenticate(self, authorization: str | None) -> ApiKey:
+        return await self.tenancy.authenticate(authorization)
+
+    async def chat(self, key: ApiKey, request: ChatInput) -> ChatResult:
+        request = await self._admit(key, request)
+        started = time.perf_counter()
+        try:
+            result = await self.pipeline.chat(request)
+        except GatewayError as error:
+            await self._finished(_failed(request, error, started))
+            raise
+        await self._finished(
+            Outcome(
+                request_id=result.id,
+                tenant=request.tenant,
+                requested_model=request.model,
+                model=result.model,
+                route_reason=result.route_reason,
+                finish_reason=finish_reason_name(result.finish_reason),
+                verdict=result.verdict,
+                prompt_tokens=result.usage.prompt_tokens,
+                completion_tokens=result.usage.completion_tokens,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                experiments=dict(result.experiments),
+                prompt=_prompt_text(request),
+                output=result.text,
+            )
+        )
+        if self.settings.safety_block_as_error and result.verdict.blocked:
+            raise ContentBlocked(result.verdict)
+        return result
+
+    async def stream(self, key: ApiKey, request: ChatInput) -> ChatStream:
+        request = await self._admit(key, request)
+        started = time.perf_counter()
+        try:
+            stream = await self.pipeline.stream(request)
+        except GatewayError as error:
+            await self._finished(_failed(request, error, started))
+            raise
+        chunks = self._observed(stream, stream.chunks, request, started)
+        if self.settings.safety_block_as_error:
+            # A refused prompt is known before anything was sent: answer it as an error.
+            # A block in mid-stream cannot be: the 200 and the first chunks are out already.
+            first = await anext(chunks)
+            if first.finish_reason and first.verdict is not None and first.verdict.blocked:
+                await stream.aclose()
+                raise ContentBlocked(first.verdict)
+            chunks = _prepend(first, chunks)
+        stream.chunks = chunks
+        return stream
+
+    async def _admit(self, key: ApiKey, request: ChatInput) -> ChatInput:
+        await self.tenancy.admit(key.tenant)
+        return dataclasses.replace(request, tenant=key.tenant)
+
+    async def _observed(
+        self, stream: ChatStream, chunks: AsyncGenerator[StreamChunk, None], request: ChatInput, started: float
+    ) -> AsyncGenerator[StreamChunk, None]:
+        text: list[str] = []
+        try:
+            async for chunk in chunks:
+                text.append(chunk.text)
+                if chunk.finish_reason:
+                    usage = chunk.usage or common_pb2.Usage()
+                    await self._finished(
+                        Outcome(
+                            request_id=stream.id,
+                            tenant=request.tenant,
+                            requested_model=request.model,
+                            model=stream.model,
+                            route_reason=stream.route_reason,
+                            finish_reason=finish_reason_name(chunk.finish_reason),
+                            verdict=chunk.verdict,
+                            prompt_tokens=usage.prompt_tokens,
+                            completion_tokens=usage.completion_tokens,
+                            latency_ms=(time.perf_counter() - started) * 1000,
+                            experiments=dict(stream.experiments),
+                            prompt=_prompt_text(request),
+                            output="".join(text),
+                        )
+                    )
+                yield chunk
+        except GatewayError as error:
+            await self._finished(dataclasses.replace(_failed(request, error, started), request_id=stream.id))
+            raise
+        finally:
+            await chunks.aclose()
+
+    async def _finished(self, outcome: Outcome) -> None:
+        # Charging and auditing must not turn an answered request into a failure; a failure
+        # here is logged loudly instead (the chain itself stays consistent).
+        try:
+            await self.tenancy.debit(outcome.tenant, outcome.prompt_tokens + outcome.completion_tokens)
+        except RedisError:
+            log.warning("could not charge tokens", extra={"tenant": outcome.tenant}, exc_info=True)
+        try:
+            await self.audit.append(outcome)
+        except (RedisError, OSError):
+            log.exception("could not append the audit record", extra={"request_id": outcome.request_id})
+
+
+def _failed(request: ChatInput, error: GatewayError, started: float) -> Outcome:
+    return Outcome(
+        request_id="",
+        tenant=request.tenant,
+        requested_model=request.model,
+        status=error.reason,
+        latency_ms=(time.perf_counter() - started) * 1000,
+        prompt=_prompt_text(request),
+    )
+
+
+def _prompt_text(request: ChatInput) -> str:
+    if request.prompt is not None:
+        return request.prompt
+    return "\n".join(message.content for message in request.messages)
+
+
+async def _prepend(first: StreamChunk, rest: AsyncGenerator[StreamChunk, None]) -> AsyncGenerator[StreamChunk, None]:
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()

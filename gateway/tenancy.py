@@ -1,0 +1,220 @@
+"""Tenants: API keys stored hashed in Redis, and per-tenant rate limits (requests and tokens per
+minute) kept as token buckets in Redis, so every gateway replica draws from the same bucket.
+
+Keys are ``llm_<key id>_<secret>``: the key id is public (listing, revoking), the whole key is
+looked up by its SHA-256 only. A slow hash is not needed: the secret is 256 random bits, not
+a password anyone could guess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import secrets
+import time
+from dataclasses import asdict, dataclass
+
+import grpc
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.errors import GatewayError, Unauthorized, UpstreamUnavailable
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "llm_"
+_BY_HASH = "llmesh:apikey:hash:"  # + sha256 hex -> hash of the key's record
+_BY_ID = "llmesh:apikey:id:"  # + key id -> sha256 hex
+_TENANT_KEYS = "llmesh:tenant:keys:"  # + tenant -> set of key ids
+_TENANT_LIMITS = "llmesh:tenant:limits:"  # + tenant -> hash rpm, tpm
+_BUCKET = "llmesh:ratelimit:"  # + tenant + ":requests" / ":tokens"
+
+
+class RateLimited(GatewayError):
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 429
+    error_type = "rate_limit_error"
+    reason = "RATE_LIMIT_EXCEEDED"
+
+    def __init__(self, message: str, retry_after_s: float, **kwargs) -> None:
+        # Whole seconds, at least one: what the Retry-After header can say.
+        self.retry_after = max(1, math.ceil(retry_after_s))
+        kwargs.setdefault("metadata", {"retry_after": str(self.retry_after)})
+        super().__init__(message, **kwargs)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)}
+
+
+class KeyNotFound(GatewayError):
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    http_status = 404
+    error_type = "invalid_request_error"
+    reason = "KEY_NOT_FOUND"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_id: str
+    tenant: str
+    name: str
+    created: int
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_bearer(authorization: str | None) -> str | None:
+    scheme, _, presented = (authorization or "").partition(" ")
+    return presented.strip() if scheme.lower() == "bearer" and presented.strip() else None
+
+
+# Two buckets (requests, tokens) refilled continuously at capacity per minute. ARGV[3] is
+# the mode: "admit" takes one request and needs a token level of at least one (the tokens a
+# request will use are not known yet); "debit" takes the tokens used, and may go below zero,
+# so a tenant that overspent waits until its bucket refills. Redis's clock, not the
+# replicas', so that every replica sees the same time.
+_BUCKETS_LUA = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
+local mode = ARGV[3]
+local levels = {}
+local waits = {0, 0}
+for i = 1, 2 do
+  local capacity = tonumber(ARGV[i])
+  local rate = capacity / 60
+  local state = redis.call('HMGET', KEYS[i], 'level', 'ts')
+  local level = tonumber(state[1]) or capacity
+  local ts = tonumber(state[2]) or now
+  level = math.min(capacity, level + math.max(0, now - ts) * rate)
+  levels[i] = level
+  if mode == 'admit' and level < 1 then waits[i] = (1 - level) / rate end
+end
+local allowed = (waits[1] == 0 and waits[2] == 0) and 1 or 0
+if mode == 'admit' and allowed == 1 then levels[1] = levels[1] - 1 end
+if mode == 'debit' then levels[2] = levels[2] - tonumber(ARGV[4]) end
+for i = 1, 2 do
+  redis.call('HSET', KEYS[i], 'level', tostring(levels[i]), 'ts', tostring(now))
+  redis.call('EXPIRE', KEYS[i], 120)
+end
+return {allowed, tostring(math.max(waits[1], waits[2]))}
+"""
+
+
+class Tenancy:
+    """API keys and rate limits; one per gateway process, shared by both edges."""
+
+    def __init__(self, settings: GatewaySettings, client: aioredis.Redis | None = None) -> None:
+        self.settings = settings
+        self.redis = client or aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self._buckets = self.redis.register_script(_BUCKETS_LUA)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # -- keys ------------------------------------------------------------------------------
+
+    async def create_key(
+        self, tenant: str, name: str = "", rpm: int | None = None, tpm: int | None = None
+    ) -> tuple[str, ApiKey]:
+        """A new key (shown once; only its hash is stored) and its record."""
+        key_id = secrets.token_hex(6)
+        key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+        record = ApiKey(key_id=key_id, tenant=tenant, name=name, created=int(time.time()))
+        digest = hash_key(key)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_BY_HASH + digest, mapping={k: str(v) for k, v in asdict(record).items()})
+            pipe.set(_BY_ID + key_id, digest)
+            pipe.sadd(_TENANT_KEYS + tenant, key_id)
+            limits = {k: str(v) for k, v in (("rpm", rpm), ("tpm", tpm)) if v is not None}
+            if limits:
+                pipe.hset(_TENANT_LIMITS + tenant, mapping=limits)
+            await pipe.execute()
+        return key, record
+
+    async def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        if tenant is None:
+            key_ids = [key.removeprefix(_BY_ID) async for key in self.redis.scan_iter(_BY_ID + "*")]
+        else:
+            key_ids = list(await self.redis.smembers(_TENANT_KEYS + tenant))
+        records = [await self._record_by_id(key_id) for key_id in sorted(key_ids)]
+        return sorted((r for r in records if r is not None), key=lambda r: (r.tenant, r.created, r.key_id))
+
+    async def revoke(self, key_id: str, tenant: str | None = None) -> ApiKey:
+        """Revoke a key; with ``tenant``, only one of that tenant's own (another tenant's key
+        is reported as not found, so key ids of other tenants cannot be probed)."""
+        record = await self._record_by_id(key_id)
+        if record is None or (tenant is not None and record.tenant != tenant):
+            raise KeyNotFound(f"No API key with id '{key_id}'.", param="key_id")
+        digest = await self.redis.get(_BY_ID + key_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_BY_HASH + digest, _BY_ID + key_id)
+            pipe.srem(_TENANT_KEYS + record.tenant, key_id)
+            await pipe.execute()
+        return record
+
+    async def _record_by_id(self, key_id: str) -> ApiKey | None:
+        digest = await self.redis.get(_BY_ID + key_id)
+        fields = await self.redis.hgetall(_BY_HASH + digest) if digest else {}
+        return _record(fields)
+
+    async def authenticate(self, authorization: str | None) -> ApiKey:
+        """The key's record, from an ``Authorization: Bearer <key>`` value; 401 otherwise.
+        Without LLMESH_AUTH_REQUIRED, a request without a key is the default tenant's."""
+        key = parse_bearer(authorization)
+        if key is None or not key.startswith(KEY_PREFIX):
+            if not self.settings.auth_required:
+                return ApiKey("", self.settings.default_tenant, "", 0)
+            raise Unauthorized("A valid API key is required (Authorization: Bearer <key>).")
+        try:
+            record = _record(await self.redis.hgetall(_BY_HASH + hash_key(key)))
+        except RedisError as error:
+            raise UpstreamUnavailable("The API key store is unavailable; please retry.") from error
+        if record is None:
+            raise Unauthorized("The API key is not valid (unknown or revoked).")
+        return record
+
+    # -- rate limits -----------------------------------------------------------------------
+
+    async def limits(self, tenant: str) -> tuple[int, int]:
+        stored = await self.redis.hgetall(_TENANT_LIMITS + tenant)
+        return (
+            int(stored.get("rpm", self.settings.tenant_requests_per_minute)),
+            int(stored.get("tpm", self.settings.tenant_tokens_per_minute)),
+        )
+
+    async def admit(self, tenant: str) -> None:
+        """Take one request from the tenant's bucket, or 429 with how long to wait."""
+        if not self.settings.rate_limits_enabled:
+            return
+        rpm, tpm = await self.limits(tenant)
+        try:
+            allowed, wait = await self._buckets(keys=_bucket_keys(tenant), args=[rpm, tpm, "admit", 0])
+        except RedisError as error:
+            raise UpstreamUnavailable("The rate limiter is unavailable; please retry.") from error
+        if not int(allowed):
+            raise RateLimited(
+                f"Rate limit reached for tenant '{tenant}' ({rpm} requests and {tpm} tokens per minute).",
+                float(wait),
+            )
+
+    async def debit(self, tenant: str, tokens: int) -> None:
+        """Charge the tokens a finished request used."""
+        if tokens <= 0 or not self.settings.rate_limits_enabled:
+            return
+        rpm, tpm = await self.limits(tenant)
+        await self._buckets(keys=_bucket_keys(tenant), args=[rpm, tpm, "debit", tokens])
+
+
+def _bucket_keys(tenant: str) -> list[str]:
+    return [f"{_BUCKET}{tenant}:requests", f"{_BUCKET}{tenant}:tokens"]
+
+
+def _record(fields: dict[str, str]) -> ApiKey | None:
+    if not fields:
+        return None
+    return ApiKey(fields["key_id"], fields["tenant"], fields.get("name", ""), int(fields.get("created", 0)))

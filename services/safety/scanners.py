@@ -1,0 +1,84 @@
+"""The scanners besides the lexicon's (``verdicts.LexiconScanner``): PII, prompt injection and
+the output moderation classifier, each a ``verdicts.Scanner``."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Literal
+
+from llmesh.common.v1 import common_pb2
+from services.safety import pii
+from services.safety.injection import find_injection
+from services.safety.verdicts import SafetyVerdict, blocked
+
+PiiAction = Literal["redact", "block", "off"]
+
+
+def pii_rule(matches: list[pii.PiiMatch]) -> str:
+    """``pii:card,email``: the kinds found, for the verdict and the audit record."""
+    return "pii:" + ",".join(sorted({match.kind for match in matches}))
+
+
+def redaction_verdict(matches: list[pii.PiiMatch]) -> SafetyVerdict:
+    """Not a block: records that the text went on with these kinds of PII redacted."""
+    return SafetyVerdict(blocked=False, category=common_pb2.SAFETY_CATEGORY_PII, rule=pii_rule(matches))
+
+
+class PiiScanner:
+    """Blocks text that carries PII (the ``block`` policy; ``redact`` uses ``pii.find_pii``
+    and ``pii.redact`` directly and never blocks)."""
+
+    name = "pii"
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def scan(self, text: str) -> SafetyVerdict | None:
+        matches = pii.find_pii(text)
+        return blocked(common_pb2.SAFETY_CATEGORY_PII, pii_rule(matches), self.message) if matches else None
+
+
+class InjectionScanner:
+    name = "injection"
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def scan(self, text: str) -> SafetyVerdict | None:
+        match = find_injection(text)
+        if match is None:
+            return None
+        return blocked(common_pb2.SAFETY_CATEGORY_PROMPT_INJECTION, match.rule, self.message)
+
+
+@cache
+def _profanity_model():
+    # Imported on first use: loading scikit-learn and the model takes about a second.
+    from profanity_check import predict_prob
+
+    return predict_prob
+
+
+def profanity_probability(text: str) -> float:
+    return float(_profanity_model()([text])[0])
+
+
+class ModerationScanner:
+    """alt-profanity-check's linear classifier (offline: the model ships in the wheel) over
+    English text; a probability at or above ``threshold`` blocks."""
+
+    name = "moderation"
+
+    def __init__(self, message: str, threshold: float) -> None:
+        self.message = message
+        self.threshold = threshold
+        # Loaded now rather than on the first answer, which would wait a second for it.
+        _profanity_model()
+
+    def scan(self, text: str) -> SafetyVerdict | None:
+        if not text.strip():
+            return None
+        probability = profanity_probability(text)
+        if probability < self.threshold:
+            return None
+        return blocked(common_pb2.SAFETY_CATEGORY_MODERATION, f"moderation:profanity:{probability:.2f}", self.message)

@@ -1,0 +1,99 @@
+"""API keys, rate limits and the audit chain against a real Redis, with several "replicas"
+(independent clients) sharing it."""
+
+import asyncio
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from gateway import audit
+from gateway.errors import Unauthorized
+from gateway.settings import GatewaySettings
+from gateway.tenancy import KeyNotFound, RateLimited, Tenancy
+
+
+@pytest.fixture
+def settings(redis_url, tmp_path):
+    # A database of its own, emptied: the session's Redis is shared with other tests.
+    url = redis_url.rsplit("/", 1)[0] + "/7"
+    redis.Redis.from_url(url).flushdb()
+    return GatewaySettings(redis_url=url, audit_dir=tmp_path / "audit", tenant_requests_per_minute=3)
+
+
+async def test_keys_are_stored_hashed_and_revocable(settings):
+    tenancy = Tenancy(settings)
+    key, record = await tenancy.create_key("acme", "ci")
+    assert (await tenancy.authenticate(f"Bearer {key}")).tenant == "acme"
+    raw = redis.Redis.from_url(settings.redis_url)
+    assert not any(
+        key.encode() in k or key.encode() in (raw.get(k) or b"") for k in raw.keys("*") if raw.type(k) == b"string"
+    )
+    with pytest.raises(Unauthorized):
+        await tenancy.authenticate(None)
+    with pytest.raises(Unauthorized):
+        await tenancy.authenticate(f"Bearer {key}x")
+    await tenancy.create_key("other")
+    with pytest.raises(KeyNotFound):
+        await tenancy.revoke(record.key_id, tenant="other")
+    await tenancy.revoke(record.key_id, tenant="acme")
+    with pytest.raises(Unauthorized):
+        await tenancy.authenticate(f"Bearer {key}")
+    assert [k.tenant for k in await tenancy.list_keys()] == ["other"]
+    await tenancy.close()
+
+
+async def test_rate_limit_is_shared_by_replicas_and_per_tenant(settings):
+    replicas = [Tenancy(settings), Tenancy(settings)]
+    # 3 requests a minute in all, whichever replica takes them.
+    for index in range(3):
+        await replicas[index % 2].admit("busy")
+    with pytest.raises(RateLimited) as raised:
+        await replicas[1].admit("busy")
+    assert 1 <= raised.value.retry_after <= 20 and raised.value.headers == {
+        "retry-after": str(raised.value.retry_after)
+    }
+    await replicas[0].admit("quiet")  # another tenant is unaffected
+    for replica in replicas:
+        await replica.close()
+
+
+async def test_tokens_used_are_charged_and_then_limit(settings):
+    tenancy = Tenancy(settings)
+    _, _ = await tenancy.create_key("tok", rpm=100, tpm=50)
+    await tenancy.admit("tok")
+    await tenancy.debit("tok", 80)  # overspent: the bucket is below zero
+    with pytest.raises(RateLimited):
+        await tenancy.admit("tok")
+    await tenancy.close()
+
+
+async def test_audit_appends_from_replicas_form_one_chain(settings):
+    logs = [audit.AuditLog(settings) for _ in range(3)]
+    outcomes = [audit.Outcome(request_id=f"r{i}", tenant="t", requested_model="auto") for i in range(30)]
+    await asyncio.gather(*(logs[i % 3].append(outcome) for i, outcome in enumerate(outcomes)))
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    anchor, head = audit.redis_anchor_and_head(client)
+    count, problems = audit.verify(audit.redis_entries(client), anchor, head)
+    assert (count, problems, head[0]) == (30, [], 30)
+    assert audit.verify(audit.file_entries(settings.audit_dir), None, None) == (30, [])
+    for log in logs:
+        await log.close()
+
+
+async def test_retention_trims_old_records_and_keeps_an_anchor(settings):
+    log = audit.AuditLog(settings)
+    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    for i in range(3):
+        await log.append(audit.Outcome(request_id=f"old{i}", tenant="t", requested_model="auto"))
+    await asyncio.sleep(0.01)
+    # Everything so far is past a retention that ends now.
+    short = audit.AuditLog(settings.model_copy(update={"audit_retention_days": 1e-9}))
+    await short.append(audit.Outcome(request_id="new", tenant="t", requested_model="auto"))
+    sync = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    anchor, head = audit.redis_anchor_and_head(sync)
+    assert anchor[0] == 3 and head[0] == 4
+    assert audit.verify(audit.redis_entries(sync), anchor, head) == (1, [])
+    for closing in (log, short):
+        await closing.close()
+    await client.aclose()

@@ -8,12 +8,13 @@ MODELS := models/artifacts/small/model.safetensors models/artifacts/large/model.
 # apt-get needs root; use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help run test test-unit test-integration test-e2e venv redis protos models clean
+.PHONY: help run test test-unit test-integration test-e2e venv redis protos models certs clean
 
 help:
 	@echo "make run    start the whole stack (Triton, Redis, services, gateway) on the documented ports"
 	@echo "make test   install what is needed and run unit, integration and e2e tests"
 	@echo "make protos regenerate gen/ from protos/;  make models  retrain the models"
+	@echo "make certs  a local CA and per-service certificates (certs/) for mTLS"
 
 run: venv redis $(MODELS)
 	$(VENV)/bin/llmesh up
@@ -51,6 +52,10 @@ $(MODELS):
 
 models: venv
 	$(PY) -m models.train
+
+# A local CA and a certificate per service in certs/ (gitignored), for mutual TLS in the mesh.
+certs: venv
+	$(VENV)/bin/llmesh certs --out certs
 
 clean:
 	rm -rf .run .cache .pytest_cache

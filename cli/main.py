@@ -11,9 +11,21 @@ import typer
 from rich.console import Console
 
 from mesh.collector import CollectorSettings
+from cli.audit import app as audit_app
+from cli.certs import app as certs_app
+from cli.experiments import app as experiments_app
+from cli.keys import app as keys_app
+from cli.router import app as router_app
+from cli.safety import app as safety_app
 from mesh.settings import load_settings
 
 app = typer.Typer(help="llmesh operator commands", no_args_is_help=True)
+app.add_typer(router_app, name="router")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+app.add_typer(safety_app, name="safety")
+app.add_typer(certs_app, name="certs")
+app.add_typer(experiments_app, name="experiments")
 console = Console()
 
 
@@ -21,9 +33,19 @@ console = Console()
 def up(
     free_ports: bool = typer.Option(False, help="pick free ports instead of the documented defaults"),
     triton_timeout: float = typer.Option(300.0, help="seconds to wait for Triton to load its models"),
+    tls: bool = typer.Option(False, help="mutual TLS between the gateway and the services (fresh certificates)"),
+    deployment: list[str] = typer.Option(
+        [], help="another deployment of a service for A/B tests, SERVICE:NAME[:VAR=VALUE,...] (repeatable), "
+        "e.g. router:b:LLMESH_PERPLEXITY_THRESHOLD=5",
+    ),
 ) -> None:
     """Start the whole stack (Redis, collector, Triton, services, gateway) until Ctrl-C."""
-    from cli.stack import Ports, Stack, StackError
+    from cli.stack import Deployment, Ports, Stack, StackError
+
+    try:
+        deployments = [Deployment.parse(spec) for spec in deployment]
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--deployment") from None
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -36,6 +58,8 @@ def up(
     stack = Stack(
         ports=Ports.free() if free_ports else Ports(),
         on_ready=lambda name, seconds: console.print(f"[green]ready[/]  {name:<12} {seconds:6.1f}s"),
+        tls=tls,
+        deployments=deployments,
     )
     console.print(f"starting llmesh (logs in {stack.run_dir / 'logs'}) ...")
     try:
@@ -44,9 +68,13 @@ def up(
         console.print(f"[red]failed to start:[/] {error}")
         raise typer.Exit(1) from None
     url = stack.gateway_url
+    # API keys are required: a development tenant's key, stored hashed like any other.
+    key = stack.create_key("dev", name="llmesh up")
     console.print(
         f"\n[bold]llmesh is up[/]: OpenAI-compatible API at {url}/v1, gRPC edge at 127.0.0.1:{stack.ports.gateway_grpc}\n"
-        f"try:\n  curl -N {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+        f"API key of tenant 'dev' (more: `llmesh keys create TENANT`):\n  export LLMESH_API_KEY={key}\n"
+        f"try:\n  curl -N {url}/v1/chat/completions -H \"Authorization: Bearer $LLMESH_API_KEY\" \\\n"
+        "    -H 'Content-Type: application/json' \\\n"
         "    -d '{\"model\": \"auto\", \"stream\": true, \"messages\": [{\"role\": \"user\", "
         "\"content\": \"What does json.dumps do?\"}]}'\n"
         "then `llmesh trace <x-trace-id header>` to see the request's trace. Ctrl-C stops everything."

@@ -7,6 +7,7 @@ is checked with a real health probe before the next tier starts.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -23,6 +24,7 @@ import httpx
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cli import certs
 from mesh.settings import REPO_ROOT
 from services.inference.triton_server import TritonServer
 
@@ -63,6 +65,28 @@ class Ports:
         return cls(**{name: free_port() for name in cls.__dataclass_fields__})
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """One more deployment of a service (an A/B variant): its own process on its own port with
+    its own settings, known to the gateway through LLMESH_VARIANT_ADDRS (see mesh.discovery)."""
+
+    service: str
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+    # 0: a free port.
+    port: int = 0
+
+    @classmethod
+    def parse(cls, spec: str) -> Deployment:
+        """``SERVICE:NAME[:VAR=VALUE,...]``, e.g. ``router:b:LLMESH_PERPLEXITY_THRESHOLD=5``."""
+        service, _, rest = spec.partition(":")
+        name, _, assignments = rest.partition(":")
+        if not service or not name or any("=" not in pair for pair in assignments.split(",") if pair):
+            raise ValueError(f"expected SERVICE:NAME[:VAR=VALUE,...], got {spec!r}")
+        env = dict(pair.split("=", 1) for pair in assignments.split(",") if pair)
+        return cls(service, name, env)
+
+
 def stack_env(ports: Ports, run_dir: Path) -> dict[str, str]:
     """The environment every process of the stack shares (see mesh.settings.MeshSettings)."""
     local = "127.0.0.1"
@@ -80,12 +104,15 @@ def stack_env(ports: Ports, run_dir: Path) -> dict[str, str]:
         "LLMESH_COLLECTOR_ADDR": f"{local}:{ports.collector}",
         "LLMESH_OTLP_ENDPOINT": f"http://{local}:{ports.collector}",
         "LLMESH_TRACE_DB": str(run_dir / "traces.db"),
+        "LLMESH_AUDIT_DIR": str(run_dir / "audit"),
     }
 
 
-def _grpc_serving(port: int) -> Callable[[], bool]:
+def _grpc_serving(port: int, credentials: grpc.ChannelCredentials | None = None) -> Callable[[], bool]:
     def check() -> bool:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        target = f"127.0.0.1:{port}"
+        channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+        with channel:
             try:
                 response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
             except grpc.RpcError:
@@ -133,9 +160,19 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
     # Called with each part's name once it is healthy (progress for `llmesh up`).
     on_ready: Callable[[str, float], None] = lambda name, seconds: None
+    # Mutual TLS between the gateway and the services, with certificates made for this run
+    # in <run_dir>/certs (the public edges and Triton on loopback stay plaintext).
+    tls: bool = False
+    # More deployments of services (A/B variants), started before the gateway.
+    deployments: list[Deployment] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.env = {**os.environ, **stack_env(self.ports, self.run_dir), **self.extra_env}
+        self.deployments = [replace(d, port=d.port or free_port()) for d in self.deployments]
+        variant_addrs: dict[str, dict[str, str]] = {}
+        for deployment in self.deployments:
+            variant_addrs.setdefault(deployment.service, {})[deployment.name] = f"127.0.0.1:{deployment.port}"
+        variants = {"LLMESH_VARIANT_ADDRS": json.dumps(variant_addrs)} if variant_addrs else {}
+        self.env = {**os.environ, **stack_env(self.ports, self.run_dir), **variants, **self.extra_env}
         self.children: list[Child] = []
         self.triton: TritonServer | None = None
 
@@ -154,7 +191,8 @@ class Stack:
 
         def service(name: str, module: str, port: int) -> Child:
             metrics_port = getattr(p, f"{name}_metrics")
-            return Child(name, [python, "-m", module], _grpc_serving(port), {"LLMESH_METRICS_PORT": str(metrics_port)})
+            env = {"LLMESH_METRICS_PORT": str(metrics_port), **self._tls_env(name)}
+            return Child(name, [python, "-m", module], _grpc_serving(port, self._probe_credentials()), env)
 
         return [
             Child(
@@ -169,12 +207,42 @@ class Stack:
             # Router and inference are ready only once their Triton models are.
             service("router", "services.router", p.router),
             service("inference", "services.inference", p.inference),
+            *(
+                Child(
+                    f"{d.service}-{d.name}",
+                    [python, "-m", f"services.{d.service}"],
+                    _grpc_serving(d.port, self._probe_credentials()),
+                    {"LLMESH_LISTEN_ADDR": f"127.0.0.1:{d.port}", **self._tls_env(d.service), **d.env},
+                )
+                for d in self.deployments
+            ),
             Child(
                 "gateway",
                 [python, "-m", "gateway"],
                 _http_ok(f"http://127.0.0.1:{p.gateway_http}/readyz"),
+                self._tls_env("gateway"),
             ),
         ]
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.run_dir / "certs"
+
+    def _tls_env(self, name: str) -> dict[str, str]:
+        return certs.tls_env(self.certs_dir, name) if self.tls else {}
+
+    def _probe_credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.tls:
+            return None
+        # The probe is a client like any other: it presents the gateway's certificate.
+        ca, key, cert = ((self.certs_dir / name).read_bytes() for name in ("ca.pem", "gateway-key.pem", "gateway.pem"))
+        return grpc.ssl_channel_credentials(ca, key, cert)
+
+    def create_key(self, tenant: str, name: str = "") -> str:
+        """A new API key for ``tenant`` in this stack's Redis (as `llmesh keys create` makes it)."""
+        from cli.keys import create_key
+
+        return create_key(self.env["LLMESH_REDIS_URL"], tenant, name)[0]
 
     def _spawn(self, child: Child) -> None:
         logs = self.run_dir / "logs"
@@ -201,6 +269,8 @@ class Stack:
     def start(self, triton_timeout_s: float = 300.0) -> Stack:
         started = time.monotonic()
         try:
+            if self.tls:
+                certs.generate(self.certs_dir)
             services = self._services()
             redis_child, collector, *rest = services
             for child in (redis_child, collector):

@@ -9,6 +9,7 @@ import signal
 import uvicorn
 
 from gateway.grpc_edge import GatewayService
+from gateway.guard import Guard
 from gateway.pipeline import Pipeline
 from gateway.rest import RestServer, create_app
 from gateway.settings import GatewaySettings
@@ -28,14 +29,15 @@ async def serve(settings: GatewaySettings) -> None:
     """
     # Built inside the loop: aio channels bind to the running loop.
     pipeline = Pipeline(settings)
-    service = GatewayService(settings, pipeline)
-    grpc_server, _ = create_server(listen_addr(settings, settings.gateway_grpc_addr), settings)
+    guard = Guard(settings, pipeline)
+    service = GatewayService(settings, pipeline, guard)
+    grpc_server, _ = create_server(listen_addr(settings, settings.gateway_grpc_addr), settings, mtls=False)
     service.register(grpc_server)
     health = Health(grpc_server, service.service_names)
     host, port = settings.http_addr()
     rest = RestServer(
         uvicorn.Config(
-            create_app(settings, pipeline),
+            create_app(settings, pipeline, guard),
             host=host,
             port=port,
             # Logs go through mesh's JSON formatter; the REST edge writes its own access line.

@@ -45,6 +45,11 @@ class GatewayError(Exception):
     def code(self) -> str:
         return self.reason.lower()
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the REST edge adds to the error response."""
+        return {}
+
 
 class InvalidRequest(GatewayError):
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
@@ -86,6 +91,20 @@ class UpstreamTimeout(GatewayError):
     phrase = "did not answer in time"
 
 
+class BudgetExhausted(GatewayError):
+    """The router refused: the tenant's spending budget is used up until it resets."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 429
+    error_type = "insufficient_quota"
+    reason = "BUDGET_EXHAUSTED"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        retry_after = self.metadata.get("retry_after_s")
+        return {"retry-after": retry_after} if retry_after else {}
+
+
 class UpstreamError(GatewayError):
     """An upstream failed in a way the caller cannot fix (INTERNAL, UNKNOWN, ...)."""
 
@@ -109,6 +128,8 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> GatewayError:
     """The typed error for a failed call to ``service``; keeps the upstream's ErrorInfo reason."""
     cls = _BY_CODE.get(error.code(), UpstreamError)
     info = error_info(error)
+    if info and info.reason == BudgetExhausted.reason:
+        cls = BudgetExhausted
     metadata = {**(info.metadata if info else {}), "service": service}
     reason = info.reason if info else None
     # Upstream messages about bad requests are written for the caller; those about failures

@@ -8,8 +8,11 @@ import grpc
 
 from gateway import readiness
 from gateway.errors import GatewayError, log_failure
+from gateway.experiments.api import assignment_headers
+from gateway.guard import Guard
 from gateway.pipeline import ChatInput, Pipeline
 from gateway.settings import GatewaySettings
+from gateway.tenancy import ApiKey
 from llmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from mesh.catalog import AUTO_MODEL
 from mesh.errors import abort
@@ -20,9 +23,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
 
     service_names = [gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name]
 
-    def __init__(self, settings: GatewaySettings, pipeline: Pipeline) -> None:
+    def __init__(self, settings: GatewaySettings, pipeline: Pipeline, guard: Guard | None = None) -> None:
         self.settings = settings
         self.pipeline = pipeline
+        self.guard = guard or Guard(settings, pipeline)
 
     def register(self, server: grpc.aio.Server) -> None:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(self, server)
@@ -31,15 +35,21 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         return readiness.is_ready(await readiness.check(self.settings, self.pipeline.channels))
 
     async def close(self) -> None:
+        await self.guard.close()
         await self.pipeline.close()
+
+    async def _key(self, context: grpc.aio.ServicerContext) -> ApiKey:
+        """The caller's key from the ``authorization: Bearer <key>`` metadata."""
+        return await self.guard.authenticate(_metadata(context, "authorization"))
 
     async def Chat(
         self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ChatResponse:
         try:
-            result = await self.pipeline.chat(_input(request))
+            result = await self.guard.chat(await self._key(context), _input(request))
         except GatewayError as error:
             await _abort(context, error)
+        await _send_assignments(context, result.experiments)
         return gateway_pb2.ChatResponse(
             id=result.id,
             model=result.model,
@@ -54,8 +64,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ChatStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.ChatStreamResponse]:
         try:
-            stream = await self.pipeline.stream(_input(request))
+            stream = await self.guard.stream(await self._key(context), _input(request))
             try:
+                await _send_assignments(context, stream.experiments)
                 async for chunk in stream:
                     yield gateway_pb2.ChatStreamResponse(
                         id=stream.id,
@@ -70,6 +81,16 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
                 await stream.aclose()
         except GatewayError as error:
             await _abort(context, error)
+
+
+async def _send_assignments(context: grpc.aio.ServicerContext, experiments: dict[str, str]) -> None:
+    """The A/B assignments as initial metadata, named as the REST edge's headers."""
+    if experiments:
+        await context.send_initial_metadata(tuple(assignment_headers(experiments).items()))
+
+
+def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
+    return next((value for key, value in context.invocation_metadata() or () if key == name), None)
 
 
 def _input(request: gateway_pb2.ChatRequest | gateway_pb2.ChatStreamRequest) -> ChatInput:

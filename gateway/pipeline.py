@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -17,7 +17,9 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
+from gateway import cascade
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamError, from_rpc_error
+from gateway.experiments.runtime import Answer, Experiments, Trial
 from gateway.metrics import TTFT
 from gateway.settings import GatewaySettings
 from llmesh.common.v1 import common_pb2
@@ -60,6 +62,11 @@ class ChatInput:
     model: str = AUTO_MODEL
     sampling: common_pb2.SamplingParams = field(default_factory=common_pb2.SamplingParams)
     user: str = ""
+    # The caller's tenant (from its API key); empty means settings.default_tenant.
+    tenant: str = ""
+    # A/B tests: the id of the session unit, and variants the caller forces (for testing).
+    session_id: str = ""
+    forced_variants: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def operation(self) -> str:
@@ -79,6 +86,8 @@ class ChatResult:
     route_reason: str
     # Explains a content_filter finish when blocked; empty otherwise.
     verdict: common_pb2.SafetyVerdict
+    # experiment name -> variant that served this request.
+    experiments: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,7 @@ class ChatStream:
     chunks: AsyncGenerator[StreamChunk, None]
     # Cancels the upstream calls and ends the span; runs at most once.
     close: Callable[[], None]
+    experiments: dict[str, str] = field(default_factory=dict)
 
     def __aiter__(self) -> AsyncIterator[StreamChunk]:
         return self.chunks
@@ -115,6 +125,25 @@ class ChatStream:
 
 
 @dataclass(frozen=True)
+class _Stubs:
+    """The upstreams one request talks to (an A/B variant may swap in another deployment)."""
+
+    preprocess: preprocess_pb2_grpc.PreprocessServiceStub
+    router: router_pb2_grpc.RouterServiceStub
+    inference: inference_pb2_grpc.InferenceServiceStub
+    postprocess: postprocess_pb2_grpc.PostprocessServiceStub
+
+    @classmethod
+    def over(cls, channels: Mapping[str, grpc.aio.Channel]) -> _Stubs:
+        return cls(
+            preprocess_pb2_grpc.PreprocessServiceStub(channels["preprocess"]),
+            router_pb2_grpc.RouterServiceStub(channels["router"]),
+            inference_pb2_grpc.InferenceServiceStub(channels["inference"]),
+            postprocess_pb2_grpc.PostprocessServiceStub(channels["postprocess"]),
+        )
+
+
+@dataclass(frozen=True)
 class _Plan:
     """What is settled before generation: who asks, the prepared prompt and the route."""
 
@@ -124,6 +153,7 @@ class _Plan:
     prompt: preprocess_pb2.PreprocessResponse
     # None when preprocess blocked the prompt: nothing is routed or generated then.
     route: router_pb2.RouteResponse | None
+    stubs: _Stubs
 
     def generate_request(self) -> inference_pb2.GenerateRequest:
         return inference_pb2.GenerateRequest(
@@ -145,6 +175,7 @@ class _Plan:
             usage=common_pb2.Usage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
             route_reason="",
             verdict=self.prompt.verdict,
+            experiments=dict(self.context.experiments),
         )
 
 
@@ -163,59 +194,76 @@ class Pipeline:
         self.router = router_pb2_grpc.RouterServiceStub(self.channels["router"])
         self.inference = inference_pb2_grpc.InferenceServiceStub(self.channels["inference"])
         self.postprocess = postprocess_pb2_grpc.PostprocessServiceStub(self.channels["postprocess"])
+        self.experiments = Experiments(settings, self.channels)
+        # Shadow requests run through this same pipeline, steered by their own trial.
+        self.experiments.replay = self.chat
+        self.experiments.start()
 
     async def close(self) -> None:
+        await self.experiments.close()
         for channel in self.channels.values():
             await channel.close()
 
-    async def chat(self, request: ChatInput) -> ChatResult:
-        with _tracer.start_as_current_span(semconv.SPAN_GATEWAY_CHAT) as span:
-            plan = await self._plan(request, span)
+    async def chat(self, request: ChatInput, trial: Trial | None = None) -> ChatResult:
+        trial = trial or self.experiments.trial(request)
+        with _tracer.start_as_current_span(semconv.SPAN_GATEWAY_CHAT) as span, _observed(trial):
+            plan = await self._plan(request, span, trial)
             if plan.route is None:
                 result = plan.refusal(request.model)
             else:
                 result = await self._generate(plan)
             _record_result(span, result.model, result.finish_reason, result.usage, result.verdict)
+            trial.finished(Answer(result.model, result.text, result.finish_reason, result.usage))
             return result
 
     async def stream(self, request: ChatInput) -> ChatStream:
         """Everything up to the first generated tokens happens here, so that failures there
         (unknown model, a service down) surface before the edge has answered anything."""
         started = time.perf_counter()
+        trial = self.experiments.trial(request)
         span = _tracer.start_span(semconv.SPAN_GATEWAY_CHAT)
         try:
             # The span outlives this call; it is current only while calls are started here,
             # never across a yield to the edge.
-            with trace.use_span(span):
-                plan = await self._plan(request, span)
+            with trace.use_span(span), _observed(trial):
+                plan = await self._plan(request, span, trial, stream=True)
                 if plan.route is None:
                     refusal = plan.refusal(request.model)
                     close = _closer(span)
-                    chunks = _refusal_chunks(refusal, span, close)
-                    return ChatStream(refusal.id, refusal.created, refusal.model, "", chunks, close)
-                generation = self.inference.GenerateStream(plan.generate_request())
+                    chunks = _refusal_chunks(refusal, span, close, trial)
+                    return ChatStream(
+                        refusal.id, refusal.created, refusal.model, "", chunks, close, refusal.experiments
+                    )
+                generation = plan.stubs.inference.GenerateStream(plan.generate_request())
                 responses = aiter(generation)
                 with _calling("inference"):
                     first = await anext(responses, None)
                 if first is None:
                     raise UpstreamError("The inference service ended its stream without an answer.")
                 feed = _TokenFeed(plan.context, first, responses)
-                released = self.postprocess.PostprocessStream(feed.requests())
+                released = plan.stubs.postprocess.PostprocessStream(feed.requests())
         except BaseException:
             span.end()
             raise
         model = first.model or plan.route.model
         close = _closer(span, generation, released)
-        chunks = _release(released, feed, model, span, started, close)
-        return ChatStream(plan.context.request_id, plan.created, model, plan.route.reason, chunks, close)
+        chunks = _release(released, feed, model, span, started, close, trial)
+        return ChatStream(
+            plan.context.request_id, plan.created, model, plan.route.reason, chunks, close, dict(plan.context.experiments)
+        )
 
-    async def _plan(self, request: ChatInput, span: Span) -> _Plan:
+    def _stubs(self, trial: Trial) -> _Stubs:
+        if not trial.deployments:
+            return _Stubs(self.preprocess, self.router, self.inference, self.postprocess)
+        return _Stubs.over(trial.channels(self.channels))
+
+    async def _plan(self, request: ChatInput, span: Span, trial: Trial, stream: bool = False) -> _Plan:
         created = int(time.time())
         sampling = self._sampling(request)
         prefix = "chatcmpl-" if request.operation == "chat" else "cmpl-"
         context = common_pb2.RequestContext(
             request_id=f"{prefix}{uuid.uuid4().hex}",
-            tenant_id=self.settings.default_tenant,
+            tenant_id=request.tenant or self.settings.default_tenant,
             user_id=request.user,
         )
         span.set_attributes(
@@ -228,28 +276,32 @@ class Pipeline:
                 semconv.LLMESH_TENANT_ID: context.tenant_id,
             }
         )
+        context.session_id = request.session_id
+        trial.assign(context, span)
+        stubs = self._stubs(trial)
         if sampling.HasField("temperature"):
             span.set_attribute(semconv.GEN_AI_REQUEST_TEMPERATURE, sampling.temperature)
         if sampling.HasField("top_p"):
             span.set_attribute(semconv.GEN_AI_REQUEST_TOP_P, sampling.top_p)
 
         with _calling("preprocess"):
-            prompt = await self.preprocess.Preprocess(
+            prompt = await stubs.preprocess.Preprocess(
                 preprocess_pb2.PreprocessRequest(
                     context=context, messages=request.messages, prompt=request.prompt or ""
                 )
             )
         _record_verdict(span, prompt.verdict)
         if prompt.verdict.blocked:
-            return _Plan(context, created, sampling, prompt, route=None)
+            return _Plan(context, created, sampling, prompt, route=None, stubs=stubs)
 
         with _calling("router"):
-            route = await self.router.Route(
+            route = await stubs.router.Route(
                 router_pb2.RouteRequest(
                     context=context,
                     prompt_text=prompt.prompt_text,
                     prompt_token_ids=prompt.prompt_token_ids,
-                    requested_model=request.model,
+                    requested_model=trial.requested_model(request.model),
+                    stream=stream,
                 )
             )
         span.set_attributes(
@@ -260,7 +312,7 @@ class Pipeline:
                 **{semconv.LLMESH_ROUTE_SIGNAL_PREFIX + name: value for name, value in route.signals.items()},
             }
         )
-        return _Plan(context, created, sampling, prompt, route)
+        return _Plan(context, created, sampling, prompt, route, stubs)
 
     def _sampling(self, request: ChatInput) -> common_pb2.SamplingParams:
         """Checks what every edge must respect and fills in the gateway's defaults."""
@@ -279,9 +331,14 @@ class Pipeline:
 
     async def _generate(self, plan: _Plan) -> ChatResult:
         with _calling("inference"):
-            generated = await self.inference.Generate(plan.generate_request())
+            generated = await plan.stubs.inference.Generate(plan.generate_request())
+        route_reason = plan.route.reason
+        if plan.route.cascade.escalate_model:
+            generated, route_reason = await cascade.escalate(
+                plan.route, generated, plan.generate_request(), plan.stubs.inference, trace.get_current_span()
+            )
         with _calling("postprocess"):
-            post = await self.postprocess.Postprocess(
+            post = await plan.stubs.postprocess.Postprocess(
                 postprocess_pb2.PostprocessRequest(
                     context=plan.context, token_ids=generated.token_ids, finish_reason=generated.finish_reason
                 )
@@ -293,8 +350,9 @@ class Pipeline:
             text=post.text,
             finish_reason=post.finish_reason or generated.finish_reason,
             usage=generated.usage,
-            route_reason=plan.route.reason,
+            route_reason=route_reason,
             verdict=post.verdict,
+            experiments=dict(plan.context.experiments),
         )
 
 
@@ -342,6 +400,7 @@ async def _release(
     span: Span,
     started: float,
     close: Callable[[], None],
+    trial: Trial,
 ) -> AsyncGenerator[StreamChunk, None]:
     first_text = True
     try:
@@ -350,6 +409,7 @@ async def _release(
             # Read to the end even after the final message, so the call completes rather
             # than being cancelled (which both ends would trace as a failure).
             async for response in released:
+                trial.on_text(response.text_delta)
                 if response.text_delta and first_text:
                     first_text = False
                     TTFT.labels(model).observe(time.perf_counter() - started)
@@ -366,16 +426,21 @@ async def _release(
         # chunk, so they get one even if it did not.
         final = final or StreamChunk(finish_reason=feed.finish_reason, usage=feed.usage)
         _record_result(span, model, final.finish_reason, final.usage, final.verdict)
+        trial.finished(Answer(model, "".join(trial.text), final.finish_reason, final.usage or common_pb2.Usage()))
         yield final
+    except Exception:
+        trial.failed()
+        raise
     finally:
         close()
 
 
 async def _refusal_chunks(
-    refusal: ChatResult, span: Span, close: Callable[[], None]
+    refusal: ChatResult, span: Span, close: Callable[[], None], trial: Trial
 ) -> AsyncGenerator[StreamChunk, None]:
     try:
         _record_result(span, refusal.model, refusal.finish_reason, refusal.usage, refusal.verdict)
+        trial.finished(Answer(refusal.model, refusal.text, refusal.finish_reason, refusal.usage))
         yield StreamChunk(finish_reason=refusal.finish_reason, usage=refusal.usage, verdict=refusal.verdict)
     finally:
         close()
@@ -393,6 +458,16 @@ def _closer(span: Span, *calls: grpc.aio.Call) -> Callable[[], None]:
             span.end()
 
     return close
+
+
+@contextmanager
+def _observed(trial: Trial) -> Iterator[None]:
+    """Counts a failure against the request's variants (a client leaving is no failure)."""
+    try:
+        yield
+    except Exception:
+        trial.failed()
+        raise
 
 
 @contextmanager

@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from opentelemetry import trace
@@ -22,8 +22,11 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import readiness
+from gateway import keys_api, readiness
 from gateway.errors import GatewayError, log_failure
+from gateway.experiments import api as experiments_api
+from gateway.guard import Guard
+from gateway.keys_api import api_key
 from gateway.metrics import DURATION, REQUESTS
 from gateway.openai_format import (
     CHAT,
@@ -36,6 +39,7 @@ from gateway.openai_format import (
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, describe_validation_error
 from gateway.pipeline import ChatStream, Pipeline
 from gateway.settings import GatewaySettings
+from gateway.tenancy import ApiKey
 from mesh.catalog import AUTO_MODEL
 
 log = logging.getLogger(__name__)
@@ -44,9 +48,10 @@ log = logging.getLogger(__name__)
 _UNTRACED_URLS = "/healthz,/readyz,/metrics"
 
 
-def create_app(settings: GatewaySettings, pipeline: Pipeline) -> FastAPI:
+def create_app(settings: GatewaySettings, pipeline: Pipeline, guard: Guard | None = None) -> FastAPI:
     app = FastAPI(title="llmesh gateway", summary="OpenAI-compatible edge of the llmesh platform")
     app.state.settings = settings
+    app.state.guard = guard or Guard(settings, pipeline)
     # Added last = outermost: observation also sees the 413s the size limit answers itself.
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(_Observe)
@@ -70,7 +75,7 @@ def create_app(settings: GatewaySettings, pipeline: Pipeline) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=[Depends(api_key)])
     async def models() -> dict:
         names = [model.name for model in settings.models] + [AUTO_MODEL]
         return {
@@ -79,28 +84,40 @@ def create_app(settings: GatewaySettings, pipeline: Pipeline) -> FastAPI:
         }
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest) -> Response:
-        return await _answer(pipeline, body, CHAT)
+    async def chat_completions(
+        body: ChatCompletionRequest, request: Request, key: ApiKey = Depends(api_key)
+    ) -> Response:
+        return await _answer(app.state.guard, key, body, CHAT, request)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest) -> Response:
-        return await _answer(pipeline, body, COMPLETION)
+    async def completions(body: CompletionRequest, request: Request, key: ApiKey = Depends(api_key)) -> Response:
+        return await _answer(app.state.guard, key, body, COMPLETION, request)
+
+    app.include_router(experiments_api.router(pipeline.experiments))
+    app.include_router(keys_api.tenant_router())
+    app.include_router(keys_api.admin_keys_router())
 
     # One span per request; a span per ASGI message would bury a stream's trace.
     FastAPIInstrumentor.instrument_app(app, excluded_urls=_UNTRACED_URLS, exclude_spans=["send", "receive"])
     return app
 
 
-async def _answer(pipeline: Pipeline, body: ChatCompletionRequest | CompletionRequest, fmt: ResponseFormat) -> Response:
+async def _answer(
+    guard: Guard, key: ApiKey, body: ChatCompletionRequest | CompletionRequest, fmt: ResponseFormat, request: Request
+) -> Response:
+    chat_input = experiments_api.with_request_headers(body.to_input(), request.headers)
     if not body.stream:
-        result = await pipeline.chat(body.to_input())
-        return JSONResponse(fmt.result(result), headers=_llmesh_headers(result.id, result.model, result.route_reason))
-    stream = await pipeline.stream(body.to_input())
+        result = await guard.chat(key, chat_input)
+        headers = _llmesh_headers(result.id, result.model, result.route_reason, result.experiments)
+        return JSONResponse(fmt.result(result), headers=headers)
+    stream = await guard.stream(key, chat_input)
     return _EventStream(stream, sse_events(stream, fmt, body.include_usage))
 
 
-def _llmesh_headers(request_id: str, model: str, route_reason: str) -> dict[str, str]:
-    headers = {"x-request-id": request_id, "x-llmesh-model": model}
+def _llmesh_headers(
+    request_id: str, model: str, route_reason: str, experiments: Mapping[str, str]
+) -> dict[str, str]:
+    headers = {"x-request-id": request_id, "x-llmesh-model": model, **experiments_api.assignment_headers(experiments)}
     if route_reason:
         # Header values must be one line of latin-1; a reason is free text from the router.
         headers["x-llmesh-route-reason"] = " ".join(route_reason.split()).encode("ascii", "replace").decode()
@@ -112,7 +129,10 @@ class _EventStream(StreamingResponse):
     body iterator's own clean-up never runs if the client leaves before its first step."""
 
     def __init__(self, stream: ChatStream, events: AsyncIterator[str]) -> None:
-        headers = {**_llmesh_headers(stream.id, stream.model, stream.route_reason), "cache-control": "no-cache"}
+        headers = {
+            **_llmesh_headers(stream.id, stream.model, stream.route_reason, stream.experiments),
+            "cache-control": "no-cache",
+        }
         super().__init__(events, media_type="text/event-stream", headers=headers)
         self.stream = stream
 
@@ -127,7 +147,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, error: GatewayError) -> JSONResponse:
         log_failure(error)
-        return JSONResponse(gateway_error_object(error), status_code=error.http_status)
+        return JSONResponse(gateway_error_object(error), status_code=error.http_status, headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:

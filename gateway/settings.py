@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr, field_validator
 
-from mesh.settings import MeshSettings, check_host_port
+from mesh.settings import REPO_ROOT, MeshSettings, check_host_port
 
 
 class GatewaySettings(MeshSettings):
@@ -24,6 +26,29 @@ class GatewaySettings(MeshSettings):
     admin_key: SecretStr | None = None
     # How long one readiness probe of an upstream (or Redis) may take.
     readiness_timeout_s: float = Field(default=1.0, gt=0)
+    # Tenancy (gateway/tenancy.py): API keys on both edges, and per-tenant limits unless a
+    # tenant has its own (`llmesh keys create --rpm --tpm`).
+    auth_required: bool = True
+    rate_limits_enabled: bool = True
+    tenant_requests_per_minute: int = Field(default=600, gt=0)
+    tenant_tokens_per_minute: int = Field(default=200_000, gt=0)
+    # A blocked prompt or answer: HTTP 200 with a refusal and finish_reason content_filter,
+    # or (true) HTTP 400 / INVALID_ARGUMENT with an error object.
+    safety_block_as_error: bool = False
+    # Audit trail (gateway/audit.py): a hash-chained record per request in a Redis stream and
+    # in rotated files; prompt and output text only with audit_include_text, PII-redacted.
+    audit_enabled: bool = True
+    audit_dir: Path = REPO_ROOT / ".run" / "audit"
+    audit_retention_days: int = Field(default=180, gt=0)
+    audit_include_text: bool = False
+    audit_file_max_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    # A/B tests (gateway/experiments): a YAML file of experiments applied to Redis at start and
+    # whenever it changes; how often a gateway looks for changed definitions in Redis.
+    experiments_file: Path | None = None
+    experiments_refresh_s: float = Field(default=1.0, gt=0)
+    # Shadow requests beyond this many in flight are skipped, so mirroring never queues work.
+    shadow_max_concurrency: int = Field(default=2, ge=1)
+    shadow_timeout_s: float = Field(default=30.0, gt=0)
 
     @field_validator("http_listen_addr")
     @classmethod

@@ -34,7 +34,8 @@ def service_config(settings: MeshSettings) -> str:
 
 
 def build_channel(target: str, settings: MeshSettings) -> grpc.aio.Channel:
-    """An aio channel with deadlines, trace-context propagation, retries and transport limits."""
+    """An aio channel with deadlines, trace-context propagation, retries and transport limits,
+    over mutual TLS when ``settings.tls_enabled``."""
     options = [
         *transport_options(settings),
         ("grpc.enable_retries", 1),
@@ -42,4 +43,14 @@ def build_channel(target: str, settings: MeshSettings) -> grpc.aio.Channel:
     ]
     # Deadline first so the tracing interceptor records the effective timeout.
     interceptors = [*deadline_interceptors(settings.default_deadline_s), *aio_client_interceptors()]
-    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    if not settings.tls_enabled:
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    if settings.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", settings.tls_server_name))
+    return grpc.aio.secure_channel(target, channel_credentials(settings), options=options, interceptors=interceptors)
+
+
+def channel_credentials(settings: MeshSettings) -> grpc.ChannelCredentials:
+    """Mutual TLS: trust only the mesh CA, and present this process's certificate."""
+    ca, cert, key = settings.tls_material()
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)

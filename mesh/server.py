@@ -40,16 +40,23 @@ def transport_options(settings: MeshSettings) -> list[tuple[str, int]]:
     ]
 
 
-def create_server(addr: str, settings: MeshSettings) -> tuple[grpc.aio.Server, int]:
+def create_server(addr: str, settings: MeshSettings, *, mtls: bool = True) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with tracing, deadline propagation and metrics, bound to ``addr``.
 
-    ``addr`` may use port 0; the bound port is returned.
+    ``addr`` may use port 0; the bound port is returned. With ``settings.tls_enabled`` it
+    accepts only mutual TLS from clients whose certificate the mesh CA signed; ``mtls=False``
+    is for a public edge, whose TLS ends at the ingress in front of it.
     """
     server = grpc.aio.server(
         interceptors=[aio_server_interceptor(), DeadlineServerInterceptor(), MetricsServerInterceptor()],
         options=transport_options(settings),
     )
-    port = server.add_insecure_port(addr)
+    if settings.tls_enabled and mtls:
+        ca, cert, key = settings.tls_material()
+        credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+        port = server.add_secure_port(addr, credentials)
+    else:
+        port = server.add_insecure_port(addr)
     if port == 0:
         raise OSError(f"could not bind gRPC server to {addr}")
     return server, port

@@ -8,9 +8,10 @@ the whole mesh. A bad value fails at start with a message naming the variable.
 from __future__ import annotations
 
 import sys
-from typing import TypeVar
+from pathlib import Path
+from typing import Annotated, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh.catalog import REPO_ROOT, ModelSpec, default_models
@@ -25,6 +26,9 @@ def check_host_port(value: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT, got {value!r}")
     return value
+
+
+HostPort = Annotated[str, AfterValidator(check_host_port)]
 
 
 class MeshSettings(BaseSettings):
@@ -48,6 +52,9 @@ class MeshSettings(BaseSettings):
     triton_http_addr: str = "127.0.0.1:8000"
     triton_metrics_addr: str = "127.0.0.1:8002"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # More deployments of a service, each an A/B variant (JSON: {"router": {"b": "HOST:PORT"}});
+    # see mesh.discovery.
+    variant_addrs: dict[str, dict[str, HostPort]] = Field(default_factory=dict)
 
     # The models served (LLMESH_MODELS as JSON); every model shares the first one's tokenizer.
     models: list[ModelSpec] = Field(default_factory=default_models, min_length=1)
@@ -69,6 +76,29 @@ class MeshSettings(BaseSettings):
     # How long SIGTERM waits for in-flight RPCs before cancelling them.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     retry_max_attempts: int = Field(default=3, ge=1, le=5)
+
+    # Mutual TLS on every hop between the gateway and the services (`llmesh certs` makes the
+    # files): servers require a client certificate signed by tls_ca_file, channels present
+    # this process's own. tls_server_name overrides the name a channel checks the server's
+    # certificate against (default: the target's host).
+    tls_enabled: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_server_name: str = ""
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> MeshSettings:
+        if self.tls_enabled:
+            for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+                path = getattr(self, name)
+                if path is None or not path.is_file():
+                    raise ValueError(f"{ENV_PREFIX}{name.upper()} must name a readable file when TLS is enabled")
+        return self
+
+    def tls_material(self) -> tuple[bytes, bytes, bytes]:
+        """CA bundle, this process's certificate chain and private key (PEM)."""
+        return self.tls_ca_file.read_bytes(), self.tls_cert_file.read_bytes(), self.tls_key_file.read_bytes()
 
     @field_validator(
         "gateway_http_addr",

@@ -21,8 +21,8 @@ def _sse_events(response: httpx.Response) -> list[str]:
     return [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
 
 
-def test_chat_completion(base_url):
-    response = httpx.post(f"{base_url}/v1/chat/completions", json=CHAT, timeout=60)
+def test_chat_completion(base_url, headers):
+    response = httpx.post(f"{base_url}/v1/chat/completions", json=CHAT, headers=headers, timeout=60)
     assert response.status_code == 200, response.text
     body = response.json()
     choice = body["choices"][0]
@@ -35,16 +35,20 @@ def test_chat_completion(base_url):
     assert response.headers["x-llmesh-route-reason"]
 
 
-def test_greedy_generation_is_deterministic(base_url):
+def test_greedy_generation_is_deterministic(base_url, headers):
     first, second = (
-        httpx.post(f"{base_url}/v1/chat/completions", json={**CHAT, "model": "llmesh-small"}, timeout=60).json()
+        httpx.post(
+            f"{base_url}/v1/chat/completions", json={**CHAT, "model": "llmesh-small"}, headers=headers, timeout=60
+        ).json()
         for _ in range(2)
     )
     assert first["choices"][0]["message"]["content"] == second["choices"][0]["message"]["content"]
 
 
-def test_chat_completion_stream_is_openai_sse(base_url):
-    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json={**CHAT, "stream": True}, timeout=60) as response:
+def test_chat_completion_stream_is_openai_sse(base_url, headers):
+    with httpx.stream(
+        "POST", f"{base_url}/v1/chat/completions", json={**CHAT, "stream": True}, headers=headers, timeout=60
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         events = _sse_events(response)
@@ -58,19 +62,20 @@ def test_chat_completion_stream_is_openai_sse(base_url):
     assert finish[-1] in ("stop", "length") and all(f is None for f in finish[:-1])
 
 
-def test_streamed_and_unary_text_agree(base_url):
+def test_streamed_and_unary_text_agree(base_url, headers):
     """Streaming goes through Triton's decoupled stream and postprocess's bidi stream; with
     greedy decoding it must give the same text as the unary path, so no chunk was lost."""
     request = {**CHAT, "model": "llmesh-large"}
-    unary = httpx.post(f"{base_url}/v1/chat/completions", json=request, timeout=60).json()
-    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json={**request, "stream": True}, timeout=60) as r:
+    unary = httpx.post(f"{base_url}/v1/chat/completions", json=request, headers=headers, timeout=60).json()
+    url = f"{base_url}/v1/chat/completions"
+    with httpx.stream("POST", url, json={**request, "stream": True}, headers=headers, timeout=60) as r:
         chunks = [json.loads(e) for e in _sse_events(r)[:-1]]
     streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert streamed == unary["choices"][0]["message"]["content"]
 
 
-def test_openai_client_unmodified(base_url):
-    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused")
+def test_openai_client_unmodified(base_url, api_key):
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=api_key)
     completion = client.chat.completions.create(model="auto", messages=QUESTION, max_tokens=16, temperature=0)
     assert completion.choices[0].message.content
     assert completion.usage.completion_tokens > 0
@@ -85,18 +90,19 @@ def test_openai_client_unmodified(base_url):
     assert {"llmesh-small", "llmesh-large", "auto"} <= models
 
 
-def test_openai_client_sees_typed_errors(base_url):
-    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+def test_openai_client_sees_typed_errors(base_url, api_key):
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=api_key, max_retries=0)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="no-such-model", messages=QUESTION)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="auto", messages=QUESTION, temperature=7)
 
 
-def test_completions_endpoint(base_url):
+def test_completions_endpoint(base_url, headers):
     response = httpx.post(
         f"{base_url}/v1/completions",
         json={"model": "llmesh-small", "prompt": "Return the absolute value", "max_tokens": 12, "temperature": 0},
+        headers=headers,
         timeout=60,
     )
     assert response.status_code == 200, response.text
@@ -112,9 +118,12 @@ def test_completions_endpoint(base_url):
         (json.dumps({"model": "auto"}).encode(), 400, None),
     ],
 )
-def test_bad_input_gets_openai_error(base_url, content, status, code):
+def test_bad_input_gets_openai_error(base_url, headers, content, status, code):
     response = httpx.post(
-        f"{base_url}/v1/chat/completions", content=content, headers={"content-type": "application/json"}, timeout=30
+        f"{base_url}/v1/chat/completions",
+        content=content,
+        headers={**headers, "content-type": "application/json"},
+        timeout=30,
     )
     assert response.status_code == status
     error = response.json()["error"]
@@ -123,14 +132,14 @@ def test_bad_input_gets_openai_error(base_url, content, status, code):
         assert error["code"] == code
 
 
-def test_oversize_body_is_refused(base_url):
+def test_oversize_body_is_refused(base_url, headers):
     huge = json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * (4 * 1024 * 1024)}]})
-    response = httpx.post(f"{base_url}/v1/chat/completions", content=huge, timeout=30)
+    response = httpx.post(f"{base_url}/v1/chat/completions", content=huge, headers=headers, timeout=30)
     assert response.status_code == 413
     assert response.json()["error"]["message"]
 
 
-def test_grpc_edge(stack):
+def test_grpc_edge(stack, api_key):
     request = dict(
         model="llmesh-small",
         messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="What does json.dumps do?")],
@@ -138,16 +147,17 @@ def test_grpc_edge(stack):
     )
     with grpc.insecure_channel(f"127.0.0.1:{stack.ports.gateway_grpc}") as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-        reply = stub.Chat(gateway_pb2.ChatRequest(**request), timeout=60)
+        metadata = [("authorization", f"Bearer {api_key}")]
+        reply = stub.Chat(gateway_pb2.ChatRequest(**request), timeout=60, metadata=metadata)
         assert reply.text and reply.model == "llmesh-small" and reply.usage.completion_tokens > 0
-        deltas = list(stub.ChatStream(gateway_pb2.ChatStreamRequest(**request), timeout=60))
+        deltas = list(stub.ChatStream(gateway_pb2.ChatStreamRequest(**request), timeout=60, metadata=metadata))
     assert "".join(d.text_delta for d in deltas) == reply.text
     assert deltas[-1].finish_reason in (common_pb2.FINISH_REASON_STOP, common_pb2.FINISH_REASON_LENGTH)
 
     with grpc.insecure_channel(f"127.0.0.1:{stack.ports.gateway_grpc}") as channel:
         with pytest.raises(grpc.RpcError) as raised:
             gateway_pb2_grpc.GatewayServiceStub(channel).Chat(
-                gateway_pb2.ChatRequest(**{**request, "model": "nope"}), timeout=30
+                gateway_pb2.ChatRequest(**{**request, "model": "nope"}), timeout=30, metadata=metadata
             )
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
@@ -171,8 +181,10 @@ def _service_edges(spans: list[dict]) -> set[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_one_request_is_one_trace_across_every_hop(stack, base_url, stream):
-    response = httpx.post(f"{base_url}/v1/chat/completions", json={**CHAT, "stream": stream}, timeout=60)
+def test_one_request_is_one_trace_across_every_hop(stack, base_url, headers, stream):
+    response = httpx.post(
+        f"{base_url}/v1/chat/completions", json={**CHAT, "stream": stream}, headers=headers, timeout=60
+    )
     assert response.status_code == 200
     trace_id = response.headers["x-trace-id"]
     collector = f"http://127.0.0.1:{stack.ports.collector}/v1/traces/{trace_id}"

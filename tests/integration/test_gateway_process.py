@@ -38,6 +38,10 @@ async def test_both_edges_serve_and_sigterm_stops_them():
         "LLMESH_GATEWAY_GRPC_ADDR": grpc_addr,
         **{f"LLMESH_{name}_ADDR": upstream for name in ("PREPROCESS", "ROUTER", "INFERENCE", "POSTPROCESS")},
         "LLMESH_REDIS_URL": f"redis://{unused_addr()}/0",
+        # No Redis here: no API keys, rate limits or audit trail.
+        "LLMESH_AUTH_REQUIRED": "false",
+        "LLMESH_RATE_LIMITS_ENABLED": "false",
+        "LLMESH_AUDIT_ENABLED": "false",
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", env=env, stderr=asyncio.subprocess.PIPE

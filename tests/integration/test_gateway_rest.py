@@ -1,10 +1,6 @@
 """Gateway REST edge over in-process fake upstreams (httpx's ASGI transport, no socket)."""
 
-import asyncio
 import json
-import shutil
-import socket
-import subprocess
 
 import httpx
 import pytest
@@ -278,30 +274,6 @@ async def test_readyz_reports_each_dependency(client):
         ("preprocess", "router", "inference", "postprocess"), "SERVING"
     )
     assert checks["redis"] != "SERVING"
-
-
-@pytest.fixture(scope="module")
-async def redis_url():
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait()
 
 
 async def test_readyz_ready_with_redis(upstreams, redis_url):

@@ -58,6 +58,10 @@ def gateway_settings(upstream_addr: str, **overrides) -> GatewaySettings:
         "redis_url": f"redis://{unused_addr()}/0",
         "default_deadline_s": 5.0,
         "readiness_timeout_s": 0.5,
+        # No Redis: no API keys (requests are the default tenant's), rate limits or audit trail.
+        "auth_required": False,
+        "rate_limits_enabled": False,
+        "audit_enabled": False,
         **overrides,
     }
     return GatewaySettings(**values)

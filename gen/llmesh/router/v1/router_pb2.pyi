@@ -8,19 +8,21 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RouteRequest(_message.Message):
-    __slots__ = ("context", "prompt_text", "prompt_token_ids", "requested_model")
+    __slots__ = ("context", "prompt_text", "prompt_token_ids", "requested_model", "stream")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEXT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     context: _common_pb2.RequestContext
     prompt_text: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     requested_model: str
-    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., prompt_text: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., requested_model: _Optional[str] = ...) -> None: ...
+    stream: bool
+    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., prompt_text: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., requested_model: _Optional[str] = ..., stream: _Optional[bool] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
-    __slots__ = ("model", "fallback_models", "reason", "policy", "signals")
+    __slots__ = ("model", "fallback_models", "reason", "policy", "signals", "cascade")
     class SignalsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -33,9 +35,19 @@ class RouteResponse(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    CASCADE_FIELD_NUMBER: _ClassVar[int]
     model: str
     fallback_models: _containers.RepeatedScalarFieldContainer[str]
     reason: str
     policy: str
     signals: _containers.ScalarMap[str, float]
-    def __init__(self, model: _Optional[str] = ..., fallback_models: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., policy: _Optional[str] = ..., signals: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    cascade: Cascade
+    def __init__(self, model: _Optional[str] = ..., fallback_models: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., policy: _Optional[str] = ..., signals: _Optional[_Mapping[str, float]] = ..., cascade: _Optional[_Union[Cascade, _Mapping]] = ...) -> None: ...
+
+class Cascade(_message.Message):
+    __slots__ = ("escalate_model", "min_mean_logprob")
+    ESCALATE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    MIN_MEAN_LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    escalate_model: str
+    min_mean_logprob: float
+    def __init__(self, escalate_model: _Optional[str] = ..., min_mean_logprob: _Optional[float] = ...) -> None: ...

@@ -21,19 +21,19 @@ class RouterSettings(MeshSettings):
     # perplexity policy: above this perplexity under the small model, use the large model.
     # Threshold defaults send about 30% of the eval questions to the large model; recompute them
     # with `llmesh router calibrate --share S --policy P` (docs/ROUTER.md).
-    perplexity_threshold: float = Field(default=7.0, gt=0)
+    perplexity_threshold: float = Field(default=6.04, gt=0)
     # random policy: the share of requests sent to the large model.
     random_large_share: float = Field(default=0.5, ge=0, le=1)
     # fixed policy: the one model.
     fixed_model: str = "llmesh-small"
     # cascade policy: escalate when the small answer's mean token log-prob is below this.
-    cascade_min_logprob: float = -2.6
+    cascade_min_logprob: float = -2.11
     # learned policy: the artifact (file, or directory = newest version) and p(large better) cut.
     learned_router_path: str = "models/artifacts/router/learned"
-    learned_threshold: float = Field(default=0.97, ge=0, le=1)
+    learned_threshold: float = Field(default=0.907, ge=0, le=1)
     # cost-aware policy: the large model is chosen when the quality it is predicted to add (mean
     # log-prob per token) per extra currency unit of effective cost exceeds this.
-    cost_min_gain_per_currency: float = Field(default=2000.0, gt=0)
+    cost_min_gain_per_currency: float = Field(default=1180.0, gt=0)
     # Output tokens assumed when pricing a request before it is answered.
     expected_output_tokens: int = Field(default=64, ge=0)
     # Triton load (metrics endpoint): re-read at most this often; a model's price doubles at

@@ -5,10 +5,11 @@ import asyncio
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from opentelemetry import trace
-
 from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
+from opentelemetry import trace
+from support.fake_triton import FakeTriton
+
 from mesh import semconv
 from mesh.channel import build_channel
 from mesh.errors import error_info
@@ -22,32 +23,12 @@ SETTINGS = InferenceSettings(default_deadline_s=5.0)
 ANSWER = [Chunk([11, 12], [-0.5, -0.25]), Chunk([13], [-1.0]), Chunk([14], [-0.5], "stop")]
 
 
-class FakeTriton:
-    """Plays a script per model: Chunks are streamed, an exception is raised where it stands."""
-
-    def __init__(self):
-        self.scripts = {SMALL: ANSWER, LARGE: ANSWER}
-        self.calls = []
-
-    async def generate_stream(self, model, prompt_ids, sampling):
-        self.calls.append(model)
-        for item in self.scripts[model]:
-            if isinstance(item, Exception):
-                raise item
-            yield item
-
-    async def model_ready(self, name):
-        return name in self.scripts
-
-    async def close(self):
-        pass
-
 
 
 
 @pytest.fixture
 async def triton():
-    return FakeTriton()
+    return FakeTriton({SMALL: ANSWER, LARGE: ANSWER})
 
 
 @pytest.fixture
@@ -107,7 +88,7 @@ async def test_fails_over_to_backup_when_primary_raises(stub, triton, spans):
     responses = [r async for r in stub.GenerateStream(request())]
     assert {r.model for r in responses} == {SMALL}
     assert [list(r.token_ids) for r in responses] == [[11, 12], [13], [14]]
-    assert triton.calls == [LARGE, SMALL]
+    assert [model for model, _ in triton.calls] == [LARGE, SMALL]
     (server_span,) = [s for s in spans.get_finished_spans() if s.kind is trace.SpanKind.SERVER]
     assert server_span.attributes[semconv.LLMESH_FAILOVER_FROM] == LARGE
     assert server_span.attributes[semconv.GEN_AI_RESPONSE_MODEL] == SMALL
@@ -122,7 +103,7 @@ async def test_no_failover_after_the_first_streamed_token(stub, triton):
     assert received == [[11, 12]]
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(raised.value).reason == "STREAM_INTERRUPTED"
-    assert triton.calls == [LARGE]
+    assert [model for model, _ in triton.calls] == [LARGE]
 
 
 async def test_every_model_down_is_unavailable_with_details(stub, triton):

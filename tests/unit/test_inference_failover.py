@@ -5,10 +5,11 @@ import time
 
 import grpc
 import pytest
-from prometheus_client import REGISTRY
-
 from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2
+from prometheus_client import REGISTRY
+from support.fake_triton import FakeTriton
+
 from mesh import deadlines, semconv
 from services.inference.circuit import State
 from services.inference.service import InferenceService
@@ -24,26 +25,6 @@ def answer(*token_ids: int, finish: str = "stop") -> list[Chunk]:
     *head, last = token_ids
     return [Chunk([t], [-0.5]) for t in head] + [Chunk([last], [-0.5], finish)]
 
-
-class FakeTriton:
-    """Plays a script per model: Chunks are streamed, an exception is raised where it stands."""
-
-    def __init__(self, scripts):
-        self.scripts = scripts
-        self.calls = []
-
-    async def generate_stream(self, model, prompt_ids, sampling):
-        self.calls.append((model, sampling))
-        for item in self.scripts[model]:
-            if isinstance(item, Exception):
-                raise item
-            yield item
-
-    async def model_ready(self, name):
-        return name in self.scripts
-
-    async def close(self):
-        pass
 
 
 class Aborted(Exception):

@@ -190,10 +190,7 @@ class Pipeline:
             "inference": build_channel(settings.inference_addr, settings),
             "postprocess": build_channel(settings.postprocess_addr, settings),
         }
-        self.preprocess = preprocess_pb2_grpc.PreprocessServiceStub(self.channels["preprocess"])
-        self.router = router_pb2_grpc.RouterServiceStub(self.channels["router"])
-        self.inference = inference_pb2_grpc.InferenceServiceStub(self.channels["inference"])
-        self.postprocess = postprocess_pb2_grpc.PostprocessServiceStub(self.channels["postprocess"])
+        self.stubs = _Stubs.over(self.channels)
         self.experiments = Experiments(settings, self.channels)
         # Shadow requests run through this same pipeline, steered by their own trial.
         self.experiments.replay = self.chat
@@ -254,7 +251,7 @@ class Pipeline:
 
     def _stubs(self, trial: Trial) -> _Stubs:
         if not trial.deployments:
-            return _Stubs(self.preprocess, self.router, self.inference, self.postprocess)
+            return self.stubs
         return _Stubs.over(trial.channels(self.channels))
 
     async def _plan(self, request: ChatInput, span: Span, trial: Trial, stream: bool = False) -> _Plan:

@@ -77,7 +77,9 @@ def up(
         "    -H 'Content-Type: application/json' \\\n"
         "    -d '{\"model\": \"auto\", \"stream\": true, \"messages\": [{\"role\": \"user\", "
         "\"content\": \"What does json.dumps do?\"}]}'\n"
-        "then `llmesh trace <x-trace-id header>` to see the request's trace. Ctrl-C stops everything."
+        "then `llmesh trace <x-trace-id header>` to see the request's trace. Ctrl-C stops everything.",
+        # Commands must stay copy-pasteable whatever the terminal width.
+        soft_wrap=True,
     )
     try:
         while (failed := stack.failed_child()) is None:

@@ -338,28 +338,33 @@ class TritonServer:
         self.stop()
 
 
-def _port_from_env(var: str, default: int) -> int:
-    addr = os.environ.get(var, "")
-    return int(addr.rsplit(":", 1)[1]) if ":" in addr else default
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    # Defaults come from the mesh settings, so the same LLMESH_TRITON_*_ADDR and
+    # LLMESH_OTLP_ENDPOINT that the services read also place Triton.
+    from mesh.logging import setup_logging
+    from mesh.settings import MeshSettings, load_settings
+
+    settings = load_settings(MeshSettings, service_name="triton")
+    setup_logging(settings.service_name, settings.log_level)
+
+    def port(addr: str) -> int:
+        return int(addr.rpartition(":")[2])
+
     p = argparse.ArgumentParser(prog="python -m services.inference.triton_server", description=__doc__.split("\n")[0])
-    p.add_argument("--address", default="127.0.0.1", help="listen address for HTTP, gRPC and metrics")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=_port_from_env("LLMESH_TRITON_GRPC_ADDR", 8001),
-                   help="default: the port of LLMESH_TRITON_GRPC_ADDR, else 8001")  # fmt: skip
-    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--address", default=settings.triton_grpc_addr.rpartition(":")[0],
+                   help="listen address for HTTP, gRPC and metrics")  # fmt: skip
+    p.add_argument("--http-port", type=int, default=port(settings.triton_http_addr))
+    p.add_argument("--grpc-port", type=int, default=port(settings.triton_grpc_addr))
+    p.add_argument("--metrics-port", type=int, default=port(settings.triton_metrics_addr))
     p.add_argument("--model", action="append", dest="models",
                    help=f"model to load (repeatable); default: {', '.join(DEFAULT_MODELS)}")  # fmt: skip
     p.add_argument("--model-repository", default=str(MODEL_REPOSITORY))
-    p.add_argument("--otlp-endpoint", default=os.environ.get("LLMESH_OTLP_ENDPOINT") or None,
+    p.add_argument("--otlp-endpoint", default=settings.otlp_endpoint or None,
                    help="OTLP/HTTP base URL (default: LLMESH_OTLP_ENDPOINT); turns on Triton's tracing")  # fmt: skip
     p.add_argument("--log-file", default=None)
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument("--ready-timeout", type=float, default=300.0)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     server = TritonServer(
         http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,

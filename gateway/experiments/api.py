@@ -21,6 +21,7 @@ from gateway.experiments.definitions import Experiment, conflicts
 from gateway.experiments.runtime import Experiments
 from gateway.experiments.stats import experiment_report
 from gateway.keys_api import api_key
+from gateway.tenancy import ApiKey
 from gateway.pipeline import ChatInput
 
 SESSION_HEADER = "x-llmesh-session"
@@ -69,11 +70,11 @@ def router(experiments: Experiments) -> APIRouter:
     store = experiments.store
 
     # Same API keys as the completions the feedback is about.
-    @api.post("/v1/feedback", dependencies=[Depends(api_key)])
-    async def feedback(body: Feedback) -> dict:
+    @api.post("/v1/feedback")
+    async def feedback(body: Feedback, caller: ApiKey = Depends(api_key)) -> dict:
         """A user's score of an answer, added to the variants that served it."""
         with _store_errors():
-            assignments = await store.feedback(body.request_id, body.score)
+            assignments = await store.feedback(body.request_id, body.score, caller.tenant)
         if assignments is None:
             raise NotFound(
                 f"No request {body.request_id!r} in an experiment (feedback is kept for requests in one, for a week).",

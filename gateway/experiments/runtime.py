@@ -267,7 +267,9 @@ class Trial:
             self._steer(experiment, variant.deployment, variant.model)
         span.set_attributes({semconv.LLMESH_EXPERIMENT_PREFIX + name: v for name, v in context.experiments.items()})
         if self.recorded:
-            self.experiments.spawn(self.experiments.store.remember(context.request_id, self.recorded))
+            self.experiments.spawn(
+                self.experiments.store.remember(context.request_id, self.recorded, context.tenant_id)
+            )
 
     def _steer(self, experiment: Experiment, deployment: str, model: str | None) -> None:
         if experiment.target.kind == "service" and deployment != PRIMARY:

@@ -164,18 +164,23 @@ class ExperimentStore:
                     pipe.hincrby(key, f"model:{outcome.model}", 1)
             await pipe.execute()
 
-    async def remember(self, request_id: str, assignments: Mapping[str, str]) -> None:
-        """Keeps a request's assignments for feedback on it; written when it is assigned, so
-        that the record exists by the time a client has the answer to score."""
+    async def remember(self, request_id: str, assignments: Mapping[str, str], tenant: str) -> None:
+        """Keeps a request's assignments, and whose request it was, for feedback on it; written
+        when it is assigned, so that the record exists by the time a client has the answer to score."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(f"{PREFIX}req:{request_id}", mapping=dict(assignments))
+            pipe.set(f"{PREFIX}req-tenant:{request_id}", tenant, ex=REQUEST_TTL_S)
             pipe.expire(f"{PREFIX}req:{request_id}", REQUEST_TTL_S)
             await pipe.execute()
 
-    async def feedback(self, request_id: str, score: float) -> dict[str, str] | None:
+    async def feedback(self, request_id: str, score: float, tenant: str) -> dict[str, str] | None:
         """Adds a score to the variants the request was served by; None when the request is
-        unknown (never in an experiment, or expired). A second score for a request replaces
+        unknown (never in an experiment, expired, or another tenant's: that is not told apart, so
+        request ids of other tenants cannot be probed). A second score for a request replaces
         nothing: the first one counts."""
+        owner = await self.redis.get(f"{PREFIX}req-tenant:{request_id}")
+        if owner is None or owner.decode() != tenant:
+            return None
         assignments = {
             key.decode(): value.decode()
             for key, value in (await self.redis.hgetall(f"{PREFIX}req:{request_id}")).items()

@@ -114,3 +114,15 @@ def test_router_deployments_split_as_configured_and_report_both(stack, base_url,
     shadow = report["shadow"]
     assert shadow["mirrored"] >= 1 and shadow["errors"]["count"] == 0
     assert shadow["latency_s"]["n"] == shadow["mirrored"] and shadow["same_model"]["n"] == shadow["mirrored"]
+
+
+def test_feedback_is_only_taken_from_the_requests_tenant(stack, base_url, headers, experiment):
+    _wait_until_served(base_url, headers)
+    request_id = _chat(base_url, headers, "feedback-user").json()["id"]
+    other_tenant = {"authorization": f"Bearer {stack.create_key('e2e-other-tenant', name='feedback test')}"}
+    feedback = {"request_id": request_id, "score": 1.0}
+    # Another tenant's request is as unknown as a request that never was.
+    foreign = httpx.post(f"{base_url}/v1/feedback", json=feedback, headers=other_tenant, timeout=10)
+    assert foreign.status_code == 404 and foreign.json()["error"]["param"] == "request_id"
+    own = httpx.post(f"{base_url}/v1/feedback", json=feedback, headers=headers, timeout=10)
+    assert own.status_code == 200 and own.json()["experiments"] == {NAME: assign(experiment, "feedback-user")}

@@ -309,7 +309,25 @@ class Pipeline:
                 **{semconv.LLMESH_ROUTE_SIGNAL_PREFIX + name: value for name, value in route.signals.items()},
             }
         )
+        if self._too_perplexing(route):
+            # Encoded or adversarial payloads read as noise to a language model: the router's
+            # perplexity is one more prompt-injection signal, checked before anything is generated.
+            prompt.verdict.CopyFrom(
+                common_pb2.SafetyVerdict(
+                    blocked=True,
+                    category=common_pb2.SAFETY_CATEGORY_PROMPT_INJECTION,
+                    rule="injection:perplexity",
+                    message="The request does not read as natural language and was refused.",
+                )
+            )
+            _record_verdict(span, prompt.verdict)
+            return _Plan(context, created, sampling, prompt, route=None, stubs=stubs)
         return _Plan(context, created, sampling, prompt, route, stubs)
+
+    def _too_perplexing(self, route: router_pb2.RouteResponse) -> bool:
+        limit = self.settings.injection_max_perplexity
+        # Only policies that score the prompt report its perplexity; the others skip this check.
+        return bool(limit) and route.signals.get("perplexity", 0.0) > limit
 
     def _sampling(self, request: ChatInput) -> common_pb2.SamplingParams:
         """Checks what every edge must respect and fills in the gateway's defaults."""

@@ -22,6 +22,10 @@ class GatewaySettings(MeshSettings):
     default_max_tokens: int = Field(default=128, gt=0)
     # Every request is this tenant's until API keys map callers to tenants.
     default_tenant: str = "default"
+    # Refuse a prompt as a likely injection (an encoded or adversarial payload) when its
+    # perplexity under the small model, as the router measured it, is above this; 0 turns the
+    # check off (the default: the small models here find much honest text very perplexing).
+    injection_max_perplexity: float = Field(default=0.0, ge=0)
     # Bearer key of the admin API (/admin/...); unset disables it.
     admin_key: SecretStr | None = None
     # How long one readiness probe of an upstream (or Redis) may take.

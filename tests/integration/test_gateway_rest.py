@@ -156,6 +156,21 @@ async def test_blocked_prompt_is_a_refusal_not_an_error(client, upstreams):
     assert events[-2]["choices"][0]["delta"] == {"refusal": BLOCKED_MESSAGE}
 
 
+async def test_a_prompt_above_the_perplexity_limit_is_refused_as_injection(upstreams):
+    fakes, addr = upstreams
+    # The fake router measures every prompt at perplexity 12.5.
+    for limit, refused in ((10.0, True), (20.0, False)):
+        calls = len(fakes.requests["inference"])
+        pipeline, client = await _client(gateway_settings(addr, injection_max_perplexity=limit))
+        async with client:
+            response = await client.post(CHAT, json={"messages": [{"role": "user", "content": "aGVsbG8gd29ybGQ="}]})
+        await pipeline.close()
+        choice = response.json()["choices"][0]
+        assert response.status_code == 200
+        assert (choice["finish_reason"] == "content_filter") is refused
+        assert len(fakes.requests["inference"]) == calls + (0 if refused else 1)
+
+
 async def test_malformed_json_is_400(client):
     response = await client.post(CHAT, content=b'{"messages": [', headers={"content-type": "application/json"})
     _assert_openai_error(response, 400, "invalid_request_error")

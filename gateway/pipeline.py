@@ -386,11 +386,18 @@ class _TokenFeed:
         self.finish_reason = common_pb2.FINISH_REASON_STOP
         self.usage = common_pb2.Usage()
         self.error: grpc.aio.AioRpcError | None = None
+        self.stopped = False
+
+    def stop(self) -> None:
+        """Postprocess has given its final answer (e.g. it blocked the text): feed no more tokens."""
+        self.stopped = True
 
     async def requests(self) -> AsyncIterator[postprocess_pb2.PostprocessStreamRequest]:
         yield postprocess_pb2.PostprocessStreamRequest(context=self.context, token_ids=self._note(self.first))
         try:
             async for response in self.rest:
+                if self.stopped:
+                    break
                 yield postprocess_pb2.PostprocessStreamRequest(token_ids=self._note(response))
         except grpc.aio.AioRpcError as error:
             # gRPC runs this iterator in a task of its own and would answer an exception by
@@ -429,6 +436,7 @@ async def _release(
                     first_text = False
                     TTFT.labels(model).observe(time.perf_counter() - started)
                 if response.finish_reason:
+                    feed.stop()
                     final = StreamChunk(response.text_delta, response.finish_reason, feed.usage, response.verdict)
                 elif response.text_delta:
                     yield StreamChunk(response.text_delta)

@@ -95,7 +95,14 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
                         finish_reason=common_pb2.FINISH_REASON_CONTENT_FILTER, verdict=verdict
                     )
             yield response
-            if final or response.verdict.blocked:
+            if final:
+                return
+            if response.verdict.blocked:
+                # Read the caller's remaining messages until it closes its side: ending the call
+                # while the caller is still writing makes gRPC fail it ("Internal error from
+                # Core") instead of completing it with the verdict.
+                async for _ in requests:
+                    pass
                 return
         if decoder is not None:
             # The caller closed its side without a final message: the answer ended all the

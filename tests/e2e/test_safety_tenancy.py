@@ -153,8 +153,9 @@ def test_a_banned_term_split_across_chunks_never_reaches_the_client(stack, base_
         assert answer[:start].startswith(released), (released, answer, term)
     finally:
         lexicon.write_text(original, encoding="utf-8")
-    # Other tests ask the same question: wait until the restored list is live again.
-    _wait_for_finish(base_url, headers, unfiltered)
+        # Other tests ask the same question: wait until the restored list is live again, even
+        # when this test failed.
+        _wait_for_finish(base_url, headers, unfiltered)
 
 
 # -- tenancy -----------------------------------------------------------------------------------

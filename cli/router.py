@@ -240,28 +240,18 @@ async def _route_latencies(stub, prompts: list[list[int]], concurrency: int) -> 
     return latencies
 
 
-def _serving(addr: str) -> bool:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(addr) as channel:
-        try:
-            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
-        except grpc.RpcError:
-            return False
-    return status == health_pb2.HealthCheckResponse.SERVING
-
-
 @contextlib.contextmanager
 def _router_addr(settings: RouterSettings):
     """The running router (`make run`), else Triton with the scoring model and a router process."""
-    if _serving(settings.router_addr):
+    from cli.stack import grpc_serving
+
+    if grpc_serving(settings.router_addr)():
         err.print(f"benchmarking the running router at {settings.router_addr}")
         yield settings.router_addr, settings
         return
     import subprocess
 
-    from cli.stack import free_port
+    from mesh.net import free_port
     from services.inference.triton_server import TritonServer
 
     ports = {name: free_port() for name in ("http", "grpc", "metrics", "router")}
@@ -296,7 +286,7 @@ def _router_addr(settings: RouterSettings):
                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         try:
             deadline = time.monotonic() + 60
-            while not _serving(local.router_addr):
+            while not grpc_serving(local.router_addr)():
                 if router.poll() is not None or time.monotonic() > deadline:
                     raise typer.Exit(f"the router did not start; see {logs / 'bench-router.log'}")
                 time.sleep(0.2)

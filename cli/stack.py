@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cli import certs
+from mesh.net import free_port, free_ports
 from mesh.settings import REPO_ROOT
 from services.inference.triton_server import TritonServer
 
@@ -33,12 +33,6 @@ DEFAULT_RUN_DIR = REPO_ROOT / ".run"
 
 class StackError(RuntimeError):
     """A part of the stack failed to start; the message names it and quotes its log."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -62,7 +56,7 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(**{name: free_port() for name in cls.__dataclass_fields__})
+        return cls(*free_ports(len(cls.__dataclass_fields__)))
 
 
 @dataclass(frozen=True)
@@ -108,9 +102,10 @@ def stack_env(ports: Ports, run_dir: Path) -> dict[str, str]:
     }
 
 
-def _grpc_serving(port: int, credentials: grpc.ChannelCredentials | None = None) -> Callable[[], bool]:
+def grpc_serving(target: str, credentials: grpc.ChannelCredentials | None = None) -> Callable[[], bool]:
+    """A probe: is the gRPC server at ``target`` SERVING (grpc.health.v1)?"""
+
     def check() -> bool:
-        target = f"127.0.0.1:{port}"
         channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
         with channel:
             try:
@@ -192,7 +187,7 @@ class Stack:
         def service(name: str, module: str, port: int) -> Child:
             metrics_port = getattr(p, f"{name}_metrics")
             env = {"LLMESH_METRICS_PORT": str(metrics_port), **self._tls_env(name)}
-            return Child(name, [python, "-m", module], _grpc_serving(port, self._probe_credentials()), env)
+            return Child(name, [python, "-m", module], grpc_serving(f"127.0.0.1:{port}", self._probe_credentials()), env)
 
         return [
             Child(
@@ -211,7 +206,7 @@ class Stack:
                 Child(
                     f"{d.service}-{d.name}",
                     [python, "-m", f"services.{d.service}"],
-                    _grpc_serving(d.port, self._probe_credentials()),
+                    grpc_serving(f"127.0.0.1:{d.port}", self._probe_credentials()),
                     {"LLMESH_LISTEN_ADDR": f"127.0.0.1:{d.port}", **self._tls_env(d.service), **d.env},
                 )
                 for d in self.deployments

@@ -13,22 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import queue
-import socket
 import statistics
 import threading
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 
-
-def _free_ports(n: int) -> list[int]:
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+from mesh.net import free_ports
 
 
 def _input(name: str, arr: np.ndarray) -> Any:
@@ -168,7 +161,7 @@ def main() -> None:
         server_cm: Any = nullcontext()
         url = args.url
     else:
-        http, grpc, metrics = _free_ports(3)
+        http, grpc, metrics = free_ports(3)
         server_cm = TritonServer(http_port=http, grpc_port=grpc, metrics_port=metrics)
         url = server_cm.grpc_url
     with server_cm as server:

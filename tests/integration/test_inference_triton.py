@@ -4,7 +4,6 @@ Starts `tritonserver` once for the module (free ports) with the project's model 
 """
 
 import math
-import socket
 
 import grpc
 import pytest
@@ -14,6 +13,7 @@ from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
 from mesh.catalog import REPO_ROOT, ModelSpec, default_models
 from mesh.channel import build_channel
+from mesh.net import free_port
 from mesh.server import start_service
 from services.inference.service import InferenceService
 from services.inference.settings import InferenceSettings
@@ -29,12 +29,6 @@ pytestmark = pytest.mark.skipif(
     not (ARTIFACTS / "small" / "model.safetensors").is_file(),
     reason="no trained model in models/artifacts/small (run `python -m models.train`)",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

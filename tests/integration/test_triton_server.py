@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 import os
 import queue
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,6 +22,7 @@ tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: E402
 
 from services.inference.triton_models.common import context_length  # noqa: E402
+from mesh.net import free_ports  # noqa: E402
 from services.inference.triton_server import REPO_ROOT, TritonServer  # noqa: E402
 
 PROMPT = "json.dumps(obj, *, skipkeys=False)\nSerialize obj to a JSON formatted str. If"
@@ -37,15 +36,6 @@ def _model_dir(size: str) -> Path | None:
     )
     path = Path(raw)
     return path if (path / "config.json").is_file() else None
-
-
-def free_ports(n: int) -> list[int]:
-    """Bind all n before releasing any, so the kernel cannot hand out the same port twice."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ tokenizer.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import defaultdict
 
 import grpc
@@ -23,6 +22,7 @@ from llmesh.preprocess.v1 import preprocess_pb2, preprocess_pb2_grpc
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
 from mesh.catalog import AUTO_MODEL
 from mesh.errors import abort
+from mesh.net import free_port
 
 # A prompt containing this word is blocked by preprocess.
 BLOCKED_WORD = "forbidden"
@@ -43,9 +43,7 @@ def reply_for(model: str) -> str:
 
 def unused_addr() -> str:
     """A loopback address nothing listens on (the port was free a moment ago)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 def gateway_settings(upstream_addr: str, **overrides) -> GatewaySettings:

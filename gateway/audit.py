@@ -121,19 +121,28 @@ class AuditFiles:
         self.max_bytes = max_bytes
         self.retention_s = retention_days * 86400
         self.name = f"audit-{socket.gethostname()}-{os.getpid()}"
+        # Bytes in the current file; None until the first append looks at the file.
+        self._size: int | None = None
 
     @property
     def current(self) -> Path:
         return self.directory / f"{self.name}.jsonl"
 
     def append(self, record: dict) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.current
-        if path.exists() and path.stat().st_size >= self.max_bytes:
+        if self._size is None:
+            # Once per process: after that only this process writes its file, so its size is
+            # tracked here instead of being asked of the file system on every request.
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._size = path.stat().st_size if path.exists() else 0
+        if self._size >= self.max_bytes:
             path.rename(self.directory / f"{self.name}.{time.strftime('%Y%m%dT%H%M%S')}.{time.time_ns()}.jsonl")
+            self._size = 0
             self._expire()
+        line = canonical(record) + b"\n"
         with open(path, "ab") as out:
-            out.write(canonical(record) + b"\n")
+            out.write(line)
+        self._size += len(line)
 
     def _expire(self) -> None:
         cutoff = time.time() - self.retention_s

@@ -4,31 +4,38 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-MODELS := models/artifacts/small/model.safetensors models/artifacts/large/model.safetensors
+# The engine's own environment: vLLM's CPU build wants numpy 2, the Triton stub and the
+# project numpy<2 (docs/ARCHITECTURE.md, "Two Python environments").
+ENGINE_VENV := .venv-engine
+ENGINE_STAMP := $(ENGINE_VENV)/.installed
+SMALL_MODEL := models/artifacts/small/model.safetensors
+SMOLLM2_DIR := .cache/models/smollm2-135m-instruct
+SMOLLM2 := $(SMOLLM2_DIR)/config.json
 # apt-get needs root; use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help run test test-unit test-integration test-e2e venv redis protos models certs clean
+.PHONY: help run test test-unit test-integration test-e2e venv engine redis protos models retrain certs clean
 
 help:
-	@echo "make run    start the whole stack (Triton, Redis, services, gateway) on the documented ports"
-	@echo "make test   install what is needed and run unit, integration and e2e tests"
-	@echo "make protos regenerate gen/ from protos/;  make models  retrain the models"
-	@echo "make certs  a local CA and per-service certificates (certs/) for mTLS"
+	@echo "make run      start the whole stack (Triton with vLLM, Redis, services, gateway) on the documented ports"
+	@echo "make test     install what is needed and run unit, integration and e2e tests"
+	@echo "make models   build what is missing: SmolLM2 from its wheel, the small model (trained if absent)"
+	@echo "make retrain  retrain llmesh's own small model;  make protos  regenerate gen/ from protos/"
+	@echo "make certs    a local CA and per-service certificates (certs/) for mTLS"
 
-run: venv redis $(MODELS)
+run: venv engine redis models
 	$(VENV)/bin/llmesh up
 
-test: venv redis $(MODELS)
+test: venv engine redis models
 	$(PY) -m pytest -ra
 
 test-unit: venv
 	$(PY) -m pytest tests/unit
 
-test-integration: venv
+test-integration: venv engine models
 	$(PY) -m pytest tests/integration
 
-test-e2e: venv redis $(MODELS)
+test-e2e: venv engine redis models
 	$(PY) -m pytest tests/e2e
 
 venv: $(STAMP)
@@ -39,18 +46,33 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@
 
+engine: $(ENGINE_STAMP)
+
+# Every package is pinned in the lock file, so no resolver runs (--no-deps); see its header.
+$(ENGINE_STAMP): requirements-engine.lock
+	test -x $(ENGINE_VENV)/bin/python || $(PYTHON) -m venv $(ENGINE_VENV)
+	$(ENGINE_VENV)/bin/python -m pip install --quiet --no-deps -r requirements-engine.lock
+	touch $@
+
 redis:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
 
 protos: venv
 	$(PY) protos/generate.py
 
-# Trained once (about 8 minutes on 2 cores) when the committed artifacts are missing.
-$(MODELS):
+models: $(SMALL_MODEL) $(SMOLLM2)
+
+# SmolLM2-135M-Instruct as a Hugging Face directory, converted once from the wheel's GGUF file
+# (never committed: 273 MB).
+$(SMOLLM2): | $(ENGINE_STAMP)
+	$(ENGINE_VENV)/bin/python -m models.smollm2 --out $(SMOLLM2_DIR)
+
+# Trained once (about 2 minutes on 2 cores) when the committed artifact is missing.
+$(SMALL_MODEL):
 	$(MAKE) venv
 	$(PY) -m models.train
 
-models: venv
+retrain: venv
 	$(PY) -m models.train
 
 # A local CA and a certificate per service in certs/ (gitignored), for mutual TLS in the mesh.

@@ -51,3 +51,16 @@ METRIC_ROUTE_ESCALATIONS = "llmesh_route_escalations_total"
 METRIC_ROUTE_BUDGET_REFUSALS = "llmesh_route_budget_refusals_total"
 METRIC_SAFETY_BLOCKS = "llmesh_safety_blocks_total"
 METRIC_INFERENCE_FAILOVERS = "llmesh_inference_failovers_total"
+METRIC_INFERENCE_BREAKER_OPEN = "llmesh_inference_breaker_open"
+
+# Metrics the engine models report through Triton's /metrics (label `model`).
+METRIC_ENGINE_RUNNING = "llmesh_engine_requests_running"
+METRIC_ENGINE_WAITING = "llmesh_engine_requests_waiting"
+METRIC_ENGINE_KV_CACHE_USAGE = "llmesh_engine_kv_cache_usage_ratio"
+METRIC_ENGINE_PROMPT_TOKENS = "llmesh_engine_prompt_tokens_total"
+METRIC_ENGINE_GENERATION_TOKENS = "llmesh_engine_generation_tokens_total"
+METRIC_ENGINE_ABORTED = "llmesh_engine_requests_aborted_total"
+
+# An engine model's error message for a request that is the client's fault starts with this; the
+# inference service then answers INVALID_ARGUMENT and the model's circuit breaker does not count it.
+ENGINE_INVALID_REQUEST_PREFIX = "invalid request: "

@@ -1,25 +1,29 @@
-"""InferenceService: generation on Triton, with a circuit breaker per model and failover."""
+"""InferenceService: generation and scoring on Triton's engines, a circuit breaker per model,
+failover along the request's chain of models."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from opentelemetry import trace
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from mesh import semconv
-from mesh.catalog import find_model
+from mesh.catalog import ModelSpec, find_model
 from mesh.deadlines import remaining_s
 from mesh.errors import abort
-from services.inference.circuit import CircuitBreaker
+from mesh.sampling import SamplingError, check_budget, check_sampling
+from services.inference.circuit import CircuitBreaker, State
 from services.inference.settings import InferenceSettings
-from services.inference.triton_client import Chunk, TritonClient, TritonError
+from services.inference.triton_client import Chunk, RequestRejected, TritonClient, TritonError, engine_parameters
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +32,13 @@ FAILOVERS = Counter(
     "Requests handed from a failed (or circuit-open) model to the next in their fallback chain",
     ["from_model", "to_model"],
 )
+BREAKER_OPEN = Gauge(semconv.METRIC_INFERENCE_BREAKER_OPEN, "1 while a model's circuit breaker is open", ["model"])
 
-_FINISH_REASONS = {"stop": common_pb2.FINISH_REASON_STOP, "length": common_pb2.FINISH_REASON_LENGTH}
+_FINISH_REASONS = {
+    "stop": common_pb2.FINISH_REASON_STOP,
+    "length": common_pb2.FINISH_REASON_LENGTH,
+    "abort": common_pb2.FINISH_REASON_ERROR,
+}
 
 
 def _finish_reason(reason: str) -> common_pb2.FinishReason:
@@ -41,21 +50,37 @@ def _deadline_passed() -> bool:
     return remaining is not None and remaining <= 0
 
 
-def _usage(request: inference_pb2.GenerateRequest, completion_tokens: int) -> common_pb2.Usage:
-    prompt_tokens = len(request.prompt_token_ids)
-    return common_pb2.Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
+def _completion(chunk: Chunk) -> common_pb2.Completion:
+    return common_pb2.Completion(
+        index=chunk.index,
+        token_ids=chunk.token_ids,
+        token_logprobs=chunk.token_logprobs,
+        top_logprobs=[common_pb2.TopLogprobs(token_ids=ids, logprobs=values) for ids, values in chunk.top_logprobs],
+        finish_reason=_finish_reason(chunk.finish_reason),
     )
 
 
-def _sampling_problem(sampling: common_pb2.SamplingParams) -> str | None:
-    if sampling.HasField("temperature") and not sampling.temperature >= 0:  # NaN too
-        return f"temperature must be >= 0, got {sampling.temperature}"
-    if sampling.HasField("top_p") and not 0 < sampling.top_p <= 1:
-        return f"top_p must be in (0, 1], got {sampling.top_p}"
-    return None
+class _Usage:
+    """The engine's own counts, summed over a request's answers."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self.completion: dict[int, int] = {}
+
+    def add(self, chunk: Chunk) -> None:
+        self.prompt_tokens = chunk.prompt_tokens
+        self.cached_tokens = chunk.cached_tokens
+        self.completion[chunk.index] = chunk.completion_tokens
+
+    def proto(self) -> common_pb2.Usage:
+        completion = sum(self.completion.values())
+        return common_pb2.Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=self.prompt_tokens + completion,
+            cached_prompt_tokens=self.cached_tokens,
+        )
 
 
 class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
@@ -77,54 +102,88 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
     def register(self, server: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(self, server)
 
-    async def ready(self) -> bool:
+    async def ready(self) -> dict[str, bool]:
+        """Each catalog model's readiness on Triton (an engine takes a while to load), each also
+        reported as its own health entry so that the gateway's /readyz can say which is loading."""
         models = [model.name for model in self.settings.models]
-        return all(await asyncio.gather(*(self.triton.model_ready(name) for name in models)))
+        return dict(zip(models, await asyncio.gather(*(self.triton.model_ready(name) for name in models)), strict=True))
 
     async def close(self) -> None:
         await self.triton.close()
 
     async def Generate(self, request, context):
-        model, token_ids, logprobs, finish_reason = "", [], [], ""
+        choices: dict[int, common_pb2.Completion] = {}
+        model, usage = "", _Usage()
         async for model, chunk in self._generate(request, context, stream=False):
-            token_ids += chunk.token_ids
-            logprobs += chunk.token_logprobs
-            finish_reason = chunk.finish_reason or finish_reason
+            usage.add(chunk)
+            choice = choices.setdefault(chunk.index, common_pb2.Completion(index=chunk.index))
+            choice.MergeFrom(_completion(chunk))
         return inference_pb2.GenerateResponse(
-            model=model,
-            token_ids=token_ids,
-            token_logprobs=logprobs,
-            finish_reason=_finish_reason(finish_reason),
-            usage=_usage(request, len(token_ids)),
+            model=model, choices=[choices[i] for i in sorted(choices)], usage=usage.proto()
         )
 
     async def GenerateStream(self, request, context):
-        completion_tokens = 0
+        usage = _Usage()
+        pending: inference_pb2.GenerateStreamResponse | None = None
         async for model, chunk in self._generate(request, context, stream=True):
-            completion_tokens += len(chunk.token_ids)
-            response = inference_pb2.GenerateStreamResponse(
-                model=model, token_ids=chunk.token_ids, token_logprobs=chunk.token_logprobs
+            usage.add(chunk)
+            # One message behind, so that the last one can carry the usage.
+            if pending is not None:
+                yield pending
+            pending = inference_pb2.GenerateStreamResponse(model=model, delta=_completion(chunk))
+        if pending is not None:
+            pending.usage.CopyFrom(usage.proto())
+            yield pending
+
+    async def Score(self, request: inference_pb2.ScoreRequest, context) -> inference_pb2.ScoreResponse:
+        model = request.model
+        if find_model(self.settings.models, model) is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"unknown model {model!r}", "MODEL_NOT_FOUND", model=model)
+        if len(request.prompt_token_ids) < 2:
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "scoring needs at least 2 prompt tokens", "PROMPT_TOO_SHORT"
             )
-            if chunk.finish_reason:
-                response.finish_reason = _finish_reason(chunk.finish_reason)
-                response.usage.CopyFrom(_usage(request, completion_tokens))
-            yield response
+        breaker = self.breakers[model]
+        if not breaker.allow():
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"{model}: circuit open", "CIRCUIT_OPEN", model=model)
+        try:
+            logprobs = await self._counted(breaker, self.triton.score(model, request.prompt_token_ids))
+        except RequestRejected as error:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), "REQUEST_REJECTED", model=model)
+        except TritonError as error:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if _deadline_passed() else grpc.StatusCode.UNAVAILABLE
+            await abort(context, code, str(error), "SCORING_FAILED", model=model)
+        perplexity = math.exp(-sum(logprobs) / len(logprobs))
+        return inference_pb2.ScoreResponse(model=model, token_logprobs=logprobs, perplexity=perplexity)
+
+    async def _counted(self, breaker: CircuitBreaker, call: Any) -> Any:
+        """A unary engine call whose outcome the model's breaker counts (never a rejected request)."""
+        try:
+            result = await call
+        except RequestRejected:
+            raise
+        except TritonError:
+            if not _deadline_passed():
+                self._record_failure(breaker)
+            raise
+        breaker.record_success()
+        self._update_breaker_metric(breaker)
+        return result
 
     async def _generate(self, request, context, *, stream: bool) -> AsyncIterator[tuple[str, Chunk]]:
         """The chunks of the first model in the chain that answers, each with that model's name.
 
         A model that fails, or whose breaker is open, hands the request to the next one as long
         as nothing has reached the caller: a stream can fail over until its first chunk is sent;
-        a unary call collects each attempt whole, so it can fail over at any point.
+        a unary call collects each attempt whole, so it can fail over at any point. A request the
+        engine refuses as invalid is the caller's error: it is answered INVALID_ARGUMENT and
+        counts against no model.
         """
         chain = await self._chain(request, context)
-        sampling = common_pb2.SamplingParams()
-        sampling.CopyFrom(request.sampling)
-        sampling.max_tokens = sampling.max_tokens or self.settings.default_max_tokens
         span = trace.get_current_span()
         span.set_attribute(semconv.GEN_AI_REQUEST_MODEL, request.model)
         errors: dict[str, str] = {}
-        for model in chain:
+        for model, prompt_ids, params in chain:
             if not self.breakers[model].allow():
                 errors[model] = "circuit open"
                 continue
@@ -133,15 +192,17 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
             sent = False
             try:
                 if stream:
-                    async for chunk in self._call(model, request.prompt_token_ids, sampling):
+                    async for chunk in self._call(model, prompt_ids, params):
                         sent = True
                         yield model, chunk
                 else:
-                    chunks = [chunk async for chunk in self._call(model, request.prompt_token_ids, sampling)]
+                    chunks = [chunk async for chunk in self._call(model, prompt_ids, params)]
                     for chunk in chunks:
                         yield model, chunk
                 span.set_attribute(semconv.GEN_AI_RESPONSE_MODEL, model)
                 return
+            except RequestRejected as error:
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), "REQUEST_REJECTED", model=model)
             except TritonError as error:
                 if _deadline_passed():
                     await abort(
@@ -165,49 +226,84 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
             **errors,
         )
 
-    async def _chain(self, request, context) -> list[str]:
-        """The models to try in order, once the request was checked."""
-        if not request.prompt_token_ids:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "prompt_token_ids is empty", "EMPTY_PROMPT")
-        chain = list(dict.fromkeys([request.model, *request.fallback_models]))
-        for name in chain:
-            if find_model(self.settings.models, name) is None:
+    async def _chain(self, request, context) -> list[tuple[str, list[int], dict[str, Any]]]:
+        """(model, its prompt tokens, engine parameters) to try in order, once the request was
+        checked. Requests that no model could serve are refused here: sent on, each would count
+        as a model failure and trip breakers of healthy models."""
+        sampling = common_pb2.SamplingParams()
+        sampling.CopyFrom(request.sampling)
+        sampling.max_tokens = sampling.max_tokens or self.settings.default_max_tokens
+        prompts = {prompt.model: list(prompt.token_ids) for prompt in request.prompts}
+        names = list(dict.fromkeys([request.model, *request.fallback_models]))
+        specs: list[ModelSpec] = []
+        for name in names:
+            spec = find_model(self.settings.models, name)
+            if spec is None:
                 await abort(
                     context, grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}", "MODEL_NOT_FOUND", model=name
                 )
-        # Requests that no model can serve are refused here: sent on, each would count as a
-        # model failure and trip breakers of healthy models.
-        problem = _sampling_problem(request.sampling)
-        if problem:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem, "INVALID_SAMPLING")
-        context_length = find_model(self.settings.models, request.model).context_length
-        if len(request.prompt_token_ids) >= context_length:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"prompt has {len(request.prompt_token_ids)} tokens; {request.model} takes fewer than {context_length}",
-                "PROMPT_TOO_LONG",
-                model=request.model,
-            )
+            specs.append(spec)
+        try:
+            check_sampling(sampling)
+            params = engine_parameters(sampling)
+        except SamplingError as error:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, error.message, "INVALID_SAMPLING", param=error.param)
+        except RequestRejected as error:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), "INVALID_SAMPLING")
+        chain = []
+        for spec in specs:
+            prompt_ids = prompts.get(spec.name)
+            primary = spec.name == request.model
+            if not prompt_ids:
+                if primary:
+                    message = f"no prompt for {spec.name}"
+                    await abort(context, grpc.StatusCode.INVALID_ARGUMENT, message, "EMPTY_PROMPT", model=spec.name)
+                continue
+            try:
+                check_budget(sampling, len(prompt_ids), spec.name, spec.context_length)
+            except SamplingError as error:
+                if primary:
+                    await abort(
+                        context,
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        error.message,
+                        "CONTEXT_EXCEEDED",
+                        param=error.param,
+                        model=spec.name,
+                    )
+                # A fallback that cannot hold this request is no failure of it: it is left out.
+                continue
+            chain.append((spec.name, prompt_ids, params))
         return chain
 
-    async def _call(self, model: str, prompt_ids, sampling: common_pb2.SamplingParams) -> AsyncIterator[Chunk]:
+    async def _call(self, model: str, prompt_ids: list[int], params: dict[str, Any]) -> AsyncIterator[Chunk]:
         """One model's chunks, with the outcome reported to its breaker."""
         breaker = self.breakers[model]
         started = self.clock()
         first = True
         try:
-            async for chunk in self.triton.generate_stream(model, prompt_ids, sampling):
+            async for chunk in self.triton.generate_stream(model, prompt_ids, params):
                 if first:
                     breaker.record_ttft(self.clock() - started)
                     first = False
                 yield chunk
+        except RequestRejected:
+            raise
         except TritonError:
             # A call cut short by the caller's own deadline says nothing about the model.
             if not _deadline_passed():
-                breaker.record_failure()
+                self._record_failure(breaker)
             raise
         breaker.record_success()
+        self._update_breaker_metric(breaker)
+
+    def _record_failure(self, breaker: CircuitBreaker) -> None:
+        breaker.record_failure()
+        self._update_breaker_metric(breaker)
+
+    @staticmethod
+    def _update_breaker_metric(breaker: CircuitBreaker) -> None:
+        BREAKER_OPEN.labels(breaker.name).set(1.0 if breaker.state is State.OPEN else 0.0)
 
     @staticmethod
     def _record_failover(span: trace.Span, *, from_model: str, to_model: str) -> None:

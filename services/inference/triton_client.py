@@ -1,4 +1,4 @@
-"""The async Triton client shared by inference and router.
+"""The inference service's async client of Triton: the only code that talks to Triton.
 
 Tensors follow the contract in docs/ARCHITECTURE.md. Every call carries a timeout taken from the
 inbound deadline, and runs inside a client span whose W3C ``traceparent`` is sent as gRPC
@@ -9,9 +9,11 @@ the stream's own metadata, and we open one stream per request, so each request g
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import numpy as np
@@ -33,14 +35,28 @@ class TritonError(Exception):
     """A Triton call failed: unreachable, model error, deadline, or a malformed response."""
 
 
+class RequestRejected(TritonError):
+    """The engine refused the request as invalid (too long, an impossible JSON schema...): the
+    client's fault, which says nothing about the model's health."""
+
+
 @dataclass(frozen=True)
 class Chunk:
-    """One streamed response of a generation model."""
+    """One streamed response of an engine model: new tokens of one answer."""
 
+    index: int
     token_ids: list[int]
     token_logprobs: list[float]
-    # Empty until the last chunk, then "stop" or "length".
+    # Per token, its `top_logprobs` most likely alternatives: (token ids, log-probs).
+    top_logprobs: list[tuple[list[int], list[float]]] = field(default_factory=list)
+    # Empty until this answer's last chunk, then "stop", "length" or "abort".
     finish_reason: str = ""
+    # The engine's counts so far: prompt tokens, this answer's completion tokens, cached tokens.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    # Only on a request that asked for them, in its first chunk.
+    prompt_logprobs: list[float] = field(default_factory=list)
 
 
 def _tensor(name: str, array: np.ndarray) -> triton_grpc.InferInput:
@@ -49,30 +65,51 @@ def _tensor(name: str, array: np.ndarray) -> triton_grpc.InferInput:
     return tensor
 
 
-def generate_inputs(prompt_ids: Sequence[int], sampling: common_pb2.SamplingParams) -> list[triton_grpc.InferInput]:
-    """Input tensors of a generation model; ``sampling.max_tokens`` must already be resolved."""
-    inputs = [
-        _tensor("input_ids", np.asarray(prompt_ids, dtype=np.int64)),
-        _tensor("max_tokens", np.array([sampling.max_tokens], dtype=np.int32)),
-    ]
-    # Optional inputs are sent only when set, so that the model's own defaults apply otherwise.
-    if sampling.HasField("temperature"):
-        inputs.append(_tensor("temperature", np.array([sampling.temperature], dtype=np.float32)))
-    if sampling.HasField("top_p"):
-        inputs.append(_tensor("top_p", np.array([sampling.top_p], dtype=np.float32)))
-    if sampling.HasField("seed"):
-        inputs.append(_tensor("seed", np.array([sampling.seed], dtype=np.int64)))
+def engine_parameters(sampling: common_pb2.SamplingParams) -> dict[str, Any]:
+    """The engine's JSON parameters for ``sampling``; ``max_tokens`` must already be resolved.
+
+    Only what is set is sent, so that the engine's defaults apply otherwise.
+    """
+    params: dict[str, Any] = {"max_tokens": sampling.max_tokens}
+    for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
+        if sampling.HasField(name):
+            params[name] = getattr(sampling, name)
     if sampling.stop:
-        inputs.append(_tensor("stop", np.array([s.encode() for s in sampling.stop], dtype=np.object_)))
-    return inputs
+        params["stop"] = list(sampling.stop)
+    if sampling.n > 1:
+        params["n"] = sampling.n
+    if sampling.top_logprobs:
+        params["logprobs"] = sampling.top_logprobs
+    if sampling.logit_bias:
+        params["logit_bias"] = {str(token): bias for token, bias in sampling.logit_bias.items()}
+    structured = sampling.structured_output.WhichOneof("format")
+    if structured == "json_schema":
+        try:
+            schema = json.loads(sampling.structured_output.json_schema)
+        except json.JSONDecodeError as error:
+            raise RequestRejected(f"structured_output.json_schema is not JSON: {error}") from None
+        params["structured_output"] = {"json": schema}
+    elif structured == "json_object":
+        params["structured_output"] = {"json_object": True}
+    elif structured == "regex":
+        params["structured_output"] = {"regex": sampling.structured_output.regex}
+    return params
+
+
+def generate_inputs(prompt_ids: Sequence[int], params: Mapping[str, Any]) -> list[triton_grpc.InferInput]:
+    encoded = json.dumps(params, separators=(",", ":")).encode()
+    return [
+        _tensor("input_ids", np.asarray(prompt_ids, dtype=np.int64)),
+        _tensor("parameters", np.frombuffer(encoded, dtype=np.uint8)),
+    ]
 
 
 def _output(result: triton_grpc.InferResult, name: str) -> np.ndarray:
     """A flattened output tensor whose bytes were checked against its declared shape.
 
-    A python-backend stub that imports numpy 2 sends every output tensor empty, without any
-    error (../shared/notes/triton-on-cpu.md); tritonclient then fails to reshape the empty
-    buffer, and that must surface as a failed call rather than an empty answer.
+    A python-backend stub that sends a tensor through numpy 2 sends it empty, without any error
+    (docs/ARCHITECTURE.md); tritonclient then fails to reshape the empty buffer, and that must
+    surface as a failed call rather than an empty answer.
     """
     try:
         array = result.as_numpy(name)
@@ -86,28 +123,36 @@ def _output(result: triton_grpc.InferResult, name: str) -> np.ndarray:
 def parse_chunk(result: triton_grpc.InferResult) -> Chunk:
     token_ids = _output(result, "token_ids")
     logprobs = _output(result, "token_logprobs")
-    finish = _output(result, "finish_reason")
-    if finish.size != 1:
-        raise TritonError(f"finish_reason has {finish.size} elements, expected 1")
+    top_ids = _output(result, "top_token_ids")
+    top_values = _output(result, "top_logprobs")
+    index = _output(result, "index")
+    usage = _output(result, "usage")
     if token_ids.size != logprobs.size:
         raise TritonError(f"{token_ids.size} token ids but {logprobs.size} log-probs")
-    reason = finish[0].decode() if isinstance(finish[0], bytes) else str(finish[0])
-    if token_ids.size == 0 and not reason:
-        raise TritonError("a chunk with no tokens that is not the last one")
-    return Chunk(token_ids.tolist(), logprobs.tolist(), reason)
-
-
-def parse_logprobs(result: triton_grpc.InferResult, prompt_len: int) -> np.ndarray:
-    """The scoring model's log-probs: one per prompt token after the first."""
-    logprobs = _output(result, "token_logprobs")
-    expected = max(prompt_len - 1, 0)
-    if logprobs.size != expected:
-        raise TritonError(f"scoring returned {logprobs.size} log-probs for {prompt_len} tokens")
-    return logprobs
+    if index.size != 1 or usage.size != 3:
+        raise TritonError(f"malformed index ({index.size}) or usage ({usage.size}) output")
+    if top_ids.size != top_values.size or (token_ids.size and top_ids.size % token_ids.size):
+        raise TritonError(f"{top_ids.size} alternatives for {token_ids.size} tokens")
+    per_token = top_ids.size // token_ids.size if token_ids.size else 0
+    top = [
+        (top_ids[i * per_token : (i + 1) * per_token].tolist(), top_values[i * per_token : (i + 1) * per_token].tolist())
+        for i in range(token_ids.size if per_token else 0)
+    ]
+    return Chunk(
+        index=int(index[0]),
+        token_ids=token_ids.tolist(),
+        token_logprobs=logprobs.tolist(),
+        top_logprobs=top,
+        finish_reason=_output(result, "finish_reason").tobytes().decode(),
+        prompt_tokens=int(usage[0]),
+        completion_tokens=int(usage[1]),
+        cached_tokens=int(usage[2]),
+        prompt_logprobs=_output(result, "prompt_logprobs").tolist(),
+    )
 
 
 @contextmanager
-def _client_span(name: str, attributes: Mapping[str, object]) -> Iterator[tuple[Span, dict[str, str] | None]]:
+def _client_span(name: str, attributes: Mapping[str, Any]) -> Iterator[tuple[Span, dict[str, str] | None]]:
     """A client span and the gRPC metadata that makes Triton's spans its children.
 
     The span is not made current for the whole block: inside a streaming generator it would
@@ -132,6 +177,13 @@ async def _single(request: dict) -> AsyncIterator[dict]:
     yield request
 
 
+def _error(model: str, message: str) -> TritonError:
+    """The engine marks the requests it refuses as invalid (semconv.ENGINE_INVALID_REQUEST_PREFIX)."""
+    if semconv.ENGINE_INVALID_REQUEST_PREFIX in message:
+        return RequestRejected(message.split(semconv.ENGINE_INVALID_REQUEST_PREFIX, 1)[1])
+    return TritonError(f"{model}: {message}")
+
+
 class TritonClient:
     def __init__(self, settings: MeshSettings) -> None:
         self.settings = settings
@@ -146,66 +198,60 @@ class TritonClient:
         return self.settings.default_deadline_s if remaining is None else max(remaining, 0.0)
 
     async def generate_stream(
-        self, model: str, prompt_ids: Sequence[int], sampling: common_pb2.SamplingParams
+        self, model: str, prompt_ids: Sequence[int], params: Mapping[str, Any], span_name: str = semconv.SPAN_TRITON_GENERATE
     ) -> AsyncIterator[Chunk]:
-        """Stream a decoupled generation model's chunks; the last one carries the finish_reason."""
+        """Stream an engine model's chunks until every answer has its finish_reason.
+
+        Closing the iterator early cancels the Triton stream, and the engine aborts the request.
+        """
         attributes = {
             semconv.GEN_AI_SYSTEM: semconv.GEN_AI_SYSTEM_VALUE,
             semconv.GEN_AI_OPERATION_NAME: "text_completion",
             semconv.GEN_AI_REQUEST_MODEL: model,
-            semconv.GEN_AI_REQUEST_MAX_TOKENS: sampling.max_tokens,
+            semconv.GEN_AI_REQUEST_MAX_TOKENS: params.get("max_tokens", 0),
             semconv.GEN_AI_USAGE_INPUT_TOKENS: len(prompt_ids),
         }
-        if sampling.HasField("temperature"):
-            attributes[semconv.GEN_AI_REQUEST_TEMPERATURE] = sampling.temperature
-        if sampling.HasField("top_p"):
-            attributes[semconv.GEN_AI_REQUEST_TOP_P] = sampling.top_p
-        request = {"model_name": model, "inputs": generate_inputs(prompt_ids, sampling)}
-        with _client_span(semconv.SPAN_TRITON_GENERATE, attributes) as (span, headers):
+        for key, attribute in (("temperature", semconv.GEN_AI_REQUEST_TEMPERATURE), ("top_p", semconv.GEN_AI_REQUEST_TOP_P)):
+            if key in params:
+                attributes[attribute] = params[key]
+        request = {"model_name": model, "inputs": generate_inputs(prompt_ids, params)}
+        with _client_span(span_name, attributes) as (span, headers):
             responses = self._client.stream_infer(_single(request), stream_timeout=self._timeout(), headers=headers)
-            completion_tokens, finish_reason, completed = 0, "", False
+            answers = max(int(params.get("n", 1)), 1)
+            finished: set[int] = set()
+            completion_tokens: dict[int, int] = {}
             try:
                 async for result, error in responses:
                     if error is not None:
-                        raise TritonError(f"{model}: {error.message()}")
+                        raise _error(model, error.message())
                     chunk = parse_chunk(result)
-                    completion_tokens += len(chunk.token_ids)
-                    finish_reason = chunk.finish_reason or finish_reason
-                    span.set_attribute(semconv.GEN_AI_USAGE_OUTPUT_TOKENS, completion_tokens)
+                    completion_tokens[chunk.index] = chunk.completion_tokens
+                    span.set_attribute(semconv.GEN_AI_USAGE_OUTPUT_TOKENS, sum(completion_tokens.values()))
+                    if chunk.finish_reason:
+                        finished.add(chunk.index)
                     yield chunk
-                if not finish_reason:
-                    raise TritonError(f"{model}: stream ended without a finish_reason")
-                completed = True
+                if len(finished) < answers:
+                    raise TritonError(f"{model}: stream ended with {len(finished)} of {answers} answers finished")
                 span.set_attribute(semconv.GEN_AI_RESPONSE_MODEL, model)
-                span.set_attribute(semconv.GEN_AI_RESPONSE_FINISH_REASONS, [finish_reason])
             except grpc.RpcError as error:
                 # Errors while reading the stream arrive as raw gRPC errors, not tritonclient's.
                 raise TritonError(f"{model}: {error.code().name}: {error.details()}") from None
             except InferenceServerException as error:
-                raise TritonError(f"{model}: {error.message()}") from None
+                raise _error(model, error.message()) from None
             finally:
-                if not completed:
+                if len(finished) < answers:
                     # Stops generation in Triton when our caller went away or the stream broke.
                     responses.cancel()
 
-    async def score(self, prompt_ids: Sequence[int]) -> np.ndarray:
-        """Log-probabilities of prompt tokens 1..n-1 under the scoring model."""
-        model = self.settings.scoring_model
-        attributes = {
-            semconv.GEN_AI_SYSTEM: semconv.GEN_AI_SYSTEM_VALUE,
-            semconv.GEN_AI_REQUEST_MODEL: model,
-            semconv.GEN_AI_USAGE_INPUT_TOKENS: len(prompt_ids),
-        }
-        # The scoring model batches (max_batch_size > 0), so the input has a batch dimension.
-        ids = np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)
-        with _client_span(semconv.SPAN_TRITON_SCORE, attributes) as (_, headers):
-            try:
-                result = await self._client.infer(
-                    model, [_tensor("input_ids", ids)], client_timeout=self._timeout(), headers=headers
-                )
-            except InferenceServerException as error:
-                raise TritonError(f"{model}: {error.message()}") from None
-            return parse_logprobs(result, len(prompt_ids))
+    async def score(self, model: str, prompt_ids: Sequence[int]) -> list[float]:
+        """Log-probabilities of prompt tokens 1..n-1 under ``model`` (its engine's prompt_logprobs)."""
+        params = {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": True}
+        logprobs: list[float] = []
+        async for chunk in self.generate_stream(model, prompt_ids, params, span_name=semconv.SPAN_TRITON_SCORE):
+            logprobs += chunk.prompt_logprobs
+        if len(logprobs) != max(len(prompt_ids) - 1, 0):
+            raise TritonError(f"{model}: scoring returned {len(logprobs)} log-probs for {len(prompt_ids)} tokens")
+        return logprobs
 
     async def model_ready(self, name: str) -> bool:
         """False also when Triton cannot be reached: readiness must not raise."""

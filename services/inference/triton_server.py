@@ -27,10 +27,13 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
-DEFAULT_MODELS = ("llmesh-small", "llmesh-large", "llmesh-small-score")
+DEFAULT_MODELS = ("llmesh-small", "smollm2-135m-instruct")
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "tritonserver"
+# The engine's own environment (vLLM's CPU build, numpy 2), made by `make engine`; in NVIDIA's
+# vLLM image the engine is in the image's Python and no such environment exists.
+DEFAULT_ENGINE_VENV = REPO_ROOT / ".venv-engine"
 # model.py reads this: the python backend stub runs its interpreter isolated (PYTHONPATH ignored).
-SYS_PATH_ENV = "LLMESH_TRITON_SYS_PATH"
+ENGINE_SYS_PATH_ENV = "LLMESH_ENGINE_SYS_PATH"
 
 
 class TritonStartError(RuntimeError):
@@ -92,24 +95,25 @@ def prepare_server_dir(cache_dir: Path | str = DEFAULT_CACHE_DIR) -> Path:
     return cache_dir
 
 
-def stub_sys_path(extra: Iterable[str | os.PathLike[str]] = ()) -> list[str]:
-    """The sys.path the model stubs need: this interpreter's entries plus the repo root.
+def engine_site_packages(venv: Path) -> Path:
+    return venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 
-    This venv's site-packages must come before the base interpreter's: the base one here has
-    numpy 2.x, and numpy 2 inside the stub makes every output tensor arrive empty, silently.
-    Editable-install path hooks (`__editable__...finder.__path_hook__`) are not directories and
-    are replaced by the repo root itself.
+
+def engine_sys_path(venv: Path | None = DEFAULT_ENGINE_VENV) -> list[str]:
+    """What the engine models' stubs put first on sys.path: the engine's environment, then the
+    repository root (for ``services.inference.triton_models`` and ``mesh.semconv``).
+
+    Never this process's own environment: its numpy<2 and older transformers would shadow the
+    engine's. Without an engine environment (NVIDIA's vLLM image) only the repository is added.
     """
-    entries = [str(p) for p in extra]
+    entries = []
+    if venv is not None and engine_site_packages(venv).is_dir():
+        entries.append(str(engine_site_packages(venv)))
     entries.append(str(REPO_ROOT))
-    for p in sys.path:
-        if p and os.path.isdir(p):
-            entries.append(p)
-    seen: set[str] = set()
-    return [p for p in entries if not (p in seen or seen.add(p))]
+    return entries
 
 
-def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+def server_env(base: Mapping[str, str] | None = None, engine_venv: Path | None = DEFAULT_ENGINE_VENV) -> dict[str, str]:
     """The environment tritonserver and its python stubs need, on top of `base` (os.environ)."""
     env = dict(os.environ if base is None else base)
     _, libs = _wheel_paths()
@@ -119,14 +123,27 @@ def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     ld = [sysconfig.get_config_var("LIBDIR") or "", str(libs)]
     ld += [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(dict.fromkeys(p for p in ld if p))
-    env[SYS_PATH_ENV] = os.pathsep.join(stub_sys_path())
-    # Each model instance is its own stub process; without a cap every one of them would start
-    # a thread per core for torch/OpenMP and they would fight over the few cores there are.
+    env[ENGINE_SYS_PATH_ENV] = os.pathsep.join(engine_sys_path(engine_venv))
+    # Each engine is its own stub process on a machine with few cores: one OpenMP thread each,
+    # or they fight over the cores (vLLM's CPU worker also drops to one torch thread by itself).
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Weights are local directories; never let a stub wait on the Hub.
+    # Weights are local directories; never let a stub wait on the Hub or report usage.
     env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("DO_NOT_TRACK", "1")
     return env
+
+
+def _is_error_line(line: str) -> bool:
+    """Triton's own error lines (E<mmdd> ...), and Python errors and tracebacks from the stubs."""
+    stripped = line.lstrip()
+    return (
+        (len(line) > 5 and line[0] == "E" and line[1:5].isdigit())
+        or stripped.startswith(("Traceback", "File \"", "raise "))
+        or "Error:" in line
+        or "ERROR" in line
+    )
 
 
 def _die_with_parent_hook() -> Callable[[], None]:
@@ -255,11 +272,18 @@ class TritonServer:
             )  # fmt: skip
         return self
 
-    def log_tail(self, n: int = 60) -> str:
+    def log_tail(self, n: int = 40) -> str:
+        """The end of the server's log, led by the errors it holds: a model that failed to load
+        (an engine that could not start) logs its traceback far above the last lines."""
         try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-n:])
+            lines = self.log_file.read_text(errors="replace").splitlines()
         except OSError:
             return ""
+        errors = [line for line in lines if _is_error_line(line)]
+        tail = lines[-n:]
+        if not errors:
+            return "\n".join(tail)
+        return "\n".join(["errors in the log:", *errors[-n:], "", "end of the log:", *tail[-10:]])
 
     def wait_ready(self, timeout: float = 180.0) -> float:
         """Block until the server is live and every model is ready; returns seconds since start."""

@@ -217,7 +217,7 @@ def print_report(result: dict, console: Console) -> None:
         console.print("* significant at 5% (Welch's t-test for means, two-proportion z-test for rates)")
 
 
-# The demo: llmesh-small against llmesh-large for requests that let the platform choose.
+# The demo: llmesh-small against smollm2-135m-instruct for requests that let the platform choose.
 DEMO_PROMPTS = (
     "What does json.dumps do?",
     "Explain os.path.join.",
@@ -233,13 +233,13 @@ DEMO_PROMPTS = (
 def demo_experiment(min_samples: int) -> Experiment:
     return Experiment(
         name=DEMO,
-        description="llmesh-small vs llmesh-large for model=auto requests (llmesh experiments demo)",
+        description="llmesh-small vs smollm2-135m-instruct for model=auto requests (llmesh experiments demo)",
         target={"kind": "model"},
         unit="user",
         min_samples=min_samples,
         variants=[
             {"name": "small", "weight": 5000, "model": "llmesh-small"},
-            {"name": "large", "weight": 5000, "model": "llmesh-large"},
+            {"name": "large", "weight": 5000, "model": "smollm2-135m-instruct"},
         ],
     )
 

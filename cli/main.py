@@ -75,8 +75,8 @@ def up(
         f"API key of tenant 'dev' (more: `llmesh keys create TENANT`):\n  export LLMESH_API_KEY={key}\n"
         f"try:\n  curl -N {url}/v1/chat/completions -H \"Authorization: Bearer $LLMESH_API_KEY\" \\\n"
         "    -H 'Content-Type: application/json' \\\n"
-        "    -d '{\"model\": \"auto\", \"stream\": true, \"messages\": [{\"role\": \"user\", "
-        "\"content\": \"What does json.dumps do?\"}]}'\n"
+        "    -d '{\"model\": \"smollm2-135m-instruct\", \"stream\": true, \"messages\": [{\"role\": \"user\", "
+        "\"content\": \"Explain what a Python list comprehension is.\"}]}'\n"
         "then `llmesh trace <x-trace-id header>` to see the request's trace. Ctrl-C stops everything.",
         # Commands must stay copy-pasteable whatever the terminal width.
         soft_wrap=True,

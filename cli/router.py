@@ -45,8 +45,7 @@ def _queries(settings: RouterSettings):
         err.print(f"eval data: {len(queries)} held-out queries from {evaldata.CACHE_PATH} (cache key {key})")
         return queries, key
     err.print(
-        "eval data: scoring the held-out queries under every model, in-process with the code the Triton "
-        "scoring model runs (services/inference/triton_models/score.py) ..."
+        "eval data: scoring the held-out queries under every model, in-process with transformers ..."
     )
     queries = evaldata.build(settings.models, settings.small_model, settings.max_score_tokens,
                              progress=lambda rows: tqdm(rows, file=sys.stderr, desc="scoring"))  # fmt: skip
@@ -105,7 +104,7 @@ def eval_(
         "policies": policies,
         "baselines": baselines,
         "queries": len(report),
-        "signals": "in-process, same code as the Triton scoring model",
+        "signals": "in-process with transformers, as the engine's prompt log-probabilities",
         "random_sanity": {"apgr": round(random_apgr, 4), "ok": sanity == "ok"},
         # Not a policy: the bound a router that knew each query's true gain would reach.
         "oracle": {
@@ -203,10 +202,14 @@ def calibrate(
 
 
 def _bench_prompts(settings: RouterSettings, n: int, max_tokens: int = 512) -> list[list[int]]:
-    """Chat-templated eval prompts padded with further eval text to random lengths up to 512 tokens."""
+    """Chat-templated eval prompts in the scoring model's tokens, padded with further eval text
+    to random lengths up to 512 tokens, as preprocess renders them."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(settings.default_model().resolved_dir())
+    from mesh.catalog import find_model
+    from textkit.tokenizers import render_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(find_model(settings.models, settings.scoring_model).resolved_dir())
     rows = [json.loads(line) for line in (REPO_ROOT / "models/artifacts/eval.jsonl").read_text().splitlines()]
     rng = random.Random(0)
     prompts = []
@@ -216,14 +219,12 @@ def _bench_prompts(settings: RouterSettings, n: int, max_tokens: int = 512) -> l
         while len(tokenizer(text)["input_ids"]) < length:
             row = rng.choice(rows)
             text += f" {row['prompt']} {row['reference']}"
-        messages = [{"role": "user", "content": text}]
-        # Rendered and tokenized as preprocess does.
-        prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        prompts.append(tokenizer(prompt_text, add_special_tokens=False)["input_ids"][-max_tokens:])
+        prompts.append(render_chat(tokenizer, [{"role": "user", "content": text}])[1][-max_tokens:])
     return prompts
 
 
-async def _route_latencies(stub, prompts: list[list[int]], concurrency: int) -> list[float]:
+async def _route_latencies(stub, model: str, prompts: list[list[int]], concurrency: int) -> list[float]:
+    from llmesh.common.v1 import common_pb2
     from llmesh.router.v1 import router_pb2
 
     latencies: list[float] = []
@@ -231,9 +232,9 @@ async def _route_latencies(stub, prompts: list[list[int]], concurrency: int) -> 
 
     async def worker() -> None:
         while queue:
-            ids = queue.pop()
+            prompt = common_pb2.ModelPrompt(model=model, token_ids=queue.pop())
             started = time.perf_counter()
-            await stub.Route(router_pb2.RouteRequest(prompt_token_ids=ids, requested_model="auto"), timeout=10)
+            await stub.Route(router_pb2.RouteRequest(prompts=[prompt], requested_model="auto"), timeout=10)
             latencies.append((time.perf_counter() - started) * 1000)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -241,83 +242,47 @@ async def _route_latencies(stub, prompts: list[list[int]], concurrency: int) -> 
 
 
 @contextlib.contextmanager
-def _router_addr(settings: RouterSettings):
-    """The running router (`make run`), else Triton with the scoring model and a router process."""
-    from cli.stack import grpc_serving
+def _running_stack(settings: RouterSettings):
+    """The running stack (`make run`), else a whole stack of its own on free ports."""
+    from cli.stack import Ports, Stack, grpc_serving
 
     if grpc_serving(settings.router_addr)():
         err.print(f"benchmarking the running router at {settings.router_addr}")
-        yield settings.router_addr, settings
+        yield settings
         return
-    import subprocess
-
-    from mesh.net import free_port
-    from services.inference.triton_server import TritonServer
-
-    ports = {name: free_port() for name in ("http", "grpc", "metrics", "router")}
-    err.print(
-        f"no router at {settings.router_addr}: starting Triton (scoring model only) and a router process "
-        f"(policy {settings.route_policy}) on free ports"
-    )
-    logs = REPO_ROOT / ".run/logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    local = settings.model_copy(
-        update={
-            "triton_grpc_addr": f"127.0.0.1:{ports['grpc']}",
-            "triton_http_addr": f"127.0.0.1:{ports['http']}",
-            "triton_metrics_addr": f"127.0.0.1:{ports['metrics']}",
-            "router_addr": f"127.0.0.1:{ports['router']}",
-        }
-    )
-    env = {
-        **os.environ,
-        "LLMESH_TRITON_GRPC_ADDR": local.triton_grpc_addr,
-        "LLMESH_TRITON_HTTP_ADDR": local.triton_http_addr,
-        "LLMESH_TRITON_METRICS_ADDR": local.triton_metrics_addr,
-        "LLMESH_ROUTER_ADDR": local.router_addr,
-        "LLMESH_LISTEN_ADDR": local.router_addr,
-    }
-    with (
-        TritonServer(http_port=ports["http"], grpc_port=ports["grpc"], metrics_port=ports["metrics"],
-                     models=[settings.scoring_model], log_file=logs / "bench-triton.log", env=env),
-        open(logs / "bench-router.log", "ab") as log,
-    ):  # fmt: skip
-        router = subprocess.Popen([sys.executable, "-m", "services.router"], env=env, cwd=REPO_ROOT,
-                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-        try:
-            deadline = time.monotonic() + 60
-            while not grpc_serving(local.router_addr)():
-                if router.poll() is not None or time.monotonic() > deadline:
-                    raise typer.Exit(f"the router did not start; see {logs / 'bench-router.log'}")
-                time.sleep(0.2)
-            yield local.router_addr, local
-        finally:
-            router.terminate()
-            router.wait(timeout=30)
+    err.print(f"no router at {settings.router_addr}: starting a stack on free ports (Triton with its engines first)")
+    with Stack(ports=Ports.free(), run_dir=REPO_ROOT / ".run" / "bench-router") as stack:
+        yield settings.model_copy(
+            update={
+                "router_addr": stack.env["LLMESH_ROUTER_ADDR"],
+                "inference_addr": stack.env["LLMESH_INFERENCE_ADDR"],
+            }
+        )
 
 
-async def _bench(addr: str, settings: RouterSettings, prompts, n_c32: int) -> dict:
+async def _bench(settings: RouterSettings, prompts, n_c32: int) -> dict:
+    from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
     from llmesh.router.v1 import router_pb2_grpc
 
     from mesh.channel import build_channel
-    from services.inference.triton_client import TritonClient
 
-    channel = build_channel(addr, settings)
+    model = settings.scoring_model
+    router, inference = build_channel(settings.router_addr, settings), build_channel(settings.inference_addr, settings)
     try:
-        stub = router_pb2_grpc.RouterServiceStub(channel)
-        await _route_latencies(stub, prompts[:20], 4)  # warm-up: connections, Triton's first batches
-        c1 = await _route_latencies(stub, prompts, 1)
-        c32 = await _route_latencies(stub, (prompts * (n_c32 // len(prompts) + 1))[:n_c32], 32)
-        # The Triton scoring call alone, from this process: the part of a decision that is Triton's.
-        triton = TritonClient(settings)
+        stub = router_pb2_grpc.RouterServiceStub(router)
+        await _route_latencies(stub, model, prompts[:20], 4)  # warm-up: connections, the engine's first batches
+        c1 = await _route_latencies(stub, model, prompts, 1)
+        c32 = await _route_latencies(stub, model, (prompts * (n_c32 // len(prompts) + 1))[:n_c32], 32)
+        # The Score call alone, from this process: the part of a decision that is the engine's.
+        score = inference_pb2_grpc.InferenceServiceStub(inference).Score
         scoring = []
         for ids in prompts:
             started = time.perf_counter()
-            await triton.score(ids[-settings.max_score_tokens :])
+            await score(inference_pb2.ScoreRequest(model=model, prompt_token_ids=ids[-settings.max_score_tokens :]), timeout=10)
             scoring.append((time.perf_counter() - started) * 1000)
-        await triton.close()
     finally:
-        await channel.close()
+        await router.close()
+        await inference.close()
     return {
         "p50_ms": round(float(np.percentile(c1, 50)), 3),
         "p99_ms": round(float(np.percentile(c1, 99)), 3),
@@ -338,11 +303,11 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
     requests: int = typer.Option(300, help="Route calls at concurrency 1 (and twice as many at 32)"),
 ) -> None:
-    """Route RPC latency, Triton scoring call included, for prompts of up to 512 tokens."""
+    """Route RPC latency, the Score call to the inference service included, for prompts of up to 512 tokens."""
     settings = load_settings(RouterSettings)
     prompts = _bench_prompts(settings, requests)
-    with _router_addr(settings) as (addr, target):
-        result = asyncio.run(_bench(addr, target, prompts, 2 * requests))
+    with _running_stack(settings) as target:
+        result = asyncio.run(_bench(target, prompts, 2 * requests))
     if as_json:
         print(json.dumps(result))
         return
@@ -353,6 +318,6 @@ def bench(
         table.add_column(column, justify="right")
     table.add_row("1", str(result["requests_c1"]), f"{result['p50_ms']:.2f}", f"{result['p99_ms']:.2f}")
     table.add_row("32", str(result["requests_c32"]), f"{result['p50_ms_c32']:.2f}", f"{result['p99_ms_c32']:.2f}")
-    table.add_row("1 (Triton score call only)", str(result["requests_c1"]), f"{result['score_call_p50_ms']:.2f}",
+    table.add_row("1 (Score call only)", str(result["requests_c1"]), f"{result['score_call_p50_ms']:.2f}",
                   f"{result['score_call_p99_ms']:.2f}")  # fmt: skip
     Console().print(table)

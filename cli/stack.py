@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cli import certs
 from mesh.net import free_port, free_ports
 from mesh.settings import REPO_ROOT
-from services.inference.triton_server import TritonServer
+from services.inference.triton_server import TritonServer, TritonStartError
 
 DEFAULT_RUN_DIR = REPO_ROOT / ".run"
 
@@ -160,8 +160,14 @@ class Stack:
     tls: bool = False
     # More deployments of services (A/B variants), started before the gateway.
     deployments: list[Deployment] = field(default_factory=list)
+    # A tritonserver already running (a test session's, whose engines take a while to start):
+    # the stack uses it, on its ports, and leaves it running when it stops.
+    external_triton: TritonServer | None = None
 
     def __post_init__(self) -> None:
+        if self.external_triton is not None:
+            t = self.external_triton
+            self.ports = replace(self.ports, triton_http=t.http_port, triton_grpc=t.grpc_port, triton_metrics=t.metrics_port)
         self.deployments = [replace(d, port=d.port or free_port()) for d in self.deployments]
         variant_addrs: dict[str, dict[str, str]] = {}
         for deployment in self.deployments:
@@ -271,19 +277,24 @@ class Stack:
             for child in (redis_child, collector):
                 self._spawn(child)
                 self._wait(child, started)
-            self.triton = TritonServer(
-                http_port=self.ports.triton_http,
-                grpc_port=self.ports.triton_grpc,
-                metrics_port=self.ports.triton_metrics,
-                otlp_endpoint=self.env["LLMESH_OTLP_ENDPOINT"],
-                log_file=self.run_dir / "logs" / "triton.log",
-                env=self.env,
-            ).start()
+            if self.external_triton is None:
+                self.triton = TritonServer(
+                    http_port=self.ports.triton_http,
+                    grpc_port=self.ports.triton_grpc,
+                    metrics_port=self.ports.triton_metrics,
+                    otlp_endpoint=self.env["LLMESH_OTLP_ENDPOINT"],
+                    log_file=self.run_dir / "logs" / "triton.log",
+                    env=self.env,
+                ).start()
             # The Python services start while Triton loads its models; they report
             # NOT_SERVING until their dependencies are ready.
             for child in rest:
                 self._spawn(child)
-            self.triton.wait_ready(triton_timeout_s)
+            if self.triton is not None:
+                try:
+                    self.triton.wait_ready(triton_timeout_s)
+                except TritonStartError as error:
+                    raise StackError(f"triton: {error}") from None
             self.on_ready("triton", time.monotonic() - started)
             for child in rest:
                 self._wait(child, started)

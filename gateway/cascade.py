@@ -32,9 +32,10 @@ ESCALATIONS = Counter(
 def should_escalate(route: router_pb2.RouteResponse, answer: inference_pb2.GenerateResponse) -> tuple[bool, str]:
     """Whether to answer again, and the reason to report."""
     cascade = route.cascade
-    if not answer.token_logprobs:
+    logprobs = answer.choices[0].token_logprobs if answer.choices else []
+    if not logprobs:
         return False, f"{route.reason}; kept (empty answer)"
-    mean = fmean(answer.token_logprobs)
+    mean = fmean(logprobs)
     if mean < cascade.min_mean_logprob:
         return (
             True,

@@ -12,9 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from gateway.pipeline import MAX_TEMPERATURE, MAX_TOP_P, ChatInput
+from gateway.pipeline import ChatInput
 from llmesh.common.v1 import common_pb2
 from mesh.catalog import AUTO_MODEL
+from mesh.sampling import MAX_STOP_SEQUENCES, MAX_TEMPERATURE, MAX_TOKENS_LIMIT
 
 _ROLES = {
     "system": common_pb2.ROLE_SYSTEM,
@@ -75,12 +76,12 @@ class _GenerationRequest(BaseModel):
     max_tokens: int | None = Field(
         default=None,
         ge=1,
-        le=2**32 - 1,
+        le=MAX_TOKENS_LIMIT,
         validation_alias=AliasChoices("max_tokens", "max_completion_tokens"),
     )
     temperature: float | None = Field(default=None, ge=0, le=MAX_TEMPERATURE)
-    top_p: float | None = Field(default=None, ge=0, le=MAX_TOP_P)
-    stop: Annotated[list[str], BeforeValidator(_as_list)] = Field(default_factory=list, max_length=4)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: Annotated[list[str], BeforeValidator(_as_list)] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     # Clients send null for "not set" as often as they leave a field out.
     stream: bool | None = False

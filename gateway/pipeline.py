@@ -30,13 +30,10 @@ from llmesh.router.v1 import router_pb2, router_pb2_grpc
 from mesh import semconv
 from mesh.catalog import AUTO_MODEL, find_model
 from mesh.channel import build_channel
+from mesh.sampling import SamplingError, check_budget, check_sampling
 from mesh.telemetry import tracer
 
 _tracer = tracer(__name__)
-
-# OpenAI's ranges; every edge is held to them here, the REST edge also in its request models.
-MAX_TEMPERATURE = 2.0
-MAX_TOP_P = 1.0
 
 _FINISH_REASON_NAMES = {
     common_pb2.FINISH_REASON_STOP: "stop",
@@ -160,12 +157,16 @@ class _Plan:
             context=self.context,
             model=self.route.model,
             fallback_models=self.route.fallback_models,
-            prompt_token_ids=self.prompt.prompt_token_ids,
+            prompts=self.prompt.prompts,
             sampling=self.sampling,
         )
 
     def refusal(self, requested_model: str) -> ChatResult:
-        prompt_tokens = len(self.prompt.prompt_token_ids)
+        # Counted in the tokens of the model that was asked for (or of the first one).
+        prompt_tokens = next(
+            (len(p.token_ids) for p in self.prompt.prompts if p.model == requested_model),
+            len(self.prompt.prompts[0].token_ids) if self.prompt.prompts else 0,
+        )
         return ChatResult(
             id=self.context.request_id,
             created=self.created,
@@ -237,12 +238,12 @@ class Pipeline:
                     first = await anext(responses, None)
                 if first is None:
                     raise UpstreamError("The inference service ended its stream without an answer.")
-                feed = _TokenFeed(plan.context, first, responses)
+                model = first.model or plan.route.model
+                feed = _TokenFeed(plan.context, model, plan.sampling.stop, first, responses)
                 released = plan.stubs.postprocess.PostprocessStream(feed.requests())
         except BaseException:
             span.end()
             raise
-        model = first.model or plan.route.model
         close = _closer(span, generation, released)
         chunks = _release(released, feed, model, span, started, close, trial)
         return ChatStream(
@@ -295,8 +296,7 @@ class Pipeline:
             route = await stubs.router.Route(
                 router_pb2.RouteRequest(
                     context=context,
-                    prompt_text=prompt.prompt_text,
-                    prompt_token_ids=prompt.prompt_token_ids,
+                    prompts=prompt.prompts,
                     requested_model=trial.requested_model(request.model),
                     stream=stream,
                 )
@@ -322,7 +322,22 @@ class Pipeline:
             )
             _record_verdict(span, prompt.verdict)
             return _Plan(context, created, sampling, prompt, route=None, stubs=stubs)
+        self._check_budget(route.model, prompt, sampling)
         return _Plan(context, created, sampling, prompt, route, stubs)
+
+    def _check_budget(
+        self, model: str, prompt: preprocess_pb2.PreprocessResponse, sampling: common_pb2.SamplingParams
+    ) -> None:
+        """The prompt and max_tokens must fit the chosen model's context: a 400 naming the limit,
+        before anything reaches the model (whose breaker must never count a client's request)."""
+        spec = find_model(self.settings.models, model)
+        tokens = next((len(p.token_ids) for p in prompt.prompts if p.model == model), None)
+        if spec is None or tokens is None:
+            return  # the inference service refuses these with its own error
+        try:
+            check_budget(sampling, tokens, model, spec.context_length)
+        except SamplingError as error:
+            raise InvalidRequest(error.message, param=error.param) from None
 
     def _too_perplexing(self, route: router_pb2.RouteResponse) -> bool:
         limit = self.settings.injection_max_perplexity
@@ -337,10 +352,16 @@ class Pipeline:
             raise InvalidRequest("At least one message is required.", param="messages")
         sampling = common_pb2.SamplingParams()
         sampling.CopyFrom(request.sampling)
-        if sampling.HasField("temperature") and not 0 <= sampling.temperature <= MAX_TEMPERATURE:
-            raise InvalidRequest(f"temperature must be between 0 and {MAX_TEMPERATURE:g}.", param="temperature")
-        if sampling.HasField("top_p") and not 0 <= sampling.top_p <= MAX_TOP_P:
-            raise InvalidRequest(f"top_p must be between 0 and {MAX_TOP_P:g}.", param="top_p")
+        try:
+            check_sampling(sampling)
+        except SamplingError as error:
+            raise InvalidRequest(error.message, param=error.param) from None
+        # The engine honours these, but no edge carries their results back yet: refused by name
+        # rather than silently dropped.
+        if sampling.n > 1:
+            raise InvalidRequest("Only one answer per request (n = 1) is supported.", param="n")
+        if sampling.top_logprobs:
+            raise InvalidRequest("top_logprobs is not supported.", param="top_logprobs")
         sampling.max_tokens = sampling.max_tokens or self.settings.default_max_tokens
         return sampling
 
@@ -352,18 +373,24 @@ class Pipeline:
             generated, route_reason = await cascade.escalate(
                 plan.route, generated, plan.generate_request(), plan.stubs.inference, trace.get_current_span()
             )
+        model = generated.model or plan.route.model
+        answer = generated.choices[0] if generated.choices else common_pb2.Completion()
         with _calling("postprocess"):
             post = await plan.stubs.postprocess.Postprocess(
                 postprocess_pb2.PostprocessRequest(
-                    context=plan.context, token_ids=generated.token_ids, finish_reason=generated.finish_reason
+                    context=plan.context,
+                    token_ids=answer.token_ids,
+                    model=model,
+                    finish_reason=answer.finish_reason,
+                    stop=plan.sampling.stop,
                 )
             )
         return ChatResult(
             id=plan.context.request_id,
             created=plan.created,
-            model=generated.model or plan.route.model,
+            model=model,
             text=post.text,
-            finish_reason=post.finish_reason or generated.finish_reason,
+            finish_reason=post.finish_reason or answer.finish_reason,
             usage=generated.usage,
             route_reason=route_reason,
             verdict=post.verdict,
@@ -377,10 +404,14 @@ class _TokenFeed:
     def __init__(
         self,
         context: common_pb2.RequestContext,
+        model: str,
+        stop: Sequence[str],
         first: inference_pb2.GenerateStreamResponse,
         rest: AsyncIterator[inference_pb2.GenerateStreamResponse],
     ) -> None:
         self.context = context
+        self.model = model
+        self.stop_strings = list(stop)
         self.first = first
         self.rest = rest
         self.finish_reason = common_pb2.FINISH_REASON_STOP
@@ -393,7 +424,9 @@ class _TokenFeed:
         self.stopped = True
 
     async def requests(self) -> AsyncIterator[postprocess_pb2.PostprocessStreamRequest]:
-        yield postprocess_pb2.PostprocessStreamRequest(context=self.context, token_ids=self._note(self.first))
+        yield postprocess_pb2.PostprocessStreamRequest(
+            context=self.context, model=self.model, stop=self.stop_strings, token_ids=self._note(self.first)
+        )
         try:
             async for response in self.rest:
                 if self.stopped:
@@ -408,11 +441,11 @@ class _TokenFeed:
         yield postprocess_pb2.PostprocessStreamRequest(finish_reason=self.finish_reason)
 
     def _note(self, response: inference_pb2.GenerateStreamResponse) -> Sequence[int]:
-        if response.finish_reason:
-            self.finish_reason = response.finish_reason
+        if response.delta.finish_reason:
+            self.finish_reason = response.delta.finish_reason
         if response.HasField("usage"):
             self.usage = response.usage
-        return response.token_ids
+        return response.delta.token_ids
 
 
 async def _release(

@@ -17,23 +17,42 @@ from gateway.settings import GatewaySettings
 SERVING = health_pb2.HealthCheckResponse.ServingStatus.Name(health_pb2.HealthCheckResponse.SERVING)
 
 
+INFERENCE_SERVICE = "llmesh.inference.v1.InferenceService"
+
+
 async def check(settings: GatewaySettings, channels: dict[str, grpc.aio.Channel]) -> dict[str, str]:
-    """Each dependency's status: ``SERVING`` when usable, else what went wrong."""
+    """Each dependency's status: ``SERVING`` when usable, else what went wrong; while the
+    inference service is not serving, also each model's (``model:<name>``: still loading?)."""
     names = [*channels, "redis"]
-    statuses = await asyncio.gather(
-        *(_grpc_health(channel, settings.readiness_timeout_s) for channel in channels.values()),
-        _redis_ping(settings.redis_url, settings.readiness_timeout_s),
+    timeout = settings.readiness_timeout_s
+    statuses = dict(
+        zip(
+            names,
+            await asyncio.gather(
+                *(_grpc_health(channel, timeout) for channel in channels.values()),
+                _redis_ping(settings.redis_url, timeout),
+            ),
+            strict=True,
+        )
     )
-    return dict(zip(names, statuses, strict=True))
+    if statuses.get("inference") == "NOT_SERVING":
+        models = [model.name for model in settings.models]
+        per_model = await asyncio.gather(
+            *(_grpc_health(channels["inference"], timeout, f"{INFERENCE_SERVICE}/{name}") for name in models)
+        )
+        for name, status in zip(models, per_model, strict=True):
+            statuses[f"model:{name}"] = "loading" if status == "NOT_SERVING" else status
+    return statuses
 
 
 def is_ready(statuses: dict[str, str]) -> bool:
     return all(status == SERVING for status in statuses.values())
 
 
-async def _grpc_health(channel: grpc.aio.Channel, timeout_s: float) -> str:
+async def _grpc_health(channel: grpc.aio.Channel, timeout_s: float, service: str = "") -> str:
     try:
-        response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = await health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout_s)
     except grpc.aio.AioRpcError as error:
         return error.code().name
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

@@ -15,7 +15,8 @@ class ModelSpec(BaseModel):
     """One servable model. ``name`` is both the public model id and the Triton model name."""
 
     name: str
-    # A Hugging Face directory with the tokenizer (and, for Triton, the weights).
+    # A Hugging Face directory with the model's own tokenizer and chat template (and, for
+    # Triton, the weights).
     hf_dir: Path
     # Currency units per 1,000 tokens.
     price_input_per_1k: float = Field(ge=0)
@@ -27,18 +28,23 @@ class ModelSpec(BaseModel):
 
 
 def default_models() -> list[ModelSpec]:
+    """The two tiers `make run` serves: llmesh's own small model (cheap, 4k-token vocabulary)
+    and SmolLM2-135M-Instruct (a real chat model, 49k-token vocabulary), both on vLLM in Triton.
+    Context lengths are the engines' `max_model_len` (model_repository/*/config.pbtxt)."""
     return [
         ModelSpec(
             name="llmesh-small",
             hf_dir=Path("models/artifacts/small"),
             price_input_per_1k=0.0001,
             price_output_per_1k=0.0002,
+            context_length=256,
         ),
         ModelSpec(
-            name="llmesh-large",
-            hf_dir=Path("models/artifacts/large"),
+            name="smollm2-135m-instruct",
+            hf_dir=Path(".cache/models/smollm2-135m-instruct"),
             price_input_per_1k=0.001,
             price_output_per_1k=0.002,
+            context_length=2048,
         ),
     ]
 

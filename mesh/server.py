@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,7 +23,8 @@ from mesh.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
 
-ReadinessCheck = Callable[[], Awaitable[bool]]
+# Ready or not, or ready or not per component (see Health.watch).
+ReadinessCheck = Callable[[], Awaitable[bool | Mapping[str, bool]]]
 
 
 def transport_options(settings: MeshSettings) -> list[tuple[str, int]]:
@@ -90,17 +91,33 @@ class Health:
             log.info("health changed", extra={"serving": serving})
         self.serving = serving
 
+    async def set_components(self, components: Mapping[str, bool]) -> None:
+        """One health entry per component, ``<service>/<component>`` (e.g. a model of the
+        inference service), so that a caller can tell which part is not ready yet."""
+        for component, ready in components.items():
+            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+            await self.servicer.set(f"{self.service_names[1]}/{component}", status)
+
     async def watch(self, check: ReadinessCheck, interval_s: float = 2.0) -> None:
-        """Re-check readiness for as long as the server runs; a failing check means NOT_SERVING."""
+        """Re-check readiness for as long as the server runs; a failing check means NOT_SERVING.
+
+        A check returns whether the service is ready, or whether each of its components is (the
+        service is ready when all are).
+        """
         while True:
             try:
-                ready = await check()
-            except Exception as error:  # noqa: BLE001 - any failure of a dependency means not ready
+                result = await check()
+            except Exception as error:  # any failure of a dependency means not ready
                 if self.serving:
                     log.warning("readiness check failed", exc_info=True)
                 else:
                     log.debug("not ready yet: %s", error)
-                ready = False
+                result = False
+            if isinstance(result, Mapping):
+                await self.set_components(result)
+                ready = all(result.values())
+            else:
+                ready = bool(result)
             await self.set(ready)
             await asyncio.sleep(interval_s if ready else min(interval_s, 0.5))
 
@@ -146,7 +163,7 @@ class MeshService(Protocol):
 
     def register(self, server: grpc.aio.Server) -> None: ...
 
-    async def ready(self) -> bool: ...
+    async def ready(self) -> bool | Mapping[str, bool]: ...
 
     async def close(self) -> None: ...
 

@@ -56,10 +56,8 @@ class MeshSettings(BaseSettings):
     # see mesh.discovery.
     variant_addrs: dict[str, dict[str, HostPort]] = Field(default_factory=dict)
 
-    # The models served (LLMESH_MODELS as JSON); every model shares the first one's tokenizer.
+    # The models served (LLMESH_MODELS as JSON), each with its own tokenizer and chat template.
     models: list[ModelSpec] = Field(default_factory=default_models, min_length=1)
-    # Triton model that returns per-token log-probabilities under the small model.
-    scoring_model: str = "llmesh-small-score"
 
     # Prometheus /metrics port of a gRPC service process; 0 disables it.
     metrics_port: int = Field(default=0, ge=0, le=65535)
@@ -120,9 +118,6 @@ class MeshSettings(BaseSettings):
     def _optional_host_port(cls, value: str) -> str:
         return check_host_port(value) if value else value
 
-
-    def default_model(self) -> ModelSpec:
-        return self.models[0]
 
 
 SettingsT = TypeVar("SettingsT", bound=MeshSettings)

@@ -11,10 +11,10 @@ from llmesh.common.v1 import common_pb2
 from llmesh.postprocess.v1 import postprocess_pb2, postprocess_pb2_grpc
 from mesh.errors import abort
 from services.postprocess.settings import PostprocessSettings
-from services.postprocess.stream import ModeratedDecoder
-from services.preprocess.tokenizer import Tokenizers
+from services.postprocess.stream import ModeratedDecoder, StopStrings
 from services.safety import pii, scanners, verdicts
 from services.safety.lexicon import ReloadingLexicon
+from textkit.tokenizers import ModelTokenizers
 
 # Released text the moderation classifier sees when a sentence ends: the sentence and some context.
 MODERATION_WINDOW_CHARS = 400
@@ -30,7 +30,7 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
 
     def __init__(self, settings: PostprocessSettings) -> None:
         self.settings = settings
-        self.tokenizers = Tokenizers(settings)
+        self.tokenizers = ModelTokenizers(settings.models)
         self.lexicon = ReloadingLexicon(en=settings.output_lexicon_en, zh=settings.output_lexicon_zh)
         self.scanners: list[verdicts.Scanner] = [verdicts.LexiconScanner(self.lexicon, settings.refusal_message)]
         self.moderation: scanners.ModerationScanner | None = None
@@ -52,9 +52,9 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
     async def Postprocess(
         self, request: postprocess_pb2.PostprocessRequest, context
     ) -> postprocess_pb2.PostprocessResponse:
-        tokenizer = await self.tokenizers.get(request.tokenizer, context)
+        tokenizer = await self._tokenizer(request.model, context)
         await check_token_ids(request.token_ids, tokenizer, context)
-        text = tokenizer.decode(request.token_ids, skip_special_tokens=True)
+        text = StopStrings(request.stop).push(tokenizer.decode(request.token_ids, skip_special_tokens=True), final=True)
         verdict = verdicts.first_verdict(self.scanners, [text])
         if verdict is not None:
             verdicts.record(verdict)
@@ -78,8 +78,10 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
         decoder = None
         async for request in requests:
             if decoder is None:
-                tokenizer = await self.tokenizers.get(request.tokenizer, context)
-                decoder = ModeratedDecoder(tokenizer, self.lexicon.current(), self.settings.output_pii_action)
+                tokenizer = await self._tokenizer(request.model, context)
+                decoder = ModeratedDecoder(
+                    tokenizer, self.lexicon.current(), self.settings.output_pii_action, stop=request.stop
+                )
                 released = ""
             await check_token_ids(request.token_ids, tokenizer, context)
             final = request.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED
@@ -108,6 +110,18 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
             # The caller closed its side without a final message: the answer ended all the
             # same, so release (or block) what is still held back.
             yield self._step(decoder, [], True, common_pb2.FINISH_REASON_UNSPECIFIED)
+
+    async def _tokenizer(self, model: str, context) -> PreTrainedTokenizerBase:
+        """The tokenizer of the model that wrote the tokens, or the call aborted."""
+        if model not in self.tokenizers.models:
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"unknown model {model!r}", "UNKNOWN_MODEL", model=model
+            )
+        tokenizer = self.tokenizers.get(model)
+        if tokenizer is None:
+            # UNAVAILABLE: the channel's retry policy tries again, which is right while starting.
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"tokenizer of {model} not loaded yet", "TOKENIZER_NOT_READY")
+        return tokenizer
 
     def _step(
         self, decoder: ModeratedDecoder, token_ids: Sequence[int], final: bool, finish_reason: common_pb2.FinishReason

@@ -4,12 +4,12 @@ from pathlib import Path
 
 from pydantic import Field
 
-from services.preprocess.tokenizer import TokenizerSettings
+from mesh.settings import MeshSettings
 from services.safety.lexicon import DEFAULT_EN, DEFAULT_ZH
 from services.safety.scanners import PiiAction
 
 
-class PostprocessSettings(TokenizerSettings):
+class PostprocessSettings(MeshSettings):
     service_name: str = "postprocess"
 
     # Blocked-term lists for answers (LLMESH_OUTPUT_LEXICON_EN='["/etc/llmesh/en.txt"]'); by

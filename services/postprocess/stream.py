@@ -90,12 +90,52 @@ class HoldBackBuffer:
         return released, None
 
 
-class ModeratedDecoder:
-    """Token ids in, releasable text out: detokenization, then the hold-back buffer."""
+class StopStrings:
+    """Text up to the first stop string, never a piece of one.
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, lexicon: Lexicon, pii_action: PiiAction = "off") -> None:
+    The engine stops generating once a stop string appears, but the tokens it returns still spell
+    it (and possibly a few characters after it), so the text is cut here: whatever could still
+    become the start of a stop string is held back, and at the first one the text ends.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._stops = [stop for stop in stops if stop]
+        self._held = ""
+        self.stopped = False
+
+    def push(self, text: str, final: bool = False) -> str:
+        if self.stopped or not self._stops:
+            return "" if self.stopped else text
+        self._held += text
+        hits = [index for index in (self._held.find(stop) for stop in self._stops) if index >= 0]
+        if hits:
+            released, self._held, self.stopped = self._held[: min(hits)], "", True
+            return released
+        keep = 0 if final else max(self._partial_stop_length(stop) for stop in self._stops)
+        released, self._held = self._held[: len(self._held) - keep], self._held[len(self._held) - keep :]
+        return released
+
+    def _partial_stop_length(self, stop: str) -> int:
+        """How many of the held characters at the end could begin ``stop``."""
+        for size in range(min(len(stop) - 1, len(self._held)), 0, -1):
+            if self._held.endswith(stop[:size]):
+                return size
+        return 0
+
+
+class ModeratedDecoder:
+    """Token ids in, releasable text out: detokenization, stop strings, then the hold-back buffer."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        lexicon: Lexicon,
+        pii_action: PiiAction = "off",
+        stop: Sequence[str] = (),
+    ) -> None:
         self._detokenizer = IncrementalDetokenizer(tokenizer)
+        self._stops = StopStrings(stop)
         self.buffer = HoldBackBuffer(lexicon, pii_action)
 
     def push(self, token_ids: Sequence[int], final: bool = False) -> tuple[str, Match | list[pii.PiiMatch] | None]:
-        return self.buffer.push(self._detokenizer.push(token_ids, final), final)
+        return self.buffer.push(self._stops.push(self._detokenizer.push(token_ids, final), final), final)

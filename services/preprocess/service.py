@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import grpc
+from jinja2 import TemplateError
 
 from llmesh.common.v1 import common_pb2
 from llmesh.preprocess.v1 import preprocess_pb2, preprocess_pb2_grpc
 from mesh.errors import abort
 from services.preprocess.settings import PreprocessSettings
-from services.preprocess.tokenizer import Tokenizers
 from services.safety import pii, scanners, verdicts
 from services.safety.lexicon import ReloadingLexicon
 from services.safety.text import normalize
+from textkit.tokenizers import ModelTokenizers, encode_user_text, render_chat, special_tokens_in
 
 # The role names chat templates expect.
 ROLES = {
@@ -42,7 +43,7 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
 
     def __init__(self, settings: PreprocessSettings) -> None:
         self.settings = settings
-        self.tokenizers = Tokenizers(settings)
+        self.tokenizers = ModelTokenizers(settings.models)
         # Run in order on every message; the first verdict wins.
         self.scanners = input_scanners(settings)
 
@@ -57,7 +58,6 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
 
     async def Preprocess(self, request: preprocess_pb2.PreprocessRequest, context) -> preprocess_pb2.PreprocessResponse:
         await self._validate(request, context)
-        tokenizer = await self.tokenizers.get(request.tokenizer, context)
 
         messages = [
             {"role": ROLES[m.role], "content": normalize(m.content), **({"name": m.name} if m.name else {})}
@@ -76,18 +76,51 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
                 for message, text in zip(messages, texts, strict=False):
                     message["content"] = text
 
-        if messages:
-            prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        else:
-            prompt_text = texts[0]
-        # The template has already written whatever special tokens the model needs.
-        token_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        verdict = self._check_tokens(token_ids)
+        prompts, verdict = await self._prompts(messages, texts, context)
         if verdict is not None:
             return self._refuse(verdict)
-
         verdicts.record(passed)
-        return preprocess_pb2.PreprocessResponse(verdict=passed, prompt_text=prompt_text, prompt_token_ids=token_ids)
+        return preprocess_pb2.PreprocessResponse(verdict=passed, prompts=prompts)
+
+    async def _prompts(
+        self, messages: list[dict[str, str]], texts: list[str], context
+    ) -> tuple[list[common_pb2.ModelPrompt], verdicts.SafetyVerdict | None]:
+        """The prompt for every catalog model, in its own template and tokens (models sharing a
+        tokenizer share the work), or the verdict that refuses it."""
+        prompts: list[common_pb2.ModelPrompt] = []
+        done: dict[int, tuple[str, list[int]]] = {}
+        for model in self.tokenizers.models:
+            tokenizer = self.tokenizers.get(model)
+            if tokenizer is None:
+                # UNAVAILABLE: the channel's retry policy tries again, which is right while starting.
+                await abort(
+                    context, grpc.StatusCode.UNAVAILABLE, f"tokenizer of {model} not loaded yet", "TOKENIZER_NOT_READY"
+                )
+            if id(tokenizer) not in done:
+                if self.settings.special_tokens_in_content == "refuse":
+                    forged = sorted({token for text in texts for token in special_tokens_in(tokenizer, text)})
+                    if forged:
+                        return [], verdicts.blocked(
+                            common_pb2.SAFETY_CATEGORY_PROMPT_INJECTION,
+                            "injection:special-token",
+                            f"The request spells out control tokens of the model ({', '.join(forged)}).",
+                        )
+                try:
+                    done[id(tokenizer)] = (
+                        render_chat(tokenizer, messages) if messages else (texts[0], encode_user_text(tokenizer, texts[0]))
+                    )
+                except (ValueError, TemplateError) as error:
+                    # Templates refuse some conversations themselves (e.g. roles that do not alternate).
+                    await abort(
+                        context, grpc.StatusCode.INVALID_ARGUMENT, f"{model}'s chat template: {error}", "TEMPLATE_ERROR",
+                        model=model,
+                    )
+                verdict = self._check_tokens(done[id(tokenizer)][1])
+                if verdict is not None:
+                    return [], verdict
+            text, token_ids = done[id(tokenizer)]
+            prompts.append(common_pb2.ModelPrompt(model=model, text=text, token_ids=token_ids))
+        return prompts, None
 
     @staticmethod
     async def _validate(request: preprocess_pb2.PreprocessRequest, context) -> None:
@@ -120,8 +153,8 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
         )
 
     def _check_tokens(self, token_ids: list[int]) -> verdicts.SafetyVerdict | None:
-        tokens, limit = len(token_ids), self.settings.prompt_token_limit()
-        if tokens <= limit:
+        tokens, limit = len(token_ids), self.settings.max_prompt_tokens
+        if limit is None or tokens <= limit:
             return None
         return verdicts.blocked(
             common_pb2.SAFETY_CATEGORY_SIZE_LIMIT, "size:tokens",

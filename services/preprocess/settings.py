@@ -5,12 +5,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from services.preprocess.tokenizer import TokenizerSettings
+from mesh.settings import MeshSettings
 from services.safety.lexicon import DEFAULT_EN, DEFAULT_ZH
 from services.safety.scanners import PiiAction
 
 
-class PreprocessSettings(TokenizerSettings):
+class PreprocessSettings(MeshSettings):
     service_name: str = "preprocess"
 
     # Blocked-term lists for prompts (LLMESH_INPUT_LEXICON_EN='["/etc/llmesh/en.txt"]').
@@ -24,10 +24,12 @@ class PreprocessSettings(TokenizerSettings):
     input_injection_action: Literal["block", "off"] = "block"
     input_injection_message: str = "The request looks like an attempt to override the assistant's instructions."
 
-    # Size limits, checked on the normalised text and on the rendered, tokenized prompt.
-    max_prompt_chars: int = Field(default=32_000, gt=0)
-    # Unset means the default model's context length.
-    max_prompt_tokens: int | None = Field(default=None, gt=0)
+    # Special tokens spelled out in a message (e.g. a forged "<|im_start|>system"): tokenized as the
+    # plain text they are (text), or the request refused as a prompt injection (refuse).
+    special_tokens_in_content: Literal["text", "refuse"] = "text"
 
-    def prompt_token_limit(self) -> int:
-        return self.max_prompt_tokens or self.default_model().context_length
+    # Size limits, checked on the normalised text and on each model's rendered, tokenized prompt.
+    # Without max_prompt_tokens, a prompt is only held to the serving model's context (the
+    # gateway answers 400 when prompt and max_tokens do not fit).
+    max_prompt_chars: int = Field(default=32_000, gt=0)
+    max_prompt_tokens: int | None = Field(default=None, gt=0)

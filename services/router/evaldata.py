@@ -4,14 +4,15 @@ Built from the held-out eval split (``models/artifacts/eval.jsonl``, never train
 in ``models/artifacts/router/quality.jsonl``, keyed by a hash of the model artifacts and of this
 recipe, so a retrained model invalidates the cache.
 
-Quality of model m on query q: the mean log-probability per token that m gives the reference
-answer (followed by ``<|im_end|>``) after the chat-templated prompt, exactly as preprocess
-renders it. It is the teacher-forced likelihood of a correct answer: higher means the model puts
-more mass on what a good answer says (docs/ROUTER.md argues the choice).
+Quality of model m on query q: the log-probability that m gives the reference answer (followed by
+its end-of-turn token) after the prompt rendered with m's own chat template, as preprocess renders
+it, per character of the reference: models with different vocabularies split the same text into
+different numbers of tokens, so a per-token mean would not compare them. It is the teacher-forced
+likelihood of a correct answer: higher means the model puts more mass on what a good answer says
+(docs/ROUTER.md argues the choice).
 
-Signals are computed in-process with the same code Triton runs (the scoring model's ``Scorer``
-over the small model, on the last ``max_score_tokens`` prompt tokens), so offline and online
-routers see the same perplexity.
+Signals are computed in-process with plain transformers, as the engine computes them online (the
+scoring model's prompt log-probabilities on the last ``max_score_tokens`` prompt tokens).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from mesh.catalog import REPO_ROOT, ModelSpec
 from services.router.policies import PERPLEXITY, PROMPT_TOKENS, SMALL_ANSWER_LOGPROB, lexical_features
 
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 EVAL_PATH = REPO_ROOT / "models/artifacts/eval.jsonl"
 CACHE_PATH = REPO_ROOT / "models/artifacts/router/quality.jsonl"
 # Tokens of the small model's own greedy answer that the cascade signal looks at.
@@ -43,7 +44,7 @@ class Query:
     source: str
     prompt_tokens: int
     reference_tokens: int
-    # model name -> mean log-prob per reference token (the quality score).
+    # model name -> log-prob of the reference per character (the quality score).
     quality: dict[str, float]
     # signal name -> value, as the online router computes it.
     signals: dict[str, float] = field(default_factory=dict)
@@ -78,37 +79,48 @@ def save(queries: list[Query], key: str, path: Path = CACHE_PATH) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def build(models: list[ModelSpec], small: str, max_score_tokens: int, progress=None) -> list[Query]:
-    """Score every eval query under every model (a few tens of seconds for the tiny models)."""
+def _token_logprobs(model, ids: list[int]) -> np.ndarray:
+    """log p(token i | tokens < i) for i = 1..n-1, as the engine's prompt_logprobs."""
     import torch
 
-    from services.inference.triton_models.common import load_causal_lm
-    from services.inference.triton_models.score import Scorer
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0].double().numpy()
+
+
+def build(models: list[ModelSpec], small: str, max_score_tokens: int, progress=None) -> list[Query]:
+    """Score every eval query under every model (a minute or two on 2 cores)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from textkit.tokenizers import render_chat
 
     rows = [json.loads(line) for line in EVAL_PATH.read_text().splitlines() if line.strip()]
-    loaded = {m.name: load_causal_lm(m.resolved_dir(), torch_threads=1) for m in models}
-    tokenizer = loaded[models[0].name][1]  # the catalog's models share the first one's tokenizer
-    end = tokenizer.eos_token or ""
-    scorers = {name: Scorer(model) for name, (model, _) in loaded.items()}
-    small_model = loaded[small][0]
-    stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    loaded = {
+        m.name: (
+            AutoModelForCausalLM.from_pretrained(m.resolved_dir(), dtype=torch.float32).eval(),
+            AutoTokenizer.from_pretrained(m.resolved_dir()),
+            m.context_length,
+        )
+        for m in models
+    }
+    small_model, small_tokenizer, _ = loaded[small]
+    stop_ids = {small_tokenizer.eos_token_id, small_tokenizer.pad_token_id}
 
     queries = []
     for row in progress(rows) if progress else rows:
-        prompt_text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": row["prompt"]}], add_generation_prompt=True, tokenize=False
-        )
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        reference_ids = tokenizer(row["reference"] + end, add_special_tokens=False)["input_ids"]
-        context = min(s.max_context or 10**9 for s in scorers.values())
-        full = (prompt_ids + reference_ids)[-context:]
-        n_ref = min(len(reference_ids), len(full) - 1)
-        quality = {}
-        for name, scorer in scorers.items():
-            logprobs = scorer.score([full])[0]
-            quality[name] = float(np.mean(logprobs[-n_ref:], dtype=np.float64))
-        scored = scorers[small].score([prompt_ids[-max_score_tokens:]])[0]
-        signals = {PERPLEXITY: math.exp(-float(np.mean(scored, dtype=np.float64)))}
+        messages = [{"role": "user", "content": row["prompt"]}]
+        quality, reference_tokens = {}, {}
+        for name, (model, tokenizer, context) in loaded.items():
+            _, prompt_ids = render_chat(tokenizer, messages)
+            reference_ids = tokenizer(row["reference"] + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
+            full = (prompt_ids + reference_ids)[-context:]
+            n_ref = min(len(reference_ids), len(full) - 1)
+            reference_tokens[name] = len(reference_ids)
+            quality[name] = float(_token_logprobs(model, full)[-n_ref:].sum() / max(len(row["reference"]), 1))
+        prompt_text, prompt_ids = render_chat(small_tokenizer, messages)
+        scored = _token_logprobs(small_model, prompt_ids[-max_score_tokens:])
+        signals = {PERPLEXITY: math.exp(-float(np.mean(scored)))}
         with torch.inference_mode():
             out = small_model.generate(
                 torch.tensor([prompt_ids]),
@@ -116,7 +128,7 @@ def build(models: list[ModelSpec], small: str, max_score_tokens: int, progress=N
                 do_sample=False,
                 output_scores=True,
                 return_dict_in_generate=True,
-                pad_token_id=tokenizer.pad_token_id,
+                pad_token_id=small_tokenizer.pad_token_id,
             )
         answer = out.sequences[0, len(prompt_ids) :].tolist()
         logprobs = [float(torch.log_softmax(step[0].float(), -1)[token]) for step, token in zip(out.scores, answer)]
@@ -124,7 +136,7 @@ def build(models: list[ModelSpec], small: str, max_score_tokens: int, progress=N
         signals[SMALL_ANSWER_LOGPROB] = float(np.mean(logprobs[:cut])) if cut else -20.0
         signals[PROMPT_TOKENS] = float(len(prompt_ids))
         signals.update(lexical_features(prompt_text))
-        queries.append(Query(row["prompt"], row["source"], len(prompt_ids), len(reference_ids), quality, signals))
+        queries.append(Query(row["prompt"], row["source"], len(prompt_ids), reference_tokens[small], quality, signals))
     return queries
 
 

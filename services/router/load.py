@@ -1,9 +1,11 @@
-"""Live load of the Triton models, from Triton's Prometheus metrics endpoint.
+"""Live load of the engines, from the metrics they report on Triton's Prometheus endpoint.
 
+Each engine model reports the requests it is generating for and the requests queued behind them
+(``llmesh_engine_requests_running`` / ``_waiting``, see services/inference/triton_models/engine.py).
 Read at most every ``load_refresh_s`` (a scrape costs a few ms; routing must not pay it on every
-request): the queue time per request since the previous read, and the requests pending now,
-per model. ``factors()`` turns them into a multiplier on a model's price: 1 when idle, growing
-as the queue time approaches ``load_queue_ms`` and pending requests approach ``load_pending``.
+request). ``factors()`` turns them into a multiplier on a model's price: 1 when idle, one more
+for every ``load_running`` requests in the batch (each slows every other) and for every
+``load_waiting`` requests queued (each waits for a free slot).
 """
 
 from __future__ import annotations
@@ -14,53 +16,44 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-log = logging.getLogger(__name__)
+from mesh import semconv
 
-QUEUE_US = "nv_inference_queue_duration_us"
-REQUESTS = "nv_inference_request_success"
-PENDING = "nv_inference_pending_request_count"
+log = logging.getLogger(__name__)
 
 
 def parse(text: str) -> dict[str, dict[str, float]]:
-    """model -> {queue_us, requests, pending} (counters summed over versions)."""
-    wanted = {QUEUE_US: "queue_us", REQUESTS: "requests", PENDING: "pending"}
+    """model -> {running, waiting}."""
+    wanted = {semconv.METRIC_ENGINE_RUNNING: "running", semconv.METRIC_ENGINE_WAITING: "waiting"}
     out: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            key = wanted.get(sample.name) or wanted.get(sample.name.removesuffix("_total"))
+            key = wanted.get(sample.name)
             model = sample.labels.get("model")
             if key and model:
-                entry = out.setdefault(model, {"queue_us": 0.0, "requests": 0.0, "pending": 0.0})
-                entry[key] += sample.value
+                out.setdefault(model, {"running": 0.0, "waiting": 0.0})[key] += sample.value
     return out
 
 
-def load_factor(queue_ms: float, pending: float, queue_ms_limit: float, pending_limit: float) -> float:
-    return 1.0 + queue_ms / queue_ms_limit + pending / pending_limit
+def load_factor(running: float, waiting: float, running_limit: float, waiting_limit: float) -> float:
+    return 1.0 + running / running_limit + waiting / waiting_limit
 
 
 class LoadMonitor:
     def __init__(self, settings, client: httpx.AsyncClient | None = None) -> None:
         self.url = f"http://{settings.triton_metrics_addr}/metrics"
         self.refresh_s = settings.load_refresh_s
-        self.queue_ms_limit = settings.load_queue_ms
-        self.pending_limit = settings.load_pending
+        self.running_limit = settings.load_running
+        self.waiting_limit = settings.load_waiting
         self._client = client or httpx.AsyncClient(timeout=0.5)
-        self._last: dict[str, dict[str, float]] = {}
         self._factors: dict[str, float] = {}
         self._read_at = -float("inf")
 
     def update(self, now: dict[str, dict[str, float]]) -> dict[str, float]:
-        factors = {}
-        for model, current in now.items():
-            before = self._last.get(model, {"queue_us": 0.0, "requests": 0.0})
-            served = current["requests"] - before["requests"]
-            queue_ms = (current["queue_us"] - before["queue_us"]) / served / 1000.0 if served > 0 else 0.0
-            factors[model] = load_factor(
-                max(queue_ms, 0.0), current["pending"], self.queue_ms_limit, self.pending_limit
-            )
-        self._last, self._factors = now, factors
-        return factors
+        self._factors = {
+            model: load_factor(load["running"], load["waiting"], self.running_limit, self.waiting_limit)
+            for model, load in now.items()
+        }
+        return self._factors
 
     async def factors(self) -> dict[str, float]:
         """Per-model price multipliers; the last known ones (or none) when Triton cannot be read."""

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from llmesh.router.v1 import router_pb2
-from services.inference.triton_client import TritonError
 
 if TYPE_CHECKING:
     from services.router.learned import LearnedRouter
@@ -53,6 +52,10 @@ class Decision:
 
 class Scorer(Protocol):
     async def score(self, prompt_ids: Sequence[int]) -> np.ndarray: ...
+
+
+class ScoringFailed(Exception):
+    """The scorer could not score the prompt (the inference service down, the circuit open...)."""
 
 
 def perplexity(logprobs: np.ndarray) -> float:
@@ -106,7 +109,7 @@ class Signals:
             try:
                 async with asyncio.timeout(self._settings.score_timeout_s):
                     logprobs = await self._scorer.score(ids)
-            except TritonError as error:
+            except ScoringFailed as error:
                 # The reason stays short (it goes into every response); the cause is logged.
                 raise SignalUnavailable("scoring model unavailable") from error
             except TimeoutError as error:

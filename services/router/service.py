@@ -12,10 +12,11 @@ from prometheus_client import Counter
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
 from mesh import semconv
 from mesh.catalog import AUTO_MODEL, find_model
+from mesh.channel import build_channel
 from mesh.errors import abort
-from services.inference.triton_client import TritonClient
 from services.router.budget import Budgets
-from services.router.policies import Decision, Policy, Signals, SignalUnavailable, build_policy, cost
+from services.router.policies import Decision, Policy, Scorer, Signals, SignalUnavailable, build_policy, cost
+from services.router.scoring import InferenceScorer
 from services.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,10 @@ REQUESTED = "requested"
 class RouterService(router_pb2_grpc.RouterServiceServicer):
     service_names = [router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name]
 
-    def __init__(self, settings: RouterSettings, triton: TritonClient | None = None) -> None:
+    def __init__(self, settings: RouterSettings, scorer: Scorer | None = None) -> None:
         self.settings = settings
-        self.triton = triton or TritonClient(settings)
+        self._inference = None if scorer is not None else build_channel(settings.inference_addr, settings)
+        self.scorer = scorer or InferenceScorer(self._inference, settings.scoring_model)
         self.policy = build_policy(settings)
         self._policies: dict[str, Policy] = {self.policy.name: self.policy}
         for name in {*settings.tenant_policies.values(), *settings.experiment_policies.values()}:
@@ -46,10 +48,14 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
         router_pb2_grpc.add_RouterServiceServicer_to_server(self, server)
 
     async def ready(self) -> bool:
-        return await self.triton.model_ready(self.settings.scoring_model)
+        # Routing works without scores (it degrades), but a router that cannot score would route
+        # every request by its fallback: not ready until the inference service is.
+        ready = getattr(self.scorer, "ready", None)
+        return await ready() if ready is not None else True
 
     async def close(self) -> None:
-        await self.triton.close()
+        if self._inference is not None:
+            await self._inference.close()
         if self.budgets is not None:
             await self.budgets.close()
         for policy in self._policies.values():
@@ -68,7 +74,13 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
 
     async def Route(self, request: router_pb2.RouteRequest, context) -> router_pb2.RouteResponse:
         requested = request.requested_model
-        signals = Signals(self.triton, request.prompt_token_ids, self.settings, request.prompt_text)
+        prompt = next((p for p in request.prompts if p.model == self.settings.scoring_model), None)
+        if prompt is None:
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"no prompt for the scoring model {self.settings.scoring_model}",
+                "EMPTY_PROMPT",
+            )
+        signals = Signals(self.scorer, prompt.token_ids, self.settings, prompt.text)
         if requested not in ("", AUTO_MODEL):
             if find_model(self.settings.models, requested) is None:
                 message = f"unknown model {requested!r}"
@@ -138,7 +150,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                     small, f"budget {state.spent:.4g}/{state.limit:g} spent; {small} instead of {decision.model}"
                 )
                 outcome = "budget-degraded"
-            tokens = len(request.prompt_token_ids)
+            tokens = next((len(p.token_ids) for p in request.prompts if p.model == decision.model), 0)
             await self.budgets.charge(
                 tenant, cost(self._prices[decision.model], tokens, self.settings.expected_output_tokens)
             )

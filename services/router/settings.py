@@ -12,6 +12,8 @@ from services.router.policies import POLICIES
 
 class RouterSettings(MeshSettings):
     service_name: str = "router"
+    # The catalog model whose perplexity of a prompt is the router's signal (InferenceService.Score).
+    scoring_model: str = "llmesh-small"
     # Which entry of services.router.policies.POLICIES decides.
     route_policy: str = "perplexity"
     # Overrides of route_policy: per tenant (tenant id -> policy), and per A/B variant
@@ -36,16 +38,16 @@ class RouterSettings(MeshSettings):
     cost_min_gain_per_currency: float = Field(default=1180.0, gt=0)
     # Output tokens assumed when pricing a request before it is answered.
     expected_output_tokens: int = Field(default=64, ge=0)
-    # Triton load (metrics endpoint): re-read at most this often; a model's price doubles at
-    # either limit (mean queue time per request, requests pending).
+    # Engine load (Triton's metrics endpoint): re-read at most this often; a model's price doubles
+    # at either limit (requests the engine is generating for, requests queued in it).
     load_refresh_s: float = Field(default=1.0, gt=0)
-    load_queue_ms: float = Field(default=50.0, gt=0)
-    load_pending: float = Field(default=8.0, gt=0)
+    load_running: float = Field(default=32.0, gt=0)
+    load_waiting: float = Field(default=4.0, gt=0)
     # Per-tenant budgets in currency per UTC day (Redis); what happens when one is spent.
     tenant_budgets: dict[str, float] = Field(default_factory=dict)
     budget_exhausted_action: Literal["degrade", "refuse"] = "degrade"
     small_model: str = "llmesh-small"
-    large_model: str = "llmesh-large"
+    large_model: str = "smollm2-135m-instruct"
     # Used when a signal the policy needs cannot be computed (scoring model down or slow).
     degraded_model: str = "llmesh-small"
     # Only the last tokens of a prompt are scored.
@@ -67,7 +69,7 @@ class RouterSettings(MeshSettings):
             cls._known_policy(policy)
         return value
 
-    @field_validator("small_model", "large_model", "degraded_model", "fixed_model")
+    @field_validator("small_model", "large_model", "degraded_model", "fixed_model", "scoring_model")
     @classmethod
     def _in_catalog(cls, value: str, info: ValidationInfo) -> str:
         # `models` is validated first (it is declared first); if it failed there is nothing to check.

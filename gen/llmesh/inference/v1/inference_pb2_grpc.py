@@ -44,6 +44,11 @@ class InferenceServiceStub:
                 request_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.GenerateStreamResponse.FromString,
                 _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/llmesh.inference.v1.InferenceService/Score',
+                request_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.ScoreResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -56,8 +61,17 @@ class InferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GenerateStream(self, request, context):
-        """Token ids as the model produces them; the last message carries
-        finish_reason and usage.
+        """Tokens as the engine produces them, each message for one answer (Completion.index); the
+        last message carries usage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Score(self, request, context):
+        """Log-probability of every prompt token after the first under one model (its perplexity):
+        the router's signal. Behind the same circuit breaker as generation, but never failed over:
+        another model's perplexity means something else.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +89,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.GenerateStream,
                     request_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
                     response_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.GenerateStreamResponse.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.ScoreRequest.FromString,
+                    response_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.ScoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +150,33 @@ class InferenceService:
             '/llmesh.inference.v1.InferenceService/GenerateStream',
             llmesh_dot_inference_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
             llmesh_dot_inference_dot_v1_dot_inference__pb2.GenerateStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.inference.v1.InferenceService/Score',
+            llmesh_dot_inference_dot_v1_dot_inference__pb2.ScoreRequest.SerializeToString,
+            llmesh_dot_inference_dot_v1_dot_inference__pb2.ScoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from llmesh.common.v1 import common_pb2 as llmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'llmesh/postprocess/v1/postprocess.proto\x12\x15llmesh.postprocess.v1\x1a\x1dllmesh/common/v1/common.proto\"\xa4\x01\n\x12PostprocessRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12\x11\n\ttokenizer\x18\x03 \x01(\t\x12\x35\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\"\x8c\x01\n\x13PostprocessResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x30\n\x07verdict\x18\x02 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict\x12\x35\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\"\xaa\x01\n\x18PostprocessStreamRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\x11\n\ttokenizer\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x03\x12\x35\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\"\x98\x01\n\x19PostprocessStreamResponse\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x35\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12\x30\n\x07verdict\x18\x03 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict2\xf6\x01\n\x12PostprocessService\x12\x64\n\x0bPostprocess\x12).llmesh.postprocess.v1.PostprocessRequest\x1a*.llmesh.postprocess.v1.PostprocessResponse\x12z\n\x11PostprocessStream\x12/.llmesh.postprocess.v1.PostprocessStreamRequest\x1a\x30.llmesh.postprocess.v1.PostprocessStreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'llmesh/postprocess/v1/postprocess.proto\x12\x15llmesh.postprocess.v1\x1a\x1dllmesh/common/v1/common.proto\"\xae\x01\n\x12PostprocessRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12\r\n\x05model\x18\x03 \x01(\t\x12\x35\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12\x0c\n\x04stop\x18\x05 \x03(\t\"\x8c\x01\n\x13PostprocessResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x30\n\x07verdict\x18\x02 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict\x12\x35\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\"\xb4\x01\n\x18PostprocessStreamRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x03\x12\x35\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12\x0c\n\x04stop\x18\x05 \x03(\t\"\x98\x01\n\x19PostprocessStreamResponse\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x35\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12\x30\n\x07verdict\x18\x03 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict2\xf6\x01\n\x12PostprocessService\x12\x64\n\x0bPostprocess\x12).llmesh.postprocess.v1.PostprocessRequest\x1a*.llmesh.postprocess.v1.PostprocessResponse\x12z\n\x11PostprocessStream\x12/.llmesh.postprocess.v1.PostprocessStreamRequest\x1a\x30.llmesh.postprocess.v1.PostprocessStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmesh.postprocess.v1.postp
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_POSTPROCESSREQUEST']._serialized_start=98
-  _globals['_POSTPROCESSREQUEST']._serialized_end=262
-  _globals['_POSTPROCESSRESPONSE']._serialized_start=265
-  _globals['_POSTPROCESSRESPONSE']._serialized_end=405
-  _globals['_POSTPROCESSSTREAMREQUEST']._serialized_start=408
-  _globals['_POSTPROCESSSTREAMREQUEST']._serialized_end=578
-  _globals['_POSTPROCESSSTREAMRESPONSE']._serialized_start=581
-  _globals['_POSTPROCESSSTREAMRESPONSE']._serialized_end=733
-  _globals['_POSTPROCESSSERVICE']._serialized_start=736
-  _globals['_POSTPROCESSSERVICE']._serialized_end=982
+  _globals['_POSTPROCESSREQUEST']._serialized_end=272
+  _globals['_POSTPROCESSRESPONSE']._serialized_start=275
+  _globals['_POSTPROCESSRESPONSE']._serialized_end=415
+  _globals['_POSTPROCESSSTREAMREQUEST']._serialized_start=418
+  _globals['_POSTPROCESSSTREAMREQUEST']._serialized_end=598
+  _globals['_POSTPROCESSSTREAMRESPONSE']._serialized_start=601
+  _globals['_POSTPROCESSSTREAMRESPONSE']._serialized_end=753
+  _globals['_POSTPROCESSSERVICE']._serialized_start=756
+  _globals['_POSTPROCESSSERVICE']._serialized_end=1002
 # @@protoc_insertion_point(module_scope)

@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PostprocessRequest(_message.Message):
-    __slots__ = ("context", "token_ids", "tokenizer", "finish_reason")
+    __slots__ = ("context", "token_ids", "model", "finish_reason", "stop")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
-    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
     context: _common_pb2.RequestContext
     token_ids: _containers.RepeatedScalarFieldContainer[int]
-    tokenizer: str
+    model: str
     finish_reason: _common_pb2.FinishReason
-    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., tokenizer: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ...) -> None: ...
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PostprocessResponse(_message.Message):
     __slots__ = ("text", "verdict", "finish_reason")
@@ -30,16 +32,18 @@ class PostprocessResponse(_message.Message):
     def __init__(self, text: _Optional[str] = ..., verdict: _Optional[_Union[_common_pb2.SafetyVerdict, _Mapping]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ...) -> None: ...
 
 class PostprocessStreamRequest(_message.Message):
-    __slots__ = ("context", "tokenizer", "token_ids", "finish_reason")
+    __slots__ = ("context", "model", "token_ids", "finish_reason", "stop")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
-    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
     context: _common_pb2.RequestContext
-    tokenizer: str
+    model: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     finish_reason: _common_pb2.FinishReason
-    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., tokenizer: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ...) -> None: ...
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., model: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PostprocessStreamResponse(_message.Message):
     __slots__ = ("text_delta", "finish_reason", "verdict")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from llmesh.common.v1 import common_pb2 as llmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%llmesh/preprocess/v1/preprocess.proto\x12\x14llmesh.preprocess.v1\x1a\x1dllmesh/common/v1/common.proto\"\x9a\x01\n\x11PreprocessRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12/\n\x08messages\x18\x02 \x03(\x0b\x32\x1d.llmesh.common.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x11\n\ttokenizer\x18\x04 \x01(\t\"u\n\x12PreprocessResponse\x12\x30\n\x07verdict\x18\x01 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict\x12\x13\n\x0bprompt_text\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x03\x32t\n\x11PreprocessService\x12_\n\nPreprocess\x12\'.llmesh.preprocess.v1.PreprocessRequest\x1a(.llmesh.preprocess.v1.PreprocessResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%llmesh/preprocess/v1/preprocess.proto\x12\x14llmesh.preprocess.v1\x1a\x1dllmesh/common/v1/common.proto\"\x98\x01\n\x11PreprocessRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12/\n\x08messages\x18\x02 \x03(\x0b\x32\x1d.llmesh.common.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x03 \x01(\tJ\x04\x08\x04\x10\x05R\ttokenizer\"\xa1\x01\n\x12PreprocessResponse\x12\x30\n\x07verdict\x18\x01 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict\x12.\n\x07prompts\x18\x04 \x03(\x0b\x32\x1d.llmesh.common.v1.ModelPromptJ\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04R\x0bprompt_textR\x10prompt_token_ids2t\n\x11PreprocessService\x12_\n\nPreprocess\x12\'.llmesh.preprocess.v1.PreprocessRequest\x1a(.llmesh.preprocess.v1.PreprocessResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmesh.preprocess.v1.prepro
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PREPROCESSREQUEST']._serialized_start=95
-  _globals['_PREPROCESSREQUEST']._serialized_end=249
-  _globals['_PREPROCESSRESPONSE']._serialized_start=251
-  _globals['_PREPROCESSRESPONSE']._serialized_end=368
-  _globals['_PREPROCESSSERVICE']._serialized_start=370
-  _globals['_PREPROCESSSERVICE']._serialized_end=486
+  _globals['_PREPROCESSREQUEST']._serialized_end=247
+  _globals['_PREPROCESSRESPONSE']._serialized_start=250
+  _globals['_PREPROCESSRESPONSE']._serialized_end=411
+  _globals['_PREPROCESSSERVICE']._serialized_start=413
+  _globals['_PREPROCESSSERVICE']._serialized_end=529
 # @@protoc_insertion_point(module_scope)

@@ -8,23 +8,19 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PreprocessRequest(_message.Message):
-    __slots__ = ("context", "messages", "prompt", "tokenizer")
+    __slots__ = ("context", "messages", "prompt")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
-    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     context: _common_pb2.RequestContext
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
     prompt: str
-    tokenizer: str
-    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., tokenizer: _Optional[str] = ...) -> None: ...
+    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ...) -> None: ...
 
 class PreprocessResponse(_message.Message):
-    __slots__ = ("verdict", "prompt_text", "prompt_token_ids")
+    __slots__ = ("verdict", "prompts")
     VERDICT_FIELD_NUMBER: _ClassVar[int]
-    PROMPT_TEXT_FIELD_NUMBER: _ClassVar[int]
-    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
     verdict: _common_pb2.SafetyVerdict
-    prompt_text: str
-    prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, verdict: _Optional[_Union[_common_pb2.SafetyVerdict, _Mapping]] = ..., prompt_text: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    prompts: _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelPrompt]
+    def __init__(self, verdict: _Optional[_Union[_common_pb2.SafetyVerdict, _Mapping]] = ..., prompts: _Optional[_Iterable[_Union[_common_pb2.ModelPrompt, _Mapping]]] = ...) -> None: ...

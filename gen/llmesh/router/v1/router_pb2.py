@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from llmesh.common.v1 import common_pb2 as llmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dllmesh/router/v1/router.proto\x12\x10llmesh.router.v1\x1a\x1dllmesh/common/v1/common.proto\"\x99\x01\n\x0cRouteRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\x13\n\x0bprompt_text\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x03\x12\x17\n\x0frequested_model\x18\x04 \x01(\t\x12\x0e\n\x06stream\x18\x05 \x01(\x08\"\xf2\x01\n\rRouteResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0f\x66\x61llback_models\x18\x02 \x03(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12=\n\x07signals\x18\x05 \x03(\x0b\x32,.llmesh.router.v1.RouteResponse.SignalsEntry\x12*\n\x07\x63\x61scade\x18\x06 \x01(\x0b\x32\x19.llmesh.router.v1.Cascade\x1a.\n\x0cSignalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\";\n\x07\x43\x61scade\x12\x16\n\x0e\x65scalate_model\x18\x01 \x01(\t\x12\x18\n\x10min_mean_logprob\x18\x02 \x01(\x01\x32Y\n\rRouterService\x12H\n\x05Route\x12\x1e.llmesh.router.v1.RouteRequest\x1a\x1f.llmesh.router.v1.RouteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dllmesh/router/v1/router.proto\x12\x10llmesh.router.v1\x1a\x1dllmesh/common/v1/common.proto\"\xc5\x01\n\x0cRouteRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12.\n\x07prompts\x18\x06 \x03(\x0b\x32\x1d.llmesh.common.v1.ModelPrompt\x12\x17\n\x0frequested_model\x18\x04 \x01(\t\x12\x0e\n\x06stream\x18\x05 \x01(\x08J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04R\x0bprompt_textR\x10prompt_token_ids\"\xf2\x01\n\rRouteResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0f\x66\x61llback_models\x18\x02 \x03(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12=\n\x07signals\x18\x05 \x03(\x0b\x32,.llmesh.router.v1.RouteResponse.SignalsEntry\x12*\n\x07\x63\x61scade\x18\x06 \x01(\x0b\x32\x19.llmesh.router.v1.Cascade\x1a.\n\x0cSignalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\";\n\x07\x43\x61scade\x12\x16\n\x0e\x65scalate_model\x18\x01 \x01(\t\x12\x18\n\x10min_mean_logprob\x18\x02 \x01(\x01\x32Y\n\rRouterService\x12H\n\x05Route\x12\x1e.llmesh.router.v1.RouteRequest\x1a\x1f.llmesh.router.v1.RouteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTERESPONSE_SIGNALSENTRY']._loaded_options = None
   _globals['_ROUTERESPONSE_SIGNALSENTRY']._serialized_options = b'8\001'
   _globals['_ROUTEREQUEST']._serialized_start=83
-  _globals['_ROUTEREQUEST']._serialized_end=236
-  _globals['_ROUTERESPONSE']._serialized_start=239
-  _globals['_ROUTERESPONSE']._serialized_end=481
-  _globals['_ROUTERESPONSE_SIGNALSENTRY']._serialized_start=435
-  _globals['_ROUTERESPONSE_SIGNALSENTRY']._serialized_end=481
-  _globals['_CASCADE']._serialized_start=483
-  _globals['_CASCADE']._serialized_end=542
-  _globals['_ROUTERSERVICE']._serialized_start=544
-  _globals['_ROUTERSERVICE']._serialized_end=633
+  _globals['_ROUTEREQUEST']._serialized_end=280
+  _globals['_ROUTERESPONSE']._serialized_start=283
+  _globals['_ROUTERESPONSE']._serialized_end=525
+  _globals['_ROUTERESPONSE_SIGNALSENTRY']._serialized_start=479
+  _globals['_ROUTERESPONSE_SIGNALSENTRY']._serialized_end=525
+  _globals['_CASCADE']._serialized_start=527
+  _globals['_CASCADE']._serialized_end=586
+  _globals['_ROUTERSERVICE']._serialized_start=588
+  _globals['_ROUTERSERVICE']._serialized_end=677
 # @@protoc_insertion_point(module_scope)

@@ -8,18 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RouteRequest(_message.Message):
-    __slots__ = ("context", "prompt_text", "prompt_token_ids", "requested_model", "stream")
+    __slots__ = ("context", "prompts", "requested_model", "stream")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
-    PROMPT_TEXT_FIELD_NUMBER: _ClassVar[int]
-    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_MODEL_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     context: _common_pb2.RequestContext
-    prompt_text: str
-    prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    prompts: _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelPrompt]
     requested_model: str
     stream: bool
-    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., prompt_text: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., requested_model: _Optional[str] = ..., stream: _Optional[bool] = ...) -> None: ...
+    def __init__(self, context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., prompts: _Optional[_Iterable[_Union[_common_pb2.ModelPrompt, _Mapping]]] = ..., requested_model: _Optional[str] = ..., stream: _Optional[bool] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
     __slots__ = ("model", "fallback_models", "reason", "policy", "signals", "cascade")

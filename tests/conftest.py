@@ -11,7 +11,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from mesh.net import free_port
+from mesh.catalog import default_models
+from mesh.net import free_port, free_ports
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +49,36 @@ def redis_url():
     finally:
         process.terminate()
         process.wait()
+
+
+@pytest.fixture(scope="session")
+def otlp_sink():
+    """Where the session's tritonserver sends its OpenTelemetry spans."""
+    from support.otlp_sink import OtlpSink
+
+    sink = OtlpSink()
+    yield sink
+    sink.close()
+
+
+@pytest.fixture(scope="session")
+def triton(otlp_sink, tmp_path_factory):
+    """The real tritonserver with the project's model repository (both vLLM engines), started
+    once per test session: integration tests and the e2e stack share it, since each engine takes
+    tens of seconds to start."""
+    from services.inference.triton_server import TritonServer
+
+    missing = [m.name for m in default_models() if not (m.resolved_dir() / "config.json").is_file()]
+    if missing:
+        pytest.fail(f"model directories missing for {', '.join(missing)}: run `make models`")
+    http, grpc_port, metrics = free_ports(3)
+    server = TritonServer(
+        http_port=http,
+        grpc_port=grpc_port,
+        metrics_port=metrics,
+        otlp_endpoint=otlp_sink.url,
+        log_file=tmp_path_factory.mktemp("triton") / "tritonserver.log",
+    )
+    with server:
+        print(f"tritonserver ready in {server.startup_s:.1f}s")
+        yield server

@@ -18,7 +18,7 @@ ADMIN_KEY = f"e2e-admin-{secrets.token_hex(16)}"
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, triton, otlp_sink):
     run_dir = tmp_path_factory.mktemp("run")
     # An output lexicon the e2e tests may edit while the stack runs (lexicons reload live).
     lexicon = run_dir / "output-lexicon.txt"
@@ -30,9 +30,15 @@ def stack(tmp_path_factory):
     }
     # With mutual TLS on every hop between the gateway and the services, so every e2e test
     # goes through it.
-    stack = Stack(ports=Ports.free(), run_dir=run_dir, deployments=[ROUTER_B], tls=True, extra_env=env)
+    # The session's tritonserver (its engines start once for every tier); its spans go to the
+    # stack's collector like those of every other process.
+    stack = Stack(
+        ports=Ports.free(), run_dir=run_dir, deployments=[ROUTER_B], tls=True, extra_env=env, external_triton=triton
+    )
+    otlp_sink.forward_to = f"http://127.0.0.1:{stack.ports.collector}/v1/traces"
     with stack as running:
         yield running
+    otlp_sink.forward_to = None
 
 
 @pytest.fixture(scope="session")

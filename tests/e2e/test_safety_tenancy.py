@@ -99,7 +99,7 @@ def test_pii_in_the_prompt_is_redacted_before_the_model_sees_it(stack, base_url,
 
 # -- mid-stream output blocking ----------------------------------------------------------------
 
-PROMPT = {"model": "llmesh-large", "messages": [{"role": "user", "content": "What does json.dumps do?"}],
+PROMPT = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "What does json.dumps do?"}],
           "max_tokens": 48, "temperature": 0, "stream": True}  # fmt: skip
 
 

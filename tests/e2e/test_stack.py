@@ -15,6 +15,8 @@ pytestmark = pytest.mark.e2e
 
 QUESTION = [{"role": "user", "content": "What does json.dumps do?"}]
 CHAT = {"model": "auto", "messages": QUESTION, "max_tokens": 24, "temperature": 0}
+SMOL = "smollm2-135m-instruct"
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def _sse_events(response: httpx.Response) -> list[str]:
@@ -29,7 +31,7 @@ def test_chat_completion(base_url, headers):
     assert body["object"] == "chat.completion"
     assert choice["message"]["role"] == "assistant" and choice["message"]["content"].strip()
     assert choice["finish_reason"] in ("stop", "length")
-    assert body["model"] in ("llmesh-small", "llmesh-large")
+    assert body["model"] in ("llmesh-small", "smollm2-135m-instruct")
     assert body["usage"]["prompt_tokens"] > 0 and 0 < body["usage"]["completion_tokens"] <= 24
     assert response.headers["x-llmesh-model"] == body["model"]
     assert response.headers["x-llmesh-route-reason"]
@@ -65,13 +67,39 @@ def test_chat_completion_stream_is_openai_sse(base_url, headers):
 def test_streamed_and_unary_text_agree(base_url, headers):
     """Streaming goes through Triton's decoupled stream and postprocess's bidi stream; with
     greedy decoding it must give the same text as the unary path, so no chunk was lost."""
-    request = {**CHAT, "model": "llmesh-large"}
+    request = {**CHAT, "model": "smollm2-135m-instruct"}
     unary = httpx.post(f"{base_url}/v1/chat/completions", json=request, headers=headers, timeout=60).json()
     url = f"{base_url}/v1/chat/completions"
     with httpx.stream("POST", url, json={**request, "stream": True}, headers=headers, timeout=60) as r:
         chunks = [json.loads(e) for e in _sse_events(r)[:-1]]
     streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert streamed == unary["choices"][0]["message"]["content"]
+
+
+def test_the_real_model_knows_the_capital_of_france(base_url, api_key):
+    """Over REST with the official openai client, unary and streamed, through every hop."""
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=api_key)
+    completion = client.chat.completions.create(model=SMOL, messages=FRANCE, max_tokens=32, temperature=0)
+    assert "Paris" in completion.choices[0].message.content
+    assert completion.model == SMOL and completion.choices[0].finish_reason == "stop"
+    stream = client.chat.completions.create(model=SMOL, messages=FRANCE, max_tokens=32, temperature=0, stream=True)
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert streamed == completion.choices[0].message.content
+
+
+def test_a_prompt_and_max_tokens_beyond_the_context_is_a_400_naming_the_limit(base_url, api_key):
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=api_key, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model=SMOL, messages=FRANCE, max_tokens=4000)
+    assert raised.value.body["param"] == "max_tokens" and "context 2048" in raised.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="llmesh-small", messages=[{"role": "user", "content": "word " * 400}])
+    assert raised.value.body["param"] == "messages" and "256" in raised.value.body["message"]
+    # Two dozen such requests leave the model healthy for everyone.
+    for _ in range(12):
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model=SMOL, messages=FRANCE, max_tokens=4_294_967_295)
+    assert "Paris" in client.chat.completions.create(model=SMOL, messages=FRANCE, max_tokens=32, temperature=0).choices[0].message.content
 
 
 def test_openai_client_unmodified(base_url, api_key):
@@ -87,7 +115,7 @@ def test_openai_client_unmodified(base_url, api_key):
     assert "".join(pieces).strip()
 
     models = {model.id for model in client.models.list()}
-    assert {"llmesh-small", "llmesh-large", "auto"} <= models
+    assert {"llmesh-small", "smollm2-135m-instruct", "auto"} <= models
 
 
 def test_openai_client_sees_typed_errors(base_url, api_key):
@@ -162,9 +190,24 @@ def test_grpc_edge(stack, api_key):
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_grpc_edge_real_answer(stack, api_key):
+    request = gateway_pb2.ChatStreamRequest(
+        model=SMOL,
+        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=FRANCE[0]["content"])],
+        sampling=common_pb2.SamplingParams(max_tokens=32, temperature=0),
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.gateway_grpc}") as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        deltas = list(stub.ChatStream(request, timeout=60, metadata=[("authorization", f"Bearer {api_key}")]))
+    assert "Paris" in "".join(d.text_delta for d in deltas)
+    assert deltas[-1].model == SMOL and deltas[-1].usage.completion_tokens > 0
+
+
 EXPECTED_EDGES = {
     ("gateway", "preprocess"),
     ("gateway", "router"),
+    # The router scores the prompt through the inference service (InferenceService.Score).
+    ("router", "inference"),
     ("gateway", "inference"),
     ("inference", "triton"),
     ("gateway", "postprocess"),

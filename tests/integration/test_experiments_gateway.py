@@ -146,14 +146,14 @@ async def test_model_experiment_and_feedback(gateway):
             "unit": "request",
             "variants": [
                 {"name": "small", "weight": 5000, "model": "llmesh-small"},
-                {"name": "large", "weight": 5000, "model": "llmesh-large"},
+                {"name": "large", "weight": 5000, "model": "smollm2-135m-instruct"},
             ],
         },
     )
     answers = [await client.post(CHAT, json=ask("anyone")) for _ in range(20)]
     for answer in answers:
         variant = answer.headers["x-llmesh-experiment-models"]
-        assert answer.json()["model"] == f"llmesh-{variant}"
+        assert answer.json()["model"] == {"small": "llmesh-small", "large": "smollm2-135m-instruct"}[variant]
         score = 1.0 if variant == "large" else 0.0
         feedback = await client.post("/v1/feedback", json={"request_id": answer.json()["id"], "score": score})
         assert feedback.status_code == 200 and feedback.json()["experiments"] == {"models": variant}
@@ -224,7 +224,7 @@ target: {kind: model}
 unit: user
 variants:
   - {name: small, weight: %d, model: llmesh-small}
-  - {name: large, weight: %d, model: llmesh-large}
+  - {name: large, weight: %d, model: smollm2-135m-instruct}
 """
     path.write_text(definition % (10000, 0))
     settings = gateway_settings(primary_addr, redis_url=redis_url, experiments_file=path, experiments_refresh_s=0.05)

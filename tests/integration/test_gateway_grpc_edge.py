@@ -70,16 +70,16 @@ async def test_chat(stub, upstreams):
 
 
 async def test_chat_stream(stub):
-    request = gateway_pb2.ChatStreamRequest(model="llmesh-large", messages=_messages())
+    request = gateway_pb2.ChatStreamRequest(model="smollm2-135m-instruct", messages=_messages())
     responses = [response async for response in stub.ChatStream(request)]
     assert len(responses) > 2
-    assert "".join(response.text_delta for response in responses) == reply_for("llmesh-large")
+    assert "".join(response.text_delta for response in responses) == reply_for("smollm2-135m-instruct")
     assert {(response.id, response.model, response.route_reason) for response in responses} == {
-        (responses[0].id, "llmesh-large", ROUTE_REASON)
+        (responses[0].id, "smollm2-135m-instruct", ROUTE_REASON)
     }
     assert [response.finish_reason for response in responses[:-1]] == [0] * (len(responses) - 1)
     assert responses[-1].finish_reason == common_pb2.FINISH_REASON_STOP
-    assert responses[-1].usage.completion_tokens == len(reply_for("llmesh-large"))
+    assert responses[-1].usage.completion_tokens == len(reply_for("smollm2-135m-instruct"))
 
 
 async def test_blocked_prompt(stub):

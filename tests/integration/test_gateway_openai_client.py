@@ -72,14 +72,14 @@ async def test_chat(client):
 
 async def test_chat_stream(client):
     stream = await client.chat.completions.create(
-        model="llmesh-large", messages=HELLO, stream=True, stream_options={"include_usage": True}
+        model="smollm2-135m-instruct", messages=HELLO, stream=True, stream_options={"include_usage": True}
     )
     chunks = [chunk async for chunk in stream]
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
-    assert text == reply_for("llmesh-large")
+    assert text == reply_for("smollm2-135m-instruct")
     assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1] == "stop"
-    assert chunks[-1].usage.total_tokens == 2 + len(reply_for("llmesh-large"))
+    assert chunks[-1].usage.total_tokens == 2 + len(reply_for("smollm2-135m-instruct"))
 
 
 async def test_completions(client):
@@ -91,7 +91,7 @@ async def test_completions(client):
 
 
 async def test_models(client):
-    assert [model.id async for model in client.models.list()] == ["llmesh-small", "llmesh-large", "auto"]
+    assert [model.id async for model in client.models.list()] == ["llmesh-small", "smollm2-135m-instruct", "auto"]
 
 
 async def test_errors_are_typed(client):

@@ -1,5 +1,6 @@
 """Gateway REST edge over in-process fake upstreams (httpx's ASGI transport, no socket)."""
 
+import asyncio
 import json
 
 import httpx
@@ -94,10 +95,10 @@ async def test_chat_completion(client, upstreams):
 
 
 async def test_requested_model_and_max_tokens(client):
-    response = await client.post(CHAT, json={**HELLO, "model": "llmesh-large", "max_tokens": 5})
+    response = await client.post(CHAT, json={**HELLO, "model": "smollm2-135m-instruct", "max_tokens": 5})
     body = response.json()
-    assert body["model"] == "llmesh-large" == response.headers["x-llmesh-model"]
-    assert body["choices"][0]["message"]["content"] == reply_for("llmesh-large")[:5]
+    assert body["model"] == "smollm2-135m-instruct" == response.headers["x-llmesh-model"]
+    assert body["choices"][0]["message"]["content"] == reply_for("smollm2-135m-instruct")[:5]
     assert body["choices"][0]["finish_reason"] == "length"
 
 
@@ -135,7 +136,7 @@ async def test_completions(client):
 async def test_models_list(client):
     body = (await client.get("/v1/models")).json()
     assert body["object"] == "list"
-    assert [model["id"] for model in body["data"]] == ["llmesh-small", "llmesh-large", "auto"]
+    assert [model["id"] for model in body["data"]] == ["llmesh-small", "smollm2-135m-instruct", "auto"]
     assert {model["object"] for model in body["data"]} == {"model"}
 
 
@@ -298,3 +299,33 @@ async def test_readyz_ready_with_redis(upstreams, redis_url):
     await pipeline.close()
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "ready"
+
+
+async def test_readyz_says_which_model_is_still_loading(upstreams, redis_url):
+    """A real inference service whose Triton has one model loaded and the other still loading."""
+    from support.fake_triton import FakeTriton, answer
+
+    from services.inference.service import InferenceService
+    from services.inference.settings import InferenceSettings
+
+    settings = InferenceSettings()
+    triton = FakeTriton({"llmesh-small": answer(1)})  # smollm2-135m-instruct: not ready yet
+    inference = await start_service(InferenceService(settings, triton), settings, "127.0.0.1:0")
+    pipeline, client = await _client(
+        gateway_settings(upstreams[1], redis_url=redis_url, inference_addr=f"127.0.0.1:{inference.port}")
+    )
+    try:
+        async with client:
+            for _ in range(50):
+                response = await client.get("/readyz")
+                if "model:smollm2-135m-instruct" in response.json()["checks"]:
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        await pipeline.close()
+        await inference.stop(None)
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["inference"] == "NOT_SERVING"
+    assert checks["model:smollm2-135m-instruct"] == "loading"
+    assert checks["model:llmesh-small"] == "SERVING"

@@ -15,7 +15,7 @@ from mesh.settings import MeshSettings
 from support.fake_upstreams import FakeUpstreams, gateway_settings
 
 CHAT = "/v1/chat/completions"
-SMALL, LARGE = "llmesh-small", "llmesh-large"
+SMALL, LARGE = "llmesh-small", "smollm2-135m-instruct"
 UNSURE, BROKE = "unsure", "broke"
 
 
@@ -25,7 +25,7 @@ class RoutingUpstreams(FakeUpstreams):
 
     async def Route(self, request, context):
         self.requests["router"].append(request)
-        if BROKE in request.prompt_text:
+        if BROKE in request.prompts[0].text:
             await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "budget spent", "BUDGET_EXHAUSTED",
                         tenant="t", retry_after_s="120")  # fmt: skip
         if request.stream:
@@ -40,8 +40,10 @@ class RoutingUpstreams(FakeUpstreams):
 
     async def Generate(self, request, context):
         answer = await super().Generate(request, context)
-        unsure = request.model == SMALL and UNSURE in bytes(request.prompt_token_ids).decode()
-        answer.token_logprobs.extend([-3.0 if unsure else -0.5] * len(answer.token_ids))
+        prompt = next(p for p in request.prompts if p.model == request.model)
+        unsure = request.model == SMALL and UNSURE in bytes(prompt.token_ids).decode()
+        choice = answer.choices[0]
+        choice.token_logprobs.extend([-3.0 if unsure else -0.5] * len(choice.token_ids))
         return answer
 
 
@@ -86,7 +88,7 @@ async def test_an_unsure_small_answer_is_escalated(client, upstreams):
     assert response.status_code == 200, response.text
     assert response.headers["x-llmesh-model"] == LARGE
     assert response.headers["x-llmesh-route-reason"] == (
-        "cascade: llmesh-small answer logprob -3.00 < -2.00, escalated to llmesh-large"
+        "cascade: llmesh-small answer logprob -3.00 < -2.00, escalated to smollm2-135m-instruct"
     )
     assert generated_models(upstreams) == [SMALL, LARGE]
     assert isinstance(upstreams[0].requests["inference"][1], inference_pb2.GenerateRequest)

@@ -18,9 +18,13 @@ from services.inference.service import InferenceService
 from services.inference.settings import InferenceSettings
 from services.inference.triton_client import Chunk, TritonError
 
-SMALL, LARGE = "llmesh-small", "llmesh-large"
+SMALL, LARGE = "llmesh-small", "smollm2-135m-instruct"
 SETTINGS = InferenceSettings(default_deadline_s=5.0)
-ANSWER = [Chunk([11, 12], [-0.5, -0.25]), Chunk([13], [-1.0]), Chunk([14], [-0.5], "stop")]
+ANSWER = [
+    Chunk(0, [11, 12], [-0.5, -0.25], prompt_tokens=4, completion_tokens=2),
+    Chunk(0, [13], [-1.0], prompt_tokens=4, completion_tokens=3),
+    Chunk(0, [14], [-0.5], finish_reason="stop", prompt_tokens=4, completion_tokens=4),
+]
 
 
 
@@ -49,7 +53,7 @@ def request(model=LARGE, fallbacks=(SMALL,)):
     return inference_pb2.GenerateRequest(
         model=model,
         fallback_models=fallbacks,
-        prompt_token_ids=[1, 2, 3, 4],
+        prompts=[common_pb2.ModelPrompt(model=name, token_ids=[1, 2, 3, 4]) for name in (SMALL, LARGE)],
         sampling=common_pb2.SamplingParams(max_tokens=8),
     )
 
@@ -57,19 +61,20 @@ def request(model=LARGE, fallbacks=(SMALL,)):
 async def test_generate(stub):
     response = await stub.Generate(request())
     assert response.model == LARGE
-    assert list(response.token_ids) == [11, 12, 13, 14]
-    assert list(response.token_logprobs) == [-0.5, -0.25, -1.0, -0.5]
-    assert response.finish_reason == common_pb2.FINISH_REASON_STOP
+    (choice,) = response.choices
+    assert list(choice.token_ids) == [11, 12, 13, 14]
+    assert list(choice.token_logprobs) == [-0.5, -0.25, -1.0, -0.5]
+    assert choice.finish_reason == common_pb2.FINISH_REASON_STOP
     assert response.usage == common_pb2.Usage(prompt_tokens=4, completion_tokens=4, total_tokens=8)
 
 
 async def test_generate_stream_sends_chunks_then_usage(stub):
     responses = [r async for r in stub.GenerateStream(request())]
-    assert [list(r.token_ids) for r in responses] == [[11, 12], [13], [14]]
+    assert [list(r.delta.token_ids) for r in responses] == [[11, 12], [13], [14]]
     assert {r.model for r in responses} == {LARGE}
     *head, last = responses
-    assert all(not r.HasField("usage") and r.finish_reason == common_pb2.FINISH_REASON_UNSPECIFIED for r in head)
-    assert last.finish_reason == common_pb2.FINISH_REASON_STOP
+    assert all(not r.HasField("usage") and r.delta.finish_reason == common_pb2.FINISH_REASON_UNSPECIFIED for r in head)
+    assert last.delta.finish_reason == common_pb2.FINISH_REASON_STOP
     assert last.usage == common_pb2.Usage(prompt_tokens=4, completion_tokens=4, total_tokens=8)
 
 
@@ -87,23 +92,23 @@ async def test_fails_over_to_backup_when_primary_raises(stub, triton, spans):
     triton.scripts[LARGE] = [TritonError("CUDA out of memory")]
     responses = [r async for r in stub.GenerateStream(request())]
     assert {r.model for r in responses} == {SMALL}
-    assert [list(r.token_ids) for r in responses] == [[11, 12], [13], [14]]
-    assert [model for model, _ in triton.calls] == [LARGE, SMALL]
+    assert [list(r.delta.token_ids) for r in responses] == [[11, 12], [13], [14]]
+    assert [model for model, _, _ in triton.calls] == [LARGE, SMALL]
     (server_span,) = [s for s in spans.get_finished_spans() if s.kind is trace.SpanKind.SERVER]
     assert server_span.attributes[semconv.LLMESH_FAILOVER_FROM] == LARGE
     assert server_span.attributes[semconv.GEN_AI_RESPONSE_MODEL] == SMALL
 
 
 async def test_no_failover_after_the_first_streamed_token(stub, triton):
-    triton.scripts[LARGE] = [ANSWER[0], TritonError("connection reset")]
+    triton.scripts[LARGE] = [*ANSWER[:2], TritonError("connection reset")]
     received = []
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         async for response in stub.GenerateStream(request()):
-            received.append(list(response.token_ids))
+            received.append(list(response.delta.token_ids))
     assert received == [[11, 12]]
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(raised.value).reason == "STREAM_INTERRUPTED"
-    assert [model for model, _ in triton.calls] == [LARGE]
+    assert [model for model, _, _ in triton.calls] == [LARGE]
 
 
 async def test_every_model_down_is_unavailable_with_details(stub, triton):

@@ -12,11 +12,12 @@ from mesh.errors import error_info
 from mesh.server import start_service
 from services.postprocess.service import PostprocessService
 from services.postprocess.settings import PostprocessSettings
-from support.tokenizer import build_tokenizer, wait_until_serving
+from support.tokenizer import build_tokenizer, catalog, wait_until_serving
 
 SERVICE_NAME = "llmesh.postprocess.v1.PostprocessService"
 REFUSAL = "That answer was withheld."
 STOP, CONTENT_FILTER = common_pb2.FINISH_REASON_STOP, common_pb2.FINISH_REASON_CONTENT_FILTER
+MODEL, OTHER = "model-a", "model-b"
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,15 @@ def tokenizer(tokenizer_dir):
 
 
 @pytest.fixture(scope="module")
-async def channel(tokenizer_dir):
-    settings = PostprocessSettings(tokenizer_dir=tokenizer_dir, refusal_message=REFUSAL, default_deadline_s=10)
+def other_tokenizer(tmp_path_factory):
+    """A second model's tokenizer with a vocabulary of its own."""
+    return AutoTokenizer.from_pretrained(build_tokenizer(tmp_path_factory.mktemp("other"), vocab_size=300))
+
+
+@pytest.fixture(scope="module")
+async def channel(tokenizer_dir, other_tokenizer):
+    models = [*catalog(tokenizer_dir, MODEL), *catalog(other_tokenizer.name_or_path, OTHER)]
+    settings = PostprocessSettings(models=models, refusal_message=REFUSAL, default_deadline_s=10)
     service = PostprocessService(settings)
     running = await start_service(service, settings, "127.0.0.1:0")
     channel = build_channel(f"127.0.0.1:{running.port}", settings)
@@ -49,10 +57,11 @@ def stub(channel):
     return postprocess_pb2_grpc.PostprocessServiceStub(channel)
 
 
-def stream_requests(token_ids: list[int], chunk: int, finish_reason=STOP, tokenizer_name: str = ""):
+def stream_requests(token_ids: list[int], chunk: int, finish_reason=STOP, model: str = MODEL, stop=()):
     chunks = [token_ids[i : i + chunk] for i in range(0, len(token_ids), chunk)]
     requests = [postprocess_pb2.PostprocessStreamRequest(token_ids=ids) for ids in chunks]
-    requests[0].tokenizer = tokenizer_name
+    requests[0].model = model
+    requests[0].stop.extend(stop)
     requests[-1].finish_reason = finish_reason
     return requests
 
@@ -64,14 +73,33 @@ async def test_health_is_serving_once_the_tokenizer_is_loaded(channel):
 
 async def test_an_answer_is_detokenized_without_special_tokens(stub, tokenizer):
     ids = tokenizer.encode("Hello world, 你好 😀<|im_end|>", add_special_tokens=False)
-    response = await stub.Postprocess(postprocess_pb2.PostprocessRequest(token_ids=ids, finish_reason=STOP))
+    response = await stub.Postprocess(postprocess_pb2.PostprocessRequest(token_ids=ids, model=MODEL, finish_reason=STOP))
     assert response.text == "Hello world, 你好 😀"
     assert response.finish_reason == STOP and not response.verdict.blocked
 
 
+async def test_each_answer_is_decoded_by_its_own_models_tokenizer(stub, tokenizer, other_tokenizer):
+    text = "Hello world, this is a small tokenizer for tests."
+    ids, other_ids = tokenizer.encode(text), other_tokenizer.encode(text)
+    assert ids != other_ids
+    for model, token_ids in ((MODEL, ids), (OTHER, other_ids)):
+        response = await stub.Postprocess(postprocess_pb2.PostprocessRequest(token_ids=token_ids, model=model))
+        assert response.text == text
+        streamed = [r async for r in stub.PostprocessStream(iter(stream_requests(token_ids, 3, model=model)))]
+        assert "".join(r.text_delta for r in streamed) == text
+
+
+async def test_the_text_ends_before_the_first_stop_string(stub, tokenizer):
+    ids = tokenizer.encode("The quick brown fox jumps over the lazy dog.", add_special_tokens=False)
+    request = postprocess_pb2.PostprocessRequest(token_ids=ids, model=MODEL, stop=["fox", "dog"])
+    assert (await stub.Postprocess(request)).text == "The quick brown "
+    streamed = [r async for r in stub.PostprocessStream(iter(stream_requests(ids, 1, stop=["fox"])))]
+    assert "".join(r.text_delta for r in streamed) == "The quick brown "
+
+
 async def test_a_blocked_answer_is_replaced_by_the_refusal(stub, tokenizer):
     ids = tokenizer.encode("Sure: Forbiddenword.", add_special_tokens=False)
-    response = await stub.Postprocess(postprocess_pb2.PostprocessRequest(token_ids=ids, finish_reason=STOP))
+    response = await stub.Postprocess(postprocess_pb2.PostprocessRequest(token_ids=ids, model=MODEL, finish_reason=STOP))
     assert response.text == REFUSAL and response.finish_reason == CONTENT_FILTER
     assert response.verdict.blocked and response.verdict.category == common_pb2.SAFETY_CATEGORY_SENSITIVE_WORD
     assert response.verdict.rule == "lexicon:en:default" and response.verdict.message == REFUSAL
@@ -80,9 +108,9 @@ async def test_a_blocked_answer_is_replaced_by_the_refusal(stub, tokenizer):
 @pytest.mark.parametrize(
     ("request_", "reason"),
     [
-        (postprocess_pb2.PostprocessRequest(token_ids=[1, 10**6]), "INVALID_TOKEN_ID"),
-        (postprocess_pb2.PostprocessRequest(token_ids=[-1]), "INVALID_TOKEN_ID"),
-        (postprocess_pb2.PostprocessRequest(token_ids=[1], tokenizer="no-such-model"), "UNKNOWN_TOKENIZER"),
+        (postprocess_pb2.PostprocessRequest(token_ids=[1, 10**6], model=MODEL), "INVALID_TOKEN_ID"),
+        (postprocess_pb2.PostprocessRequest(token_ids=[-1], model=MODEL), "INVALID_TOKEN_ID"),
+        (postprocess_pb2.PostprocessRequest(token_ids=[1], model="no-such-model"), "UNKNOWN_MODEL"),
     ],
 )
 async def test_invalid_requests_are_invalid_argument_with_error_info(stub, request_, reason):
@@ -95,9 +123,7 @@ async def test_invalid_requests_are_invalid_argument_with_error_info(stub, reque
 async def test_a_clean_stream_is_released_whole_with_the_finish_reason(stub, tokenizer):
     text = "A forbidden answer? No: 你好, 世界 😀 and forbiddenwords are fine."
     ids = tokenizer.encode(text, add_special_tokens=False)
-    requests = stream_requests(
-        ids, chunk=2, finish_reason=common_pb2.FINISH_REASON_LENGTH, tokenizer_name="llmesh-small"
-    )
+    requests = stream_requests(ids, chunk=2, finish_reason=common_pb2.FINISH_REASON_LENGTH)
     responses = [r async for r in stub.PostprocessStream(iter(requests))]
     assert len(responses) == len(requests)  # one answer per chunk, some empty while held back
     assert "".join(r.text_delta for r in responses) == text
@@ -120,14 +146,15 @@ async def test_a_blocked_stream_ends_with_content_filter_and_none_of_the_term(st
 async def test_a_stream_closed_without_a_final_message_is_flushed(stub, tokenizer):
     ids = tokenizer.encode("it ends with forbidden", add_special_tokens=False)
     requests = [postprocess_pb2.PostprocessStreamRequest(token_ids=[i]) for i in ids]
+    requests[0].model = MODEL
     responses = [r async for r in stub.PostprocessStream(iter(requests))]
     assert "".join(r.text_delta for r in responses) == "it ends with forbidden"
     assert len(responses) == len(requests) + 1
 
 
-async def test_a_stream_with_an_unknown_tokenizer_is_invalid_argument(stub):
-    requests = [postprocess_pb2.PostprocessStreamRequest(tokenizer="no-such-model", token_ids=[5])]
+async def test_a_stream_for_an_unknown_model_is_invalid_argument(stub):
+    requests = [postprocess_pb2.PostprocessStreamRequest(model="no-such-model", token_ids=[5])]
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         _ = [r async for r in stub.PostprocessStream(iter(requests))]
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error_info(raised.value).reason == "UNKNOWN_TOKENIZER"
+    assert error_info(raised.value).reason == "UNKNOWN_MODEL"

@@ -17,13 +17,13 @@ from mesh import semconv
 from mesh.channel import build_channel
 from mesh.errors import error_info
 from mesh.server import start_service
-from services.inference.triton_client import TritonError
 from services.router.budget import Budgets
+from services.router.policies import ScoringFailed
 from services.router.service import RouterService
 from services.router.settings import RouterSettings
 from support.fake_redis import FakeRedis
 
-SMALL, LARGE = "llmesh-small", "llmesh-large"
+SMALL, LARGE = "llmesh-small", "smollm2-135m-instruct"
 SETTINGS = RouterSettings(default_deadline_s=5.0, perplexity_threshold=30.0, degraded_model=SMALL)
 
 
@@ -33,6 +33,7 @@ class FakeScorer:
     def __init__(self):
         self.logprob = -1.0
         self.error = None
+        self.serving = True
         self.calls = []
 
     async def score(self, prompt_ids):
@@ -41,11 +42,8 @@ class FakeScorer:
             raise self.error
         return np.full(len(prompt_ids) - 1, self.logprob, dtype=np.float32)
 
-    async def model_ready(self, name):
-        return self.error is None and name == SETTINGS.scoring_model
-
-    async def close(self):
-        pass
+    async def ready(self):
+        return self.serving
 
 
 @pytest.fixture
@@ -67,8 +65,16 @@ def stub(channel):
     return router_pb2_grpc.RouterServiceStub(channel)
 
 
+def prompts():
+    """Each model's tokens differ; the router scores the scoring model's."""
+    return [
+        common_pb2.ModelPrompt(model=SMALL, text="...", token_ids=[5, 6, 7, 8]),
+        common_pb2.ModelPrompt(model=LARGE, text="...", token_ids=[50, 60]),
+    ]
+
+
 def route_request(requested_model=""):
-    return router_pb2.RouteRequest(prompt_text="...", prompt_token_ids=[5, 6, 7, 8], requested_model=requested_model)
+    return router_pb2.RouteRequest(prompts=prompts(), requested_model=requested_model)
 
 
 def decisions(model: str) -> float:
@@ -115,18 +121,24 @@ async def test_unknown_named_model_is_not_found(stub):
 
 
 async def test_scoring_down_degrades_to_the_default_model(stub, scorer):
-    scorer.error = TritonError("llmesh-small-score: model is not ready")
+    scorer.error = ScoringFailed("UNAVAILABLE: llmesh-small: circuit open")
     response = await stub.Route(route_request())
     assert response.model == SETTINGS.degraded_model
     assert response.reason.startswith("scoring model unavailable")
     assert dict(response.signals) == {}
 
 
-async def test_health_follows_the_scoring_model(channel, scorer):
+async def test_health_follows_the_inference_service(channel, scorer):
     health = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest(service=RouterService.service_names[0])
     await asyncio.sleep(0.05)  # the first readiness check runs as the server starts
-    response = await health.Check(health_pb2.HealthCheckRequest(service=RouterService.service_names[0]))
-    assert response.status == health_pb2.HealthCheckResponse.SERVING
+    assert (await health.Check(request)).status == health_pb2.HealthCheckResponse.SERVING
+    scorer.serving = False
+    for _ in range(100):
+        if (await health.Check(request)).status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            break
+        await asyncio.sleep(0.05)
+    assert (await health.Check(request)).status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 # --- per-tenant and per-variant policies, budgets -------------------------------------------
@@ -155,7 +167,7 @@ async def overrides_stub(scorer):
 
 def tenant_request(tenant="", experiments=None, stream=False):
     context = common_pb2.RequestContext(tenant_id=tenant, experiments=experiments or {})
-    return router_pb2.RouteRequest(context=context, prompt_token_ids=[5, 6, 7, 8], stream=stream)
+    return router_pb2.RouteRequest(context=context, prompts=prompts(), stream=stream)
 
 
 async def test_policy_per_tenant_and_per_variant(overrides_stub):

@@ -13,7 +13,7 @@ from services.postprocess.service import PostprocessService
 from services.postprocess.settings import PostprocessSettings
 from services.preprocess.service import PreprocessService
 from services.preprocess.settings import PreprocessSettings
-from support.tokenizer import build_tokenizer, wait_until_serving
+from support.tokenizer import build_tokenizer, catalog, wait_until_serving
 
 PII, INJECTION, MODERATION = (
     common_pb2.SAFETY_CATEGORY_PII,
@@ -39,7 +39,7 @@ async def preprocess(tokenizer_dir):
     stubs = {}
     started = []
     for action in ("redact", "block"):
-        settings = PreprocessSettings(tokenizer_dir=tokenizer_dir, input_pii_action=action, default_deadline_s=10)
+        settings = PreprocessSettings(models=catalog(tokenizer_dir), input_pii_action=action, default_deadline_s=10)
         service = PreprocessService(settings)
         running, channel = await _serve(service, settings, "llmesh.preprocess.v1.PreprocessService")
         started.append((running, channel, service))
@@ -61,13 +61,13 @@ async def test_pii_is_redacted_before_templating(preprocess):
     response = await preprocess["redact"].Preprocess(_ask("mail a.b@example.com or 13812345678"))
     assert not response.verdict.blocked
     assert (response.verdict.category, response.verdict.rule) == (PII, "pii:email,phone")
-    assert "[EMAIL]" in response.prompt_text and "[PHONE]" in response.prompt_text
-    assert "example.com" not in response.prompt_text
+    assert "[EMAIL]" in response.prompts[0].text and "[PHONE]" in response.prompts[0].text
+    assert "example.com" not in response.prompts[0].text
 
 
 async def test_pii_blocks_under_the_block_policy(preprocess):
     response = await preprocess["block"].Preprocess(_ask("card 4111 1111 1111 1111"))
-    assert response.verdict.blocked and response.verdict.category == PII and not response.prompt_token_ids
+    assert response.verdict.blocked and response.verdict.category == PII and not response.prompts
 
 
 async def test_injection_is_refused(preprocess):
@@ -77,7 +77,7 @@ async def test_injection_is_refused(preprocess):
 
 @pytest.fixture(scope="module")
 async def postprocess(tokenizer_dir):
-    settings = PostprocessSettings(tokenizer_dir=tokenizer_dir, default_deadline_s=10, output_moderation_threshold=0.9)
+    settings = PostprocessSettings(models=catalog(tokenizer_dir), default_deadline_s=10, output_moderation_threshold=0.9)
     service = PostprocessService(settings)
     running, channel = await _serve(service, settings, "llmesh.postprocess.v1.PostprocessService")
     yield postprocess_pb2_grpc.PostprocessServiceStub(channel)
@@ -93,14 +93,14 @@ def tokenizer(tokenizer_dir):
 
 async def test_output_pii_is_redacted(postprocess, tokenizer):
     ids = tokenizer.encode("Write to john.doe@example.com please.", add_special_tokens=False)
-    response = await postprocess.Postprocess(postprocess_pb2.PostprocessRequest(token_ids=ids))
+    response = await postprocess.Postprocess(postprocess_pb2.PostprocessRequest(token_ids=ids, model="test-model"))
     assert response.text == "Write to [EMAIL] please."
     assert response.verdict.category == PII and not response.verdict.blocked
 
 
 async def test_profane_output_is_withheld(postprocess, tokenizer):
     ids = tokenizer.encode("you are a fucking idiot", add_special_tokens=False)
-    response = await postprocess.Postprocess(postprocess_pb2.PostprocessRequest(token_ids=ids))
+    response = await postprocess.Postprocess(postprocess_pb2.PostprocessRequest(token_ids=ids, model="test-model"))
     assert response.finish_reason == common_pb2.FINISH_REASON_CONTENT_FILTER
     assert response.verdict.category == MODERATION
 
@@ -109,8 +109,8 @@ async def test_streamed_pii_never_leaves_in_part(postprocess, tokenizer):
     ids = tokenizer.encode("Reach me at 13812345678 today.", add_special_tokens=False)
 
     async def requests():
-        for token in ids:
-            yield postprocess_pb2.PostprocessStreamRequest(token_ids=[token])
+        for index, token in enumerate(ids):
+            yield postprocess_pb2.PostprocessStreamRequest(token_ids=[token], model="test-model" if index == 0 else "")
         yield postprocess_pb2.PostprocessStreamRequest(finish_reason=common_pb2.FINISH_REASON_STOP)
 
     deltas = [r async for r in postprocess.PostprocessStream(requests())]

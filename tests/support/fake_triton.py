@@ -1,20 +1,38 @@
 """A scripted stand-in for services.inference.triton_client.TritonClient."""
 
+from services.inference.triton_client import Chunk
+
+
+def answer(*token_ids: int, finish: str = "stop", prompt_tokens: int = 3) -> list[Chunk]:
+    """One chunk per token with the engine's running counts, the last one finishing."""
+    *head, last = token_ids
+    chunks = [Chunk(0, [t], [-0.5], prompt_tokens=prompt_tokens, completion_tokens=i + 1) for i, t in enumerate(head)]
+    return chunks + [Chunk(0, [last], [-0.5], finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=len(token_ids))]
+
 
 class FakeTriton:
     """Plays a script per model: Chunks are streamed, an exception is raised where it stands."""
 
-    def __init__(self, scripts):
+    def __init__(self, scripts, logprobs=None):
         self.scripts = scripts
-        # (model, sampling) of every generate_stream call, in order.
+        # Per model, what score() returns (log-probs of prompt tokens 1..n-1).
+        self.logprobs = logprobs or {}
+        # (model, prompt ids, engine parameters) of every generate_stream call, in order.
         self.calls = []
 
-    async def generate_stream(self, model, prompt_ids, sampling):
-        self.calls.append((model, sampling))
+    async def generate_stream(self, model, prompt_ids, params, span_name=""):
+        self.calls.append((model, list(prompt_ids), dict(params)))
         for item in self.scripts[model]:
             if isinstance(item, Exception):
                 raise item
             yield item
+
+    async def score(self, model, prompt_ids):
+        self.calls.append((model, list(prompt_ids), {"prompt_logprobs": True}))
+        item = self.logprobs[model]
+        if isinstance(item, Exception):
+            raise item
+        return item
 
     async def model_ready(self, name):
         return name in self.scripts

@@ -20,7 +20,7 @@ from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from llmesh.postprocess.v1 import postprocess_pb2, postprocess_pb2_grpc
 from llmesh.preprocess.v1 import preprocess_pb2, preprocess_pb2_grpc
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
-from mesh.catalog import AUTO_MODEL
+from mesh.catalog import AUTO_MODEL, default_models
 from mesh.errors import abort
 from mesh.net import free_port
 
@@ -35,6 +35,10 @@ ROUTED_MODEL = "llmesh-small"
 ROUTE_REASON = "fake: shortest prompt"
 # Stream chunk size in tokens (bytes).
 CHUNK = 4
+
+
+def _prompt_ids(request: inference_pb2.GenerateRequest) -> list[int]:
+    return next((list(p.token_ids) for p in request.prompts if p.model == request.model), [])
 
 
 def reply_for(model: str) -> str:
@@ -110,16 +114,15 @@ class FakeUpstreams(
                 message=BLOCKED_MESSAGE,
             )
             return preprocess_pb2.PreprocessResponse(verdict=verdict)
-        return preprocess_pb2.PreprocessResponse(
-            verdict=common_pb2.SafetyVerdict(), prompt_text=text, prompt_token_ids=list(text.encode())
-        )
+        prompts = [common_pb2.ModelPrompt(model=m.name, text=text, token_ids=list(text.encode())) for m in default_models()]
+        return preprocess_pb2.PreprocessResponse(verdict=common_pb2.SafetyVerdict(), prompts=prompts)
 
     async def Route(self, request, context):
         self.requests["router"].append(request)
         model = ROUTED_MODEL if request.requested_model in ("", AUTO_MODEL) else request.requested_model
         return router_pb2.RouteResponse(
             model=model,
-            fallback_models=["llmesh-large"],
+            fallback_models=[m.name for m in default_models() if m.name != model],
             reason=ROUTE_REASON,
             policy="fake",
             signals={"perplexity": 12.5},
@@ -130,7 +133,7 @@ class FakeUpstreams(
         limit = request.sampling.max_tokens or len(reply)
         token_ids = list(reply[:limit])
         finish = common_pb2.FINISH_REASON_LENGTH if len(reply) > limit else common_pb2.FINISH_REASON_STOP
-        prompt_tokens = len(request.prompt_token_ids)
+        prompt_tokens = len(_prompt_ids(request))
         usage = common_pb2.Usage(
             prompt_tokens=prompt_tokens,
             completion_tokens=len(token_ids),
@@ -141,24 +144,23 @@ class FakeUpstreams(
     async def Generate(self, request, context):
         self.requests["inference"].append(request)
         token_ids, finish, usage = self._answer(request)
-        return inference_pb2.GenerateResponse(
-            model=request.model, token_ids=token_ids, finish_reason=finish, usage=usage
-        )
+        choice = common_pb2.Completion(token_ids=token_ids, finish_reason=finish)
+        return inference_pb2.GenerateResponse(model=request.model, choices=[choice], usage=usage)
 
     async def GenerateStream(self, request, context):
         self.requests["inference"].append(request)
         token_ids, finish, usage = self._answer(request)
-        prompt = bytes(i for i in request.prompt_token_ids if i < 256).decode(errors="replace")
+        prompt = bytes(i for i in _prompt_ids(request) if i < 256).decode(errors="replace")
         try:
             for start in range(0, len(token_ids), CHUNK):
                 if FAIL_MID_STREAM in prompt and start:
                     await abort(context, grpc.StatusCode.INTERNAL, "the model crashed", "MODEL_FAILED")
                 if SLOW_STREAM in prompt:
                     await asyncio.sleep(0.2)
-                yield inference_pb2.GenerateStreamResponse(
-                    model=request.model, token_ids=token_ids[start : start + CHUNK]
-                )
-            yield inference_pb2.GenerateStreamResponse(model=request.model, finish_reason=finish, usage=usage)
+                delta = common_pb2.Completion(token_ids=token_ids[start : start + CHUNK])
+                yield inference_pb2.GenerateStreamResponse(model=request.model, delta=delta)
+            delta = common_pb2.Completion(finish_reason=finish)
+            yield inference_pb2.GenerateStreamResponse(model=request.model, delta=delta, usage=usage)
         except asyncio.CancelledError:
             self.cancelled_streams += 1
             raise

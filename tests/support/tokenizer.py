@@ -64,3 +64,13 @@ async def wait_until_serving(channel: grpc.aio.Channel, service: str = "", timeo
             if response.status == health_pb2.HealthCheckResponse.SERVING:
                 return
             await asyncio.sleep(0.05)
+
+
+def catalog(directory: Path, *names: str, context_length: int = 256) -> list:
+    """Catalog entries for models that all use the tokenizer in ``directory``."""
+    from mesh.catalog import ModelSpec
+
+    return [
+        ModelSpec(name=name, hf_dir=directory, price_input_per_1k=0.0, price_output_per_1k=0.0, context_length=context_length)
+        for name in names or ("test-model",)
+    ]

@@ -16,7 +16,7 @@ def _definition(min_samples: int = 100) -> Experiment:
         min_samples=min_samples,
         variants=[
             {"name": "a", "weight": 5000, "model": "llmesh-small"},
-            {"name": "b", "weight": 5000, "model": "llmesh-large"},
+            {"name": "b", "weight": 5000, "model": "smollm2-135m-instruct"},
         ],
     )
 

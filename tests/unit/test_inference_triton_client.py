@@ -1,5 +1,6 @@
 """The Triton client: tensors per the contract, response checks, timeouts and trace context."""
 
+import json
 import time
 
 import grpc
@@ -7,26 +8,20 @@ import numpy as np
 import pytest
 from opentelemetry import trace
 from tritonclient.grpc import InferResult, service_pb2
-from tritonclient.utils import (
-    InferenceServerException,
-    deserialize_bytes_tensor,
-    np_to_triton_dtype,
-    serialize_byte_tensor,
-)
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from llmesh.common.v1 import common_pb2
 from mesh import deadlines, semconv
 from mesh.settings import MeshSettings
 from services.inference.triton_client import (
     Chunk,
+    RequestRejected,
     TritonClient,
     TritonError,
+    engine_parameters,
     generate_inputs,
     parse_chunk,
-    parse_logprobs,
 )
-
-
 
 
 def result(raw: dict[str, bytes] | None = None, **outputs: np.ndarray) -> InferResult:
@@ -35,75 +30,75 @@ def result(raw: dict[str, bytes] | None = None, **outputs: np.ndarray) -> InferR
     for name, array in outputs.items():
         datatype = np_to_triton_dtype(array.dtype)
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        data = serialize_byte_tensor(array).item() if datatype == "BYTES" else array.tobytes()
-        response.raw_output_contents.append((raw or {}).get(name, data))
+        response.raw_output_contents.append((raw or {}).get(name, array.tobytes()))
     return InferResult(response)
 
 
-def chunk_result(ids, logprobs, finish="", raw=None) -> InferResult:
+def chunk_result(ids, logprobs, finish="", raw=None, *, index=0, usage=(3, 1, 0), top=((), ()), prompt=()):
     return result(
         raw,
         token_ids=np.array(ids, dtype=np.int64),
         token_logprobs=np.array(logprobs, dtype=np.float32),
-        finish_reason=np.array([finish.encode()], dtype=np.object_),
+        top_token_ids=np.array(top[0], dtype=np.int64),
+        top_logprobs=np.array(top[1], dtype=np.float32),
+        prompt_logprobs=np.array(prompt, dtype=np.float32),
+        index=np.array([index], dtype=np.int32),
+        finish_reason=np.frombuffer(finish.encode(), dtype=np.uint8),
+        usage=np.array(usage, dtype=np.int64),
     )
 
 
-def tensors(inputs):
-    return {t.name(): t for t in inputs}
-
-
-def test_generate_inputs_required_only():
-    inputs = tensors(generate_inputs([5, 6, 7], common_pb2.SamplingParams(max_tokens=16)))
-    assert set(inputs) == {"input_ids", "max_tokens"}
+def test_generate_inputs_are_token_ids_and_json_parameters():
+    inputs = {t.name(): t for t in generate_inputs([5, 6, 7], {"max_tokens": 16, "stop": ["é"]})}
+    assert set(inputs) == {"input_ids", "parameters"}
     assert (inputs["input_ids"].datatype(), inputs["input_ids"].shape()) == ("INT64", [3])
     assert np.frombuffer(inputs["input_ids"]._get_content(), np.int64).tolist() == [5, 6, 7]
-    assert (inputs["max_tokens"].datatype(), inputs["max_tokens"].shape()) == ("INT32", [1])
-    assert np.frombuffer(inputs["max_tokens"]._get_content(), np.int32).tolist() == [16]
+    # UTF-8 bytes in a UINT8 tensor: nothing crosses the engine's stub through numpy strings.
+    assert inputs["parameters"].datatype() == "UINT8"
+    assert json.loads(inputs["parameters"]._get_content()) == {"max_tokens": 16, "stop": ["é"]}
 
 
-def test_generate_inputs_optional_when_set():
-    sampling = common_pb2.SamplingParams(max_tokens=4, temperature=0.0, top_p=0.9, seed=42, stop=["\n", "END"])
-    inputs = tensors(generate_inputs([1], sampling))
-    # temperature 0 (greedy) is set, so it is sent.
-    assert np.frombuffer(inputs["temperature"]._get_content(), np.float32).tolist() == [0.0]
-    assert inputs["top_p"].datatype() == "FP32"
-    assert np.frombuffer(inputs["top_p"]._get_content(), np.float32)[0] == pytest.approx(0.9)
-    assert np.frombuffer(inputs["seed"]._get_content(), np.int64).tolist() == [42]
-    assert (inputs["stop"].datatype(), inputs["stop"].shape()) == ("BYTES", [2])
-    assert deserialize_bytes_tensor(inputs["stop"]._get_content()).tolist() == [b"\n", b"END"]
+def test_engine_parameters_send_only_what_is_set():
+    assert engine_parameters(common_pb2.SamplingParams(max_tokens=4)) == {"max_tokens": 4}
+    sampling = common_pb2.SamplingParams(
+        max_tokens=4, temperature=0.0, top_p=0.5, seed=42, stop=["\n"], n=2, top_logprobs=3,
+        presence_penalty=0.5, logit_bias={7: -100.0},
+        structured_output=common_pb2.StructuredOutput(json_schema='{"type": "object"}'),
+    )
+    assert engine_parameters(sampling) == {
+        "max_tokens": 4, "temperature": 0.0, "top_p": 0.5, "seed": 42, "stop": ["\n"], "n": 2, "logprobs": 3,
+        "presence_penalty": 0.5, "logit_bias": {"7": -100.0}, "structured_output": {"json": {"type": "object"}},
+    }
+    with pytest.raises(RequestRejected):
+        engine_parameters(common_pb2.SamplingParams(structured_output=common_pb2.StructuredOutput(json_schema="{")))
 
 
 def test_parse_chunk():
-    assert parse_chunk(chunk_result([3, 4], [-0.5, -1.5])) == Chunk([3, 4], [-0.5, -1.5], "")
-    # The last chunk may carry no tokens at all (max_tokens 0, or a stop string held back).
-    assert parse_chunk(chunk_result([], [], "stop")) == Chunk([], [], "stop")
+    parsed = parse_chunk(chunk_result([3, 4], [-0.5, -1.5], "length", index=1, usage=(9, 2, 4), top=([3, 5, 4, 6], [-0.5, -2, -1.5, -3])))
+    assert parsed == Chunk(
+        index=1, token_ids=[3, 4], token_logprobs=[-0.5, -1.5], top_logprobs=[([3, 5], [-0.5, -2.0]), ([4, 6], [-1.5, -3.0])],
+        finish_reason="length", prompt_tokens=9, completion_tokens=2, cached_tokens=4,
+    )
+    # The last chunk may carry no tokens at all.
+    assert parse_chunk(chunk_result([], [], "stop")).finish_reason == "stop"
+    assert parse_chunk(chunk_result([], [], prompt=[-1.0, -2.0])).prompt_logprobs == [-1.0, -2.0]
 
 
 @pytest.mark.parametrize(
     "bad",
     [
-        # What a stub running numpy 2 sends: the right shapes, no bytes.
-        chunk_result([3, 4], [-0.5, -1.5], raw={"token_ids": b"", "token_logprobs": b"", "finish_reason": b""}),
-        chunk_result([3], [-0.5], raw={"finish_reason": b""}),
+        # What a stub sending tensors through numpy 2 sends: the right shapes, no bytes.
+        chunk_result([3, 4], [-0.5, -1.5], raw={"token_ids": b"", "token_logprobs": b"", "usage": b""}),
+        chunk_result([3], [-0.5], raw={"usage": b""}),
         chunk_result([3, 4], [-0.5]),
-        chunk_result([], []),
+        chunk_result([3, 4], [-0.5, -1.5], top=([1, 2, 3], [-1, -2, -3])),
         result(token_ids=np.array([3], dtype=np.int64), token_logprobs=np.array([-0.5], dtype=np.float32)),
     ],
-    ids=["all-empty", "empty-finish-reason", "length-mismatch", "no-tokens-not-last", "missing-output"],
+    ids=["all-empty", "empty-usage", "length-mismatch", "ragged-alternatives", "missing-output"],
 )
 def test_parse_chunk_rejects_malformed(bad):
     with pytest.raises(TritonError):
         parse_chunk(bad)
-
-
-def test_parse_logprobs_checks_count():
-    lp = np.array([[-1.0, -2.0]], dtype=np.float32)
-    assert parse_logprobs(result(token_logprobs=lp), 3).tolist() == [-1.0, -2.0]
-    with pytest.raises(TritonError):
-        parse_logprobs(result(token_logprobs=lp, raw={"token_logprobs": b""}), 3)
-    with pytest.raises(TritonError):
-        parse_logprobs(result(token_logprobs=lp), 5)
 
 
 class FakeStream:
@@ -124,41 +119,35 @@ class FakeStream:
 class FakeTritonGrpc:
     """Stands in for tritonclient's aio client and records how it was called."""
 
-    def __init__(self, items=(), infer_result=None):
+    def __init__(self, items=()):
         self.items = list(items)
-        self.infer_result = infer_result
         self.calls = []
 
     def stream_infer(self, inputs_iterator, stream_timeout=None, headers=None):
-        self.calls.append({"timeout": stream_timeout, "headers": headers})
+        self.calls.append({"timeout": stream_timeout, "headers": headers, "inputs": inputs_iterator})
         self.stream = FakeStream(self.items)
         return self.stream
-
-    async def infer(self, model_name, inputs, client_timeout=None, headers=None):
-        self.calls.append({"model": model_name, "inputs": inputs, "timeout": client_timeout, "headers": headers})
-        if isinstance(self.infer_result, Exception):
-            raise self.infer_result
-        return self.infer_result
 
 
 @pytest.fixture
 async def client():
-    triton = TritonClient(MeshSettings(default_deadline_s=7.0, scoring_model="scorer"))
+    triton = TritonClient(MeshSettings(default_deadline_s=7.0))
     await triton.close()  # its real channel is replaced below
     return triton
 
 
-async def collect(client, model="m", ids=(1, 2, 3), **sampling):
-    params = common_pb2.SamplingParams(max_tokens=8, **sampling)
-    return [chunk async for chunk in client.generate_stream(model, list(ids), params)]
+async def collect(client, model="m", ids=(1, 2, 3), **params):
+    return [chunk async for chunk in client.generate_stream(model, list(ids), {"max_tokens": 8, **params})]
 
 
 async def test_generate_stream_forwards_trace_context(client, spans):
     spans.clear()
-    client._client = FakeTritonGrpc([(chunk_result([7], [-0.5]), None), (chunk_result([8], [-0.25], "length"), None)])
+    client._client = FakeTritonGrpc(
+        [(chunk_result([7], [-0.5]), None), (chunk_result([8], [-0.25], "length", usage=(3, 2, 0)), None)]
+    )
     with trace.get_tracer("test").start_as_current_span("caller") as caller:
         chunks = await collect(client, temperature=0.5)
-    assert chunks == [Chunk([7], [-0.5]), Chunk([8], [-0.25], "length")]
+    assert [(c.token_ids, c.finish_reason) for c in chunks] == [([7], ""), ([8], "length")]
 
     span = next(s for s in spans.get_finished_spans() if s.name == semconv.SPAN_TRITON_GENERATE)
     assert span.parent.span_id == caller.get_span_context().span_id
@@ -170,13 +159,12 @@ async def test_generate_stream_forwards_trace_context(client, spans):
     assert attrs[semconv.GEN_AI_REQUEST_MODEL] == "m"
     assert attrs[semconv.GEN_AI_REQUEST_TEMPERATURE] == 0.5
     assert (attrs[semconv.GEN_AI_USAGE_INPUT_TOKENS], attrs[semconv.GEN_AI_USAGE_OUTPUT_TOKENS]) == (3, 2)
-    assert attrs[semconv.GEN_AI_RESPONSE_FINISH_REASONS] == ("length",)
     assert not client._client.stream.cancelled
 
 
 async def test_abandoned_stream_is_cancelled_in_triton(client):
     client._client = FakeTritonGrpc([(chunk_result([7], [-0.5]), None), (chunk_result([8], [-0.25], "stop"), None)])
-    chunks = client.generate_stream("m", [1], common_pb2.SamplingParams(max_tokens=8))
+    chunks = client.generate_stream("m", [1], {"max_tokens": 8})
     await anext(chunks)
     await chunks.aclose()  # what happens when our own caller goes away
     assert client._client.stream.cancelled
@@ -200,31 +188,36 @@ async def test_generate_stream_timeout_follows_inbound_deadline(client):
         [(None, InferenceServerException("model raised"))],
         [(chunk_result([7], [-0.5]), None), grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "gone")],
         [(chunk_result([7], [-0.5]), None)],
+        [(chunk_result([7], [-0.5], "stop"), None)],
     ],
-    ids=["error-response", "grpc-error-mid-stream", "ends-without-finish-reason"],
+    ids=["error-response", "grpc-error-mid-stream", "ends-without-finish-reason", "one-of-two-answers-finished"],
 )
 async def test_generate_stream_failures_raise_triton_error(client, spans, items):
     spans.clear()
     client._client = FakeTritonGrpc(items)
     with pytest.raises(TritonError):
-        await collect(client)
+        await collect(client, n=2)
     (span,) = spans.get_finished_spans()
     assert span.status.status_code is trace.StatusCode.ERROR
 
 
-async def test_score_sends_a_batch_of_one(client, spans):
+async def test_an_engine_refusal_is_the_clients_fault(client):
+    message = f"[request id: <id_unknown>] {semconv.ENGINE_INVALID_REQUEST_PREFIX}prompt exceeds the context"
+    client._client = FakeTritonGrpc([(None, InferenceServerException(message))])
+    with pytest.raises(RequestRejected, match="^prompt exceeds the context$"):
+        await collect(client)
+
+
+async def test_score_asks_for_prompt_logprobs_and_checks_their_count(client, spans):
     spans.clear()
-    client._client = FakeTritonGrpc(infer_result=result(token_logprobs=np.array([[-1.0, -3.0]], dtype=np.float32)))
-    assert (await client.score([4, 5, 6])).tolist() == [-1.0, -3.0]
-    call = client._client.calls[0]
-    (tensor,) = call["inputs"]
-    assert (call["model"], tensor.name(), tensor.shape()) == ("scorer", "input_ids", [1, 3])
+    client._client = FakeTritonGrpc([(chunk_result([9], [-0.1], "length", prompt=[-1.0, -3.0]), None)])
+    assert await client.score("m", [4, 5, 6]) == [-1.0, -3.0]
+    (call,) = client._client.calls
+    (request,) = [r async for r in call["inputs"]]
+    params = json.loads(next(t for t in request["inputs"] if t.name() == "parameters")._get_content())
+    assert params == {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": True}
     (span,) = spans.get_finished_spans()
     assert span.name == semconv.SPAN_TRITON_SCORE
-    assert call["headers"]["traceparent"].split("-")[2] == f"{span.context.span_id:016x}"
-
-
-async def test_score_failure_raises_triton_error(client):
-    client._client = FakeTritonGrpc(infer_result=InferenceServerException("unavailable"))
+    client._client = FakeTritonGrpc([(chunk_result([9], [-0.1], "length", prompt=[-1.0]), None)])
     with pytest.raises(TritonError):
-        await client.score([4, 5, 6])
+        await client.score("m", [4, 5, 6])

@@ -49,11 +49,10 @@ def test_eval_split_is_held_out(items):
     assert corpus_mod.build_corpus(items).eval_rows == corpus.eval_rows
 
 
-@pytest.mark.parametrize("name", ["small", "large"])
-def test_quick_models_load_and_generate(quick_run, name):
+def test_quick_model_loads_and_generates(quick_run):
     out, _ = quick_run
-    tok = AutoTokenizer.from_pretrained(out / name)
-    model = AutoModelForCausalLM.from_pretrained(out / name)
+    tok = AutoTokenizer.from_pretrained(out / "small")
+    model = AutoModelForCausalLM.from_pretrained(out / "small")
 
     text = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
     assert text == "<|im_start|>user\nWhat does `json.dumps` do?<|im_end|>\n<|im_start|>assistant\n"
@@ -74,8 +73,9 @@ def test_quick_models_load_and_generate(quick_run, name):
 def test_quick_run_writes_metrics_and_eval(quick_run):
     out, metrics = quick_run
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["models"].keys() == {"small", "large"}
-    assert saved["models"]["large"]["params"] > saved["models"]["small"]["params"]
+    assert saved["models"].keys() == {"small"}
+    # vLLM's CPU attention takes heads of 32 dimensions or more.
+    assert saved["models"]["small"]["n_embd"] // saved["models"]["small"]["n_head"] >= 32
     assert saved == metrics
     rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
     assert rows and all(r["prompt"] and r["reference"] for r in rows)

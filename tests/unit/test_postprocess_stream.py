@@ -6,8 +6,8 @@ import random
 import pytest
 from transformers import AutoTokenizer
 
-from services.postprocess.stream import HoldBackBuffer, IncrementalDetokenizer, ModeratedDecoder
-from services.preprocess.settings import PreprocessSettings
+from mesh.catalog import default_models, find_model
+from services.postprocess.stream import HoldBackBuffer, IncrementalDetokenizer, ModeratedDecoder, StopStrings
 from support.tokenizer import build_tokenizer
 from services.safety.lexicon import Entry, Lexicon
 
@@ -20,7 +20,7 @@ LEXICON = Lexicon(
 )
 
 
-TRAINED_TOKENIZER = PreprocessSettings().tokenizer_path()
+TRAINED_TOKENIZER = find_model(default_models(), "llmesh-small").resolved_dir()
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +164,33 @@ def test_moderated_decoder_token_by_token(tokenizer, text, safe_prefix):
         released += delta
     assert match is not None
     assert safe_prefix.startswith(released.replace("：", ":"))
+
+
+# -- stop strings -------------------------------------------------------------------------------
+
+
+def released_with_stop(text: str, stops: list[str], size: int) -> str:
+    cutter = StopStrings(stops)
+    pieces = [cutter.push(text[i : i + size]) for i in range(0, len(text), size)]
+    return "".join(pieces) + cutter.push("", final=True)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 100])
+def test_text_ends_before_the_first_stop_string_however_it_arrives(size):
+    assert released_with_stop("The capital is Paris.\nNext question", ["\n", "Next"], size) == "The capital is Paris."
+
+
+@pytest.mark.parametrize("size", [1, 2, 5])
+def test_no_piece_of_a_stop_string_is_ever_released(size):
+    cutter, released = StopStrings(["END"]), []
+    for i in range(0, len("abc EN"), size):
+        released.append(cutter.push("abc EN"[i : i + size]))
+    assert "".join(released) == "abc "  # "EN" could still become END: held back
+    assert cutter.push("D and more") == "" and cutter.stopped
+    assert StopStrings(["END"]).push("abc EN", final=True) == "abc EN"  # it never came
+
+
+def test_decoder_applies_stop_strings_before_moderation(tokenizer):
+    decoder = ModeratedDecoder(tokenizer, Lexicon([]), stop=["world"])
+    text, match = decoder.push(tokenizer.encode("Hello world, this", add_special_tokens=False), final=True)
+    assert (text, match) == ("Hello ", None)

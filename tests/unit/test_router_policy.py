@@ -10,11 +10,11 @@ import pytest
 from pydantic import ValidationError
 
 from llmesh.router.v1 import router_pb2
-from services.inference.triton_client import TritonError
 from services.router.budget import Budgets, seconds_to_reset
 from services.router.learned import FEATURES, LearnedRouter, feature_vector
 from services.router.load import NoLoad
 from services.router.policies import (
+    ScoringFailed,
     CascadePolicy,
     CostAwarePolicy,
     Decision,
@@ -66,7 +66,7 @@ async def test_signals_score_only_the_last_tokens_and_only_once():
     ("scorer", "prompt", "why"),
     [
         (FakeScorer(), [1], "too short"),
-        (FakeScorer(error=TritonError("model not ready")), [1, 2, 3], "scoring model unavailable"),
+        (FakeScorer(error=ScoringFailed("UNAVAILABLE: circuit open")), [1, 2, 3], "scoring model unavailable"),
         (FakeScorer(delay_s=1.0), [1, 2, 3], "timed out"),
     ],
     ids=["one-token", "scoring-error", "scoring-slow"],
@@ -83,7 +83,7 @@ async def test_signals_unavailable(scorer, prompt, why):
     [
         (-1.0, Decision("llmesh-small", "perplexity 2.7 <= 30.0")),
         (-math.log(29.9), Decision("llmesh-small", "perplexity 29.9 <= 30.0")),
-        (-math.log(41.2), Decision("llmesh-large", "perplexity 41.2 > 30.0")),
+        (-math.log(41.2), Decision("smollm2-135m-instruct", "perplexity 41.2 > 30.0")),
     ],
     ids=["easy", "just-under", "hard"],
 )
@@ -136,23 +136,23 @@ def signals_for(ppl: float, tokens: int = 3, text: str = "x") -> Signals:
 async def test_random_policy_sends_its_share_to_the_large_model():
     policy = RandomPolicy(SETTINGS.model_copy(update={"random_large_share": 0.3}), random.Random(7))
     models = [(await policy.decide(router_pb2.RouteRequest(), signals_for(5))).model for _ in range(2000)]
-    assert models.count("llmesh-large") / len(models) == pytest.approx(0.3, abs=0.03)
+    assert models.count("smollm2-135m-instruct") / len(models) == pytest.approx(0.3, abs=0.03)
 
 
 async def test_fixed_policy():
-    policy = FixedPolicy(SETTINGS.model_copy(update={"fixed_model": "llmesh-large"}))
+    policy = FixedPolicy(SETTINGS.model_copy(update={"fixed_model": "smollm2-135m-instruct"}))
     assert await policy.decide(router_pb2.RouteRequest(), signals_for(5)) == Decision(
-        "llmesh-large", "fixed llmesh-large"
+        "smollm2-135m-instruct", "fixed smollm2-135m-instruct"
     )
 
 
 async def test_cascade_starts_small_and_names_the_escalation():
     policy = CascadePolicy(SETTINGS.model_copy(update={"cascade_min_logprob": -2.0}))
     decision = await policy.decide(router_pb2.RouteRequest(), signals_for(50))
-    assert (decision.model, decision.escalate_to, decision.escalate_below) == ("llmesh-small", "llmesh-large", -2.0)
+    assert (decision.model, decision.escalate_to, decision.escalate_below) == ("llmesh-small", "smollm2-135m-instruct", -2.0)
 
 
-@pytest.mark.parametrize(("ppl", "model"), [(50.0, "llmesh-large"), (5.0, "llmesh-small")])
+@pytest.mark.parametrize(("ppl", "model"), [(50.0, "smollm2-135m-instruct"), (5.0, "llmesh-small")])
 async def test_cascade_routes_streams_up_front_and_never_escalates_them(ppl, model):
     policy = CascadePolicy(SETTINGS)
     decision = await policy.decide(router_pb2.RouteRequest(stream=True), signals_for(ppl))
@@ -170,7 +170,7 @@ async def test_cascade_offline_score_is_the_small_answers_confidence():
         await policy.score(router_pb2.RouteRequest(), signals_for(5))
 
 
-@pytest.mark.parametrize(("ppl", "model"), [(40.0, "llmesh-large"), (2.5, "llmesh-small")])
+@pytest.mark.parametrize(("ppl", "model"), [(40.0, "smollm2-135m-instruct"), (2.5, "llmesh-small")])
 async def test_learned_policy(ppl, model):
     policy = LearnedPolicy(SETTINGS, learned_router(weight_on_log_ppl=3.0, gain_per_log_ppl=0.1))
     decision = await policy.decide(router_pb2.RouteRequest(), signals_for(ppl))
@@ -197,21 +197,21 @@ async def test_cost_aware_weighs_predicted_gain_against_extra_cost():
     # 3 prompt + 10 output tokens: small 0.0000023, large 0.000023; extra 0.0000207.
     # A gain of 0.5 per extra 0.0000207 is ~24000 per currency unit.
     request = router_pb2.RouteRequest()
-    assert (await cost_aware(NoLoad(), 1e4).decide(request, signals_for(5))).model == "llmesh-large"
+    assert (await cost_aware(NoLoad(), 1e4).decide(request, signals_for(5))).model == "smollm2-135m-instruct"
     assert (await cost_aware(NoLoad(), 1e5).decide(request, signals_for(5))).model == "llmesh-small"
     assert (await cost_aware(NoLoad(), 1e4, gain_bias=-0.1).decide(request, signals_for(5))).model == "llmesh-small"
 
 
 async def test_a_saturated_model_gets_dearer():
     request = router_pb2.RouteRequest()
-    assert (await cost_aware(FixedLoad({"llmesh-large": 1.0})).decide(request, signals_for(5))).model == "llmesh-large"
-    saturated = cost_aware(FixedLoad({"llmesh-large": 4.0}))
+    assert (await cost_aware(FixedLoad({"smollm2-135m-instruct": 1.0})).decide(request, signals_for(5))).model == "smollm2-135m-instruct"
+    saturated = cost_aware(FixedLoad({"smollm2-135m-instruct": 4.0}))
     decision = await saturated.decide(request, signals_for(5))
     assert decision.model == "llmesh-small" and decision.reason.startswith("gain per extra cost")
     # And a saturated small model makes the large one the cheaper choice.
     assert (
         await cost_aware(FixedLoad({"llmesh-small": 20.0}), 1e6).decide(request, signals_for(5))
-    ).model == "llmesh-large"
+    ).model == "smollm2-135m-instruct"
 
 
 def test_feature_vector_order():

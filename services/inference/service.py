@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 from opentelemetry import trace
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
@@ -17,7 +17,7 @@ from mesh import semconv
 from mesh.catalog import find_model
 from mesh.deadlines import remaining_s
 from mesh.errors import abort
-from services.inference.circuit import CircuitBreaker
+from services.inference.circuit import CircuitBreaker, State
 from services.inference.settings import InferenceSettings
 from services.inference.triton_client import Chunk, TritonClient, TritonError
 
@@ -28,6 +28,11 @@ FAILOVERS = Counter(
     "Requests handed from a failed (or circuit-open) model to the next in their fallback chain",
     ["from_model", "to_model"],
 )
+
+BREAKER_STATE = Gauge(
+    semconv.METRIC_INFERENCE_BREAKER_STATE, "Each model's circuit breaker: 0 closed, 1 half-open, 2 open", ["model"]
+)
+_BREAKER_STATE_VALUES = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
 
 _FINISH_REASONS = {"stop": common_pb2.FINISH_REASON_STOP, "length": common_pb2.FINISH_REASON_LENGTH}
 
@@ -73,6 +78,8 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         self.breakers = {
             model.name: CircuitBreaker(model.name, settings.breaker_config(), clock) for model in settings.models
         }
+        for name, breaker in self.breakers.items():
+            BREAKER_STATE.labels(name).set_function(lambda breaker=breaker: _BREAKER_STATE_VALUES[breaker.state])
 
     def register(self, server: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(self, server)

@@ -243,7 +243,7 @@ async def _route_latencies(stub, prompts: list[list[int]], concurrency: int) -> 
 @contextlib.contextmanager
 def _router_addr(settings: RouterSettings):
     """The running router (`make run`), else Triton with the scoring model and a router process."""
-    from cli.stack import grpc_serving
+    from mesh.probe import grpc_serving
 
     if grpc_serving(settings.router_addr)():
         err.print(f"benchmarking the running router at {settings.router_addr}")

@@ -14,7 +14,7 @@ SMOLLM2 := $(SMOLLM2_DIR)/config.json
 # apt-get needs root; use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help run test test-unit test-integration test-e2e venv engine redis protos models retrain certs clean
+.PHONY: help run test test-unit test-integration test-e2e venv engine redis protos models retrain certs k8s-generate clean
 
 help:
 	@echo "make run      start the whole stack (Triton with vLLM, Redis, services, gateway) on the documented ports"
@@ -78,6 +78,10 @@ retrain: venv
 # A local CA and a certificate per service in certs/ (gitignored), for mutual TLS in the mesh.
 certs: venv
 	$(VENV)/bin/llmesh certs --out certs
+
+# The Istio routes of k8s/components/istio from its experiments.yaml (a test checks they match).
+k8s-generate: venv
+	$(VENV)/bin/llmesh experiments export-istio k8s/components/istio/experiments.yaml --out k8s/components/istio/generated.yaml
 
 clean:
 	rm -rf .run .cache .pytest_cache

@@ -138,6 +138,22 @@ def report(
         out.print(f"chart: {path}")
 
 
+@app.command("export-istio")
+def export_istio(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="experiment definitions (YAML)"),
+    out_path: Path | None = typer.Option(None, "--out", help="write here instead of stdout"),
+) -> None:
+    """Istio DestinationRules and VirtualServices that route each variant to its deployment."""
+    from cli.istio import render
+
+    text = render(path)
+    if out_path is None:
+        print(text, end="")
+    else:
+        out_path.write_text(text)
+        err.print(f"wrote {out_path}")
+
+
 def _write_chart(result: dict, path: Path | None) -> Path:
     path = path or CHART_DIR / f"{result['experiment']}.png"
     path.parent.mkdir(parents=True, exist_ok=True)

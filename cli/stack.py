@@ -21,10 +21,10 @@ from pathlib import Path
 import grpc
 import httpx
 import redis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cli import certs
 from mesh.net import free_port, free_ports
+from mesh.probe import grpc_serving
 from mesh.settings import REPO_ROOT
 from services.inference.triton_server import TritonServer, TritonStartError
 
@@ -100,21 +100,6 @@ def stack_env(ports: Ports, run_dir: Path) -> dict[str, str]:
         "LLMESH_TRACE_DB": str(run_dir / "traces.db"),
         "LLMESH_AUDIT_DIR": str(run_dir / "audit"),
     }
-
-
-def grpc_serving(target: str, credentials: grpc.ChannelCredentials | None = None) -> Callable[[], bool]:
-    """A probe: is the gRPC server at ``target`` SERVING (grpc.health.v1)?"""
-
-    def check() -> bool:
-        channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
-        with channel:
-            try:
-                response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-            except grpc.RpcError:
-                return False
-        return response.status == health_pb2.HealthCheckResponse.SERVING
-
-    return check
 
 
 def _http_ok(url: str) -> Callable[[], bool]:

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from gateway.audit import AuditLog, Outcome
 from gateway.errors import GatewayError
+from gateway.metrics import observe_finished
 from gateway.pipeline import ChatInput, ChatResult, ChatStream, Pipeline, StreamChunk, finish_reason_name
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey, Tenancy
@@ -141,6 +142,7 @@ class Guard:
     async def _finished(self, outcome: Outcome) -> None:
         # Charging and auditing must not turn an answered request into a failure; a failure
         # here is logged loudly instead (the chain itself stays consistent).
+        observe_finished(outcome)
         try:
             await self.tenancy.debit(outcome.tenant, outcome.prompt_tokens + outcome.completion_tokens)
         except RedisError:

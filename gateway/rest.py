@@ -27,7 +27,7 @@ from gateway.errors import GatewayError, log_failure
 from gateway.experiments import api as experiments_api
 from gateway.guard import Guard
 from gateway.keys_api import api_key
-from gateway.metrics import DURATION, REQUESTS
+from gateway.metrics import DURATION, IN_FLIGHT, REQUESTS
 from gateway.openai_format import (
     CHAT,
     COMPLETION,
@@ -226,9 +226,11 @@ class _Observe:
                     MutableHeaders(scope=message).append("x-trace-id", format(span_context.trace_id, "032x"))
             await send(message)
 
+        IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, observed_send)
         finally:
+            IN_FLIGHT.dec()
             # The route template, not the path, keeps label values bounded.
             route = getattr(scope.get("route"), "path", "unmatched")
             elapsed = time.perf_counter() - started

@@ -8,6 +8,7 @@ import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from mesh.deadlines import client_interceptors as deadline_interceptors
+from mesh.routing import client_interceptors as assignment_interceptors
 from mesh.server import transport_options
 from mesh.settings import MeshSettings
 
@@ -42,7 +43,11 @@ def build_channel(target: str, settings: MeshSettings) -> grpc.aio.Channel:
         ("grpc.service_config", service_config(settings)),
     ]
     # Deadline first so the tracing interceptor records the effective timeout.
-    interceptors = [*deadline_interceptors(settings.default_deadline_s), *aio_client_interceptors()]
+    interceptors = [
+        *deadline_interceptors(settings.default_deadline_s),
+        *assignment_interceptors(),
+        *aio_client_interceptors(),
+    ]
     if not settings.tls_enabled:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     if settings.tls_server_name:

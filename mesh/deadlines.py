@@ -75,7 +75,37 @@ class DeadlineServerInterceptor(grpc.aio.ServerInterceptor):
         return wrap_handler(await continuation(handler_call_details), _with_deadline)
 
 
-class _DeadlineClientInterceptor:
+class DetailsClientInterceptor:
+    """Base of client interceptors that only change a call's details (timeout, metadata)."""
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        raise NotImplementedError
+
+    async def intercept_unary_unary(self, continuation, details, request):
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_unary(self, continuation, details, request_iterator):
+        return await continuation(self._details(details), request_iterator)
+
+    async def intercept_stream_stream(self, continuation, details, request_iterator):
+        return await continuation(self._details(details), request_iterator)
+
+
+def for_every_call_kind(base: type[DetailsClientInterceptor], *args) -> list:
+    """One instance per aio call kind: grpc.aio picks interceptors by their base class."""
+    kinds = (
+        grpc.aio.UnaryUnaryClientInterceptor,
+        grpc.aio.UnaryStreamClientInterceptor,
+        grpc.aio.StreamUnaryClientInterceptor,
+        grpc.aio.StreamStreamClientInterceptor,
+    )
+    return [type(f"{base.__name__}{kind.__name__}", (base, kind), {})(*args) for kind in kinds]
+
+
+class DeadlineClientInterceptor(DetailsClientInterceptor):
     def __init__(self, default_deadline_s: float) -> None:
         self.default_deadline_s = default_deadline_s
 
@@ -93,28 +123,5 @@ class _DeadlineClientInterceptor:
         )
 
 
-class DeadlineUnaryUnary(_DeadlineClientInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, details, request):
-        return await continuation(self._details(details), request)
-
-
-class DeadlineUnaryStream(_DeadlineClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation, details, request):
-        return await continuation(self._details(details), request)
-
-
-class DeadlineStreamUnary(_DeadlineClientInterceptor, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation, details, request_iterator):
-        return await continuation(self._details(details), request_iterator)
-
-
-class DeadlineStreamStream(_DeadlineClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation, details, request_iterator):
-        return await continuation(self._details(details), request_iterator)
-
-
 def client_interceptors(default_deadline_s: float) -> list:
-    return [
-        cls(default_deadline_s)
-        for cls in (DeadlineUnaryUnary, DeadlineUnaryStream, DeadlineStreamUnary, DeadlineStreamStream)
-    ]
+    return for_every_call_kind(DeadlineClientInterceptor, default_deadline_s)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import grpc
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from mesh import semconv
 from mesh.deadlines import wrap_handler
@@ -17,6 +17,8 @@ RPC_DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 RPC_REQUESTS = Counter(semconv.METRIC_RPC_SERVER_REQUESTS, "gRPC server calls", ["method", "code"])
+# What the CPU tiers autoscale on (k8s/components/hpa), besides CPU.
+RPC_IN_FLIGHT = Gauge(semconv.METRIC_RPC_SERVER_IN_FLIGHT, "gRPC server calls in progress")
 
 
 def _code_name(context, failed: bool) -> str:
@@ -34,6 +36,7 @@ class MetricsServerInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
 
         def observe(started: float, context, failed: bool) -> None:
+            RPC_IN_FLIGHT.dec()
             RPC_DURATION.labels(method).observe(time.perf_counter() - started)
             RPC_REQUESTS.labels(method, _code_name(context, failed)).inc()
 
@@ -42,6 +45,7 @@ class MetricsServerInterceptor(grpc.aio.ServerInterceptor):
 
                 async def stream_behavior(request, context):
                     started, failed = time.perf_counter(), True
+                    RPC_IN_FLIGHT.inc()
                     try:
                         async for response in behavior(request, context):
                             yield response
@@ -53,6 +57,7 @@ class MetricsServerInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_behavior(request, context):
                 started, failed = time.perf_counter(), True
+                RPC_IN_FLIGHT.inc()
                 try:
                     response = await behavior(request, context)
                     failed = False

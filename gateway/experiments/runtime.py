@@ -27,7 +27,7 @@ from gateway.experiments.assignment import assign, in_share
 from gateway.experiments.definitions import Experiment, Shadow, conflicts, load_file
 from gateway.experiments.store import ExperimentStore, Outcome, ShadowComparison
 from gateway.settings import GatewaySettings
-from mesh import semconv
+from mesh import routing, semconv
 from mesh.catalog import AUTO_MODEL, find_model
 from mesh.discovery import PRIMARY, ChannelPool
 
@@ -250,6 +250,7 @@ class Trial:
         if self.shadow is not None:
             experiment, shadow = self.shadow
             context.experiments[experiment.name] = f"shadow:{shadow.name}"
+            routing.set_assignment(context.experiments)
             self._steer(experiment, shadow.deployment, shadow.model)
             return
         for experiment in self.experiments.active.values():
@@ -266,6 +267,7 @@ class Trial:
             variant = experiment.variant(name)
             self._steer(experiment, variant.deployment, variant.model)
         span.set_attributes({semconv.LLMESH_EXPERIMENT_PREFIX + name: v for name, v in context.experiments.items()})
+        routing.set_assignment(context.experiments)
         if self.recorded:
             self.experiments.spawn(
                 self.experiments.store.remember(context.request_id, self.recorded, context.tenant_id)

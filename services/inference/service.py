@@ -32,7 +32,10 @@ FAILOVERS = Counter(
     "Requests handed from a failed (or circuit-open) model to the next in their fallback chain",
     ["from_model", "to_model"],
 )
-BREAKER_OPEN = Gauge(semconv.METRIC_INFERENCE_BREAKER_OPEN, "1 while a model's circuit breaker is open", ["model"])
+BREAKER_STATE = Gauge(
+    semconv.METRIC_INFERENCE_BREAKER_STATE, "Each model's circuit breaker: 0 closed, 1 half-open, 2 open", ["model"]
+)
+_BREAKER_STATE_VALUES = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
 
 _FINISH_REASONS = {
     "stop": common_pb2.FINISH_REASON_STOP,
@@ -98,6 +101,9 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         self.breakers = {
             model.name: CircuitBreaker(model.name, settings.breaker_config(), clock) for model in settings.models
         }
+        for name, breaker in self.breakers.items():
+            # Read when scraped, so the gauge is never behind the breaker.
+            BREAKER_STATE.labels(name).set_function(lambda breaker=breaker: _BREAKER_STATE_VALUES[breaker.state])
 
     def register(self, server: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(self, server)
@@ -164,10 +170,9 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
             raise
         except TritonError:
             if not _deadline_passed():
-                self._record_failure(breaker)
+                breaker.record_failure()
             raise
         breaker.record_success()
-        self._update_breaker_metric(breaker)
         return result
 
     async def _generate(self, request, context, *, stream: bool) -> AsyncIterator[tuple[str, Chunk]]:
@@ -292,18 +297,9 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         except TritonError:
             # A call cut short by the caller's own deadline says nothing about the model.
             if not _deadline_passed():
-                self._record_failure(breaker)
+                breaker.record_failure()
             raise
         breaker.record_success()
-        self._update_breaker_metric(breaker)
-
-    def _record_failure(self, breaker: CircuitBreaker) -> None:
-        breaker.record_failure()
-        self._update_breaker_metric(breaker)
-
-    @staticmethod
-    def _update_breaker_metric(breaker: CircuitBreaker) -> None:
-        BREAKER_OPEN.labels(breaker.name).set(1.0 if breaker.state is State.OPEN else 0.0)
 
     @staticmethod
     def _record_failover(span: trace.Span, *, from_model: str, to_model: str) -> None:

@@ -146,6 +146,24 @@ def _is_error_line(line: str) -> bool:
     )
 
 
+def trace_args(otlp_endpoint: str | None) -> list[str]:
+    """tritonserver's OpenTelemetry trace mode, exporting to the collector at ``otlp_endpoint``."""
+    if not otlp_endpoint:
+        return []
+    url = otlp_endpoint.rstrip("/")
+    if not url.endswith("/v1/traces"):
+        url += "/v1/traces"
+    settings = [
+        "mode=opentelemetry",
+        "rate=1",
+        "count=-1",
+        "level=TIMESTAMPS",
+        f"opentelemetry,url={url}",
+        "opentelemetry,resource=service.name=triton",
+    ]
+    return [arg for setting in settings for arg in ("--trace-config", setting)]
+
+
 def _die_with_parent_hook() -> Callable[[], None]:
     """A preexec_fn that makes the kernel SIGTERM tritonserver when its parent dies.
 
@@ -237,19 +255,7 @@ class TritonServer:
             f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--log-verbose={self.log_verbose}",
         ]
-        if self.otlp_endpoint:
-            url = self.otlp_endpoint.rstrip("/")
-            if not url.endswith("/v1/traces"):
-                url += "/v1/traces"
-            cmd += [
-                "--trace-config", "mode=opentelemetry",
-                "--trace-config", "rate=1",
-                "--trace-config", "count=-1",
-                "--trace-config", "level=TIMESTAMPS",
-                "--trace-config", f"opentelemetry,url={url}",
-                "--trace-config", "opentelemetry,resource=service.name=triton",
-            ]  # fmt: skip
-        return cmd
+        return cmd + trace_args(self.otlp_endpoint)
 
     def start(self) -> TritonServer:
         if self.proc is not None and self.proc.poll() is None:

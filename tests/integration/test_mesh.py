@@ -6,7 +6,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
+from mesh import routing, semconv
 from mesh.channel import build_channel
 from mesh.deadlines import remaining_s
 from mesh.errors import abort, error_info
@@ -163,3 +165,34 @@ async def test_other_errors_are_not_retried():
         assert calls == 1
     finally:
         await _stop(server, watcher)
+
+
+async def test_assignment_travels_as_headers_and_in_flight_calls_are_counted():
+    """What Istio routes A/B variants by (k8s/components/istio), and what the CPU tiers scale on."""
+    seen: list[dict[str, str]] = []
+    in_flight: list[float] = []
+
+    async def record(request, context):
+        seen.append(dict(context.invocation_metadata()))
+        in_flight.append(REGISTRY.get_sample_value(semconv.METRIC_RPC_SERVER_IN_FLIGHT))
+        return request
+
+    server, port, watcher = await _start({"Echo": _bytes_method(record)})
+    try:
+        async with build_channel(f"127.0.0.1:{port}", SETTINGS) as channel:
+            echo = channel.unary_unary(f"/{ECHO_SERVICE}/Echo")
+
+            async def assigned():
+                routing.set_assignment({"router-threshold": "b", "demo-models": "a"})
+                await echo(b"x")
+
+            await asyncio.create_task(assigned())
+            # Another request's task never sees that assignment.
+            await echo(b"y")
+    finally:
+        await _stop(server, watcher)
+    assert seen[0]["x-llmesh-experiment-router-threshold"] == "b"
+    assert seen[0]["x-llmesh-experiment-demo-models"] == "a"
+    assert not any(key.startswith(routing.HEADER_PREFIX) for key in seen[1])
+    assert in_flight == [1.0, 1.0]
+    assert REGISTRY.get_sample_value(semconv.METRIC_RPC_SERVER_IN_FLIGHT) == 0.0

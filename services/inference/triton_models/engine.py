@@ -255,7 +255,7 @@ class TritonPythonModel:
         engine_kwargs, kv_gib = engine_settings(parameters)
         if kv_gib is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_gib)
-        model_dir = resolve_model_dir(self.name, parameters)
+        model_dir = resolve_model_dir(self.name, parameters, args.get("model_version"))
 
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -427,13 +427,18 @@ class TritonPythonModel:
             self.thread.join(timeout=10)
 
 
-def resolve_model_dir(name: str, parameters: Mapping[str, str]) -> Any:
-    """The HF directory: the variable named by `model_dir_env`, else `model_dir` (relative paths
-    are relative to the repository root, so config.pbtxt stays portable)."""
+def resolve_model_dir(name: str, parameters: Mapping[str, str], version: str | None = None) -> Any:
+    """The HF directory: the variable named by `model_dir_env`, else `model_dir.v<version>`, else
+    `model_dir` (relative paths are relative to the repository root, so config.pbtxt stays
+    portable)."""
     from pathlib import Path
 
     env_name = parameters.get(MODEL_DIR_ENV)
-    raw = (os.environ.get(env_name) if env_name else None) or parameters.get(MODEL_DIR)
+    raw = (
+        (os.environ.get(env_name) if env_name else None)
+        or (parameters.get(f"{MODEL_DIR}.v{version}") if version else None)
+        or parameters.get(MODEL_DIR)
+    )
     if not raw:
         raise ValueError(f"{name}: no `{MODEL_DIR}` parameter in config.pbtxt")
     path = Path(raw).expanduser()

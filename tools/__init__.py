@@ -1,0 +1,1 @@
+"""Offline tools (benchmarks, evaluations, training helpers): no serving process imports them."""

@@ -3,8 +3,8 @@
     python -m services.inference.triton_server [--grpc-port 8001] [--otlp-endpoint URL] ...
 
 runs it in the foreground with `services/inference/model_repository`. `TritonServer` does the
-same from Python (tests, `llmesh up`). See `../shared/notes/triton-on-cpu.md` for why each piece
-of the environment below is needed.
+same from Python (tests, `llmesh up`). docs/ARCHITECTURE.md ("Two Python environments") and the
+comments below say why each piece of the environment is needed.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ contract").
 
 The engine needs numpy 2 and the stub is built against numpy 1, so no tensor crosses the stub
 through numpy: inputs are read and outputs built with DLPack (torch), and text travels as UTF-8
-bytes in UINT8 tensors (``/work/shared`` notes: under numpy 2, ``as_numpy`` and
-``Tensor(name, ndarray)`` lose tensors without an error).
+bytes in UINT8 tensors (under numpy 2, ``as_numpy`` and ``Tensor(name, ndarray)`` lose tensors
+without an error: docs/ARCHITECTURE.md, "Two Python environments").
 
 This module runs in the engine's environment (``.venv-engine``): it imports vLLM and torch, and
 from the repository only ``mesh.semconv`` (names, no dependencies).

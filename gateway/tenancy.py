@@ -93,7 +93,7 @@ for i = 1, 2 do
   local ts = tonumber(state[2]) or now
   level = math.min(capacity, level + math.max(0, now - ts) * rate)
   levels[i] = level
-  local need = math.max(1, capacity * tonumber(ARGV[5] or 0))
+  local need = 1 + capacity * tonumber(ARGV[5] or 0)
   if mode == 'admit' and level < need then waits[i] = (need - level) / rate end
 end
 local allowed = (waits[1] == 0 and waits[2] == 0) and 1 or 0

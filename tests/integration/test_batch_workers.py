@@ -13,7 +13,9 @@ import time
 import httpx
 import openai
 import pytest
+from typer.testing import CliRunner
 
+from cli.main import app as llmesh_cli
 from support.batch_workers import BatchTestbed
 from support.fake_upstreams import BLOCKED_WORD, FAIL_GENERATE, ROUTED_MODEL, SLOW_STREAM, reply_for
 from support.redis_server import RedisServer
@@ -211,6 +213,28 @@ async def test_batch_lines_yield_to_interactive_requests(bed, workers, client):
     assert without_load > len(workers)
     assert under_load <= len(workers)
     assert batch.status == "completed" and batch.request_counts.completed == 100
+
+
+async def test_operator_cli_submit_status_results(bed, workers, tmp_path):
+    source = tmp_path / "questions.jsonl"
+    source.write_text("\n".join(chat_line(f"cli{i}", "hi") for i in range(12)) + "\n")
+    connection = ["--base-url", bed.base_url, "--api-key", bed.keys["acme"]]
+    runner = CliRunner()
+
+    def llmesh(*args):
+        result = runner.invoke(llmesh_cli, [*args, *connection])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    submitted = await asyncio.to_thread(llmesh, "batch", "submit", str(source), "--interval", "0.2")
+    assert "completed, 0 failed of 12" in submitted
+    batch_id = submitted.split("submitted batch ")[1].split()[0]
+    status = json.loads(await asyncio.to_thread(llmesh, "batch", "status", batch_id, "--json"))
+    assert status["status"] == "completed" and status["request_counts"]["completed"] == 12
+    await asyncio.to_thread(llmesh, "batch", "results", batch_id, "--out", str(tmp_path))
+    output = (tmp_path / f"{batch_id}_output.jsonl").read_text().splitlines()
+    assert [json.loads(line)["custom_id"] for line in output] == [f"cli{i}" for i in range(12)]
+    assert batch_id in await asyncio.to_thread(llmesh, "batch", "list")
 
 
 def lines_completed(workers):

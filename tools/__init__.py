@@ -1,0 +1,1 @@
+"""Offline tools: benchmarks, evaluations, dataset builders; no serving process imports them."""

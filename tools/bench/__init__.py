@@ -1,0 +1,1 @@
+"""Benchmarks that print numbers (run on the stack, never inside tests)."""

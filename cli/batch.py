@@ -162,14 +162,16 @@ def list_batches(
     """The tenant's latest batches."""
     with _client(base_url, api_key) as client:
         page = _checked(client.get("/batches", params={"limit": limit})).json()
-    table = Table("status", "completed", "failed", "total", "created")
+    table = Table()
     # Ids stay whole (copy-pasteable) however narrow the terminal.
     table.add_column("batch", no_wrap=True)
+    for name in ("status", "completed", "failed", "total", "created"):
+        table.add_column(name)
     for batch in page["data"]:
         counts = batch["request_counts"]
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(batch["created_at"]))
+        created = time.strftime("%m-%d %H:%M", time.localtime(batch["created_at"]))
         table.add_row(
-            batch["status"], str(counts["completed"]), str(counts["failed"]), str(counts["total"]), created, batch["id"]
+            batch["id"], batch["status"], str(counts["completed"]), str(counts["failed"]), str(counts["total"]), created
         )
     console.print(table)
 

@@ -8,6 +8,7 @@ Every object belongs to the tenant of the key that made it; another tenant's id 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -293,7 +294,8 @@ def batches_router() -> APIRouter:
             await batches.enqueue(record.id)
         except Exception as error:
             # Nothing is left half made: the batch exists only if its work is queued.
-            await batches.store.remove_batch(record)
+            with contextlib.suppress(UpstreamUnavailable):
+                await batches.store.remove_batch(record)
             raise UpstreamUnavailable("The batch queue is unavailable; please retry.") from error
         return record.to_openai()
 

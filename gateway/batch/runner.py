@@ -379,6 +379,11 @@ class BatchRunner:
         await self._patiently(lambda: self.store.release_input(batch))
         await self._patiently(lambda: self.store.drop_results(batch.id))
 
+    async def fail(self, batch_id: str, code: str, message: str) -> None:
+        batch = await self._patiently(lambda: self.store.any_batch(batch_id))
+        if batch is not None and batch.status not in TERMINAL:
+            await self._fail(batch, code, message)
+
     async def _fail(self, batch: BatchRecord, code: str, message: str) -> None:
         errors = {"object": "list", "data": [{"code": code, "message": message, "param": None, "line": None}]}
         statuses = {"validating", "in_progress", "finalizing", "cancelling"}

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import redis
 from celery import Celery, signals
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
@@ -94,22 +94,34 @@ class WorkerProcess:
         self.provider.shutdown()
 
 
+class _ThisProcess:
+    """The pool process's own WorkerProcess, made when Celery starts the process."""
+
+    worker: WorkerProcess | None = None
+
+
 @contextlib.contextmanager
-def _requeue_on_outage() -> Iterator[None]:
-    """Redis (store and broker) away for longer than a task waits: give the message back to
-    the queue rather than drop it (if the broker cannot take it now either, the message stays
-    unacknowledged and the visibility timeout brings it back)."""
+def _durably(batch_id: str) -> Iterator[WorkerProcess]:
+    """Runs a task's body so that its batch always ends up somewhere: Redis (store and broker)
+    away for longer than a task waits gives the message back to the queue (if the broker cannot
+    take it now either, it stays unacknowledged and the visibility timeout brings it back); any
+    other failure fails the batch, visibly, rather than leaving it in progress forever."""
+    worker = _ThisProcess.worker
     try:
-        yield
+        yield worker
+    except (Retry, Reject):
+        raise
     except (UpstreamUnavailable, RedisError, OperationalError, ConnectionError) as error:
         log.warning("store or broker unavailable; the task goes back to the queue", extra={"error": str(error)})
         time.sleep(_REQUEUE_PAUSE_S)
         raise Reject(str(error), requeue=True) from error
+    except Exception as error:
+        log.exception("batch task failed", extra={"batch_id": batch_id})
+        worker.run(worker.runner.fail(batch_id, "internal_error", f"The batch worker failed: {type(error).__name__}."))
 
 
-def create_worker_app(settings: BatchSettings, process: dict[str, WorkerProcess]) -> Celery:
-    """The Celery app with the three tasks; ``process["current"]`` is the pool process's own
-    WorkerProcess, set when the process starts."""
+def create_worker_app(settings: BatchSettings) -> Celery:
+    """The Celery app with the batch tier's three tasks."""
     app = celery_app.create_celery(
         settings,
         {
@@ -125,8 +137,7 @@ def create_worker_app(settings: BatchSettings, process: dict[str, WorkerProcess]
     @app.task(name=celery_app.START, bind=True)
     def start(task, batch_id: str) -> None:
         metrics.TASKS.labels("start", str(_redelivered(task)).lower()).inc()
-        worker = process["current"]
-        with _requeue_on_outage():
+        with _durably(batch_id) as worker:
             plan, first = worker.run(worker.runner.plan(batch_id))
             for index in range(first, len(plan)):
                 app.send_task(celery_app.CHUNK, args=[batch_id, list(astuple(plan[index]))], queue=queue)
@@ -136,8 +147,7 @@ def create_worker_app(settings: BatchSettings, process: dict[str, WorkerProcess]
     def chunk(task, batch_id: str, chunk: list[int]) -> None:
         redelivered = _redelivered(task)
         metrics.TASKS.labels("chunk", str(redelivered).lower()).inc()
-        worker = process["current"]
-        with _requeue_on_outage():
+        with _durably(batch_id) as worker:
             outcome = worker.run(worker.runner.run_chunk(batch_id, Chunk(*chunk), task.request.retries, redelivered))
             if outcome.batch_done:
                 app.send_task(celery_app.FINALIZE, args=[batch_id], queue=queue)
@@ -150,8 +160,7 @@ def create_worker_app(settings: BatchSettings, process: dict[str, WorkerProcess]
     @app.task(name=celery_app.FINALIZE, bind=True)
     def finalize(task, batch_id: str) -> None:
         metrics.TASKS.labels("finalize", str(_redelivered(task)).lower()).inc()
-        worker = process["current"]
-        with _requeue_on_outage():
+        with _durably(batch_id) as worker:
             worker.run(worker.runner.finalize(batch_id))
 
     return app
@@ -185,17 +194,16 @@ class _Readiness:
 
 def run(settings: BatchSettings) -> None:
     node = f"batch-{os.getpid()}@{socket.gethostname()}"
-    process: dict[str, WorkerProcess] = {}
-    app = create_worker_app(settings, process)
+    app = create_worker_app(settings)
     readiness = _Readiness(settings, node)
 
     def start_process(**_: Any) -> None:
-        process["current"] = WorkerProcess(settings, node)
-        process["current"].start()
+        _ThisProcess.worker = WorkerProcess(settings, node)
+        _ThisProcess.worker.start()
 
     def stop_process(**_: Any) -> None:
-        if "current" in process:
-            process["current"].stop()
+        if _ThisProcess.worker is not None:
+            _ThisProcess.worker.stop()
 
     signals.worker_process_init.connect(start_process, weak=False)
     signals.worker_process_shutdown.connect(stop_process, weak=False)

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app as llmesh_cli
+from gateway.tenancy import Tenancy
 from support.batch_workers import BatchTestbed
 from support.fake_upstreams import BLOCKED_WORD, FAIL_GENERATE, ROUTED_MODEL, SLOW_STREAM, reply_for
 from support.redis_server import RedisServer
@@ -176,6 +177,40 @@ async def test_cancel_mid_batch(bed, workers, client):
     assert counts.completed == len(lines) - len(cancelled) and counts.completed + counts.failed == 200
     error = await client.batches.cancel(batch.id)
     assert error.status == "cancelled"
+
+
+async def test_a_batch_whose_input_is_lost_from_storage_fails_visibly(bed, workers, client):
+    source = await client.files.create(file=("in.jsonl", (chat_line("lost", "hi") + "\n").encode()), purpose="batch")
+    (bed.settings.files_dir / source.id).unlink()
+    batch = await client.batches.create(input_file_id=source.id, endpoint=CHAT, completion_window="24h")
+    batch = await finished(client, batch.id)
+    assert batch.status == "failed" and batch.failed_at is not None
+    assert [(e.code, e.message) for e in batch.errors.data] == [
+        ("input_file_missing", "The input file is missing from storage.")
+    ]
+
+
+async def test_revoking_the_key_stops_its_batch(bed, workers):
+    tenancy = Tenancy(bed.settings)
+    key, record = await tenancy.create_key("initech", rpm=1_000_000, tpm=10**9)
+    bed.upstreams.generate_delay_s = 0.05
+    try:
+        async with openai.AsyncOpenAI(base_url=bed.base_url, api_key=key) as initech:
+            batch = await submit(initech, [chat_line(f"v{i}", "hello") for i in range(100)])
+            await wait_until(initech, batch.id, lambda b: b.request_counts.completed >= 10)
+            await tenancy.revoke(record.key_id)
+        # The batch is still the tenant's; a new key of the same tenant reads it.
+        key, _ = await tenancy.create_key("initech")
+        async with openai.AsyncOpenAI(base_url=bed.base_url, api_key=key) as initech:
+            batch = await finished(initech, batch.id)
+            lines = await output_lines(initech, batch)
+    finally:
+        bed.upstreams.generate_delay_s = 0.0
+        await tenancy.close()
+    assert batch.status == "completed" and 10 <= batch.request_counts.completed < 100
+    revoked = [line for line in lines if line["response"]["status_code"] == 401]
+    assert len(revoked) == batch.request_counts.failed == 100 - batch.request_counts.completed
+    assert revoked[0]["response"]["body"]["error"]["type"] == "authentication_error"
 
 
 async def test_batch_lines_yield_to_interactive_requests(bed, workers, client):

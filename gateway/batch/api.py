@@ -34,6 +34,7 @@ COMPLETION_WINDOW = "24h"
 # Room for the multipart framing and the other form fields around the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 _FORM_FIELDS = {"file", "purpose"}
+_READ_BYTES = 64 * 1024
 
 
 class Batches:
@@ -212,6 +213,14 @@ async def _own_file(request: Request, key: ApiKey, file_id: str) -> FileRecord:
     return record
 
 
+class _TooLarge(InvalidRequest):
+    http_status = 413
+    reason = "FILE_TOO_LARGE"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="file")
+
+
 async def _store_upload(batches: Batches, tenant: str, upload: UploadFile) -> FileRecord:
     settings = batches.settings
     size = upload.size if upload.size is not None else 0
@@ -221,9 +230,9 @@ async def _store_upload(batches: Batches, tenant: str, upload: UploadFile) -> Fi
 
     def check_and_save(file_id: str) -> tuple[jsonl.FileSummary, int]:
         source.seek(0)
-        summary = jsonl.validate(iter(lambda: source.read(64 * 1024), b""), settings.batch_max_lines, settings.models)
+        summary = jsonl.validate(iter(lambda: source.read(_READ_BYTES), b""), settings.batch_max_lines, settings.models)
         source.seek(0)
-        return summary, batches.storage.save(file_id, iter(lambda: source.read(64 * 1024), b""))
+        return summary, batches.storage.save(file_id, iter(lambda: source.read(_READ_BYTES), b""))
 
     file_id = f"file-{secrets.token_hex(12)}"
     summary, stored = await run_in_threadpool(check_and_save, file_id)
@@ -243,14 +252,6 @@ async def _store_upload(batches: Batches, tenant: str, upload: UploadFile) -> Fi
         await run_in_threadpool(batches.storage.delete, file_id)
         raise
     return record
-
-
-class _TooLarge(InvalidRequest):
-    http_status = 413
-    reason = "FILE_TOO_LARGE"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, param="file")
 
 
 def batches_router() -> APIRouter:

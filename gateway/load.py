@@ -41,6 +41,7 @@ class InteractiveLoad:
         self._peak = 0
         self._published: int | None = None
         self._task: asyncio.Task | None = None
+        self._closing = False
 
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
@@ -57,6 +58,9 @@ class InteractiveLoad:
             self._task = asyncio.get_running_loop().create_task(self._publish_forever())
 
     async def close(self) -> None:
+        # The flag too, not only the cancellation: redis-py can swallow a cancellation that
+        # lands inside a Redis call.
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -69,7 +73,7 @@ class InteractiveLoad:
         # enough for readers to tell an idle replica from one that went away.
         heartbeat_every = max(1, round(1.0 / self.interval_s))
         ticks = 0
-        while True:
+        while not self._closing:
             peak, self._peak = self._peak, self.in_flight
             if peak or peak != self._published or ticks % heartbeat_every == 0:
                 try:

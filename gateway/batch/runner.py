@@ -134,6 +134,9 @@ class BatchRunner:
         self.store = store
         self.storage = storage
         self.gate = LoadGate(settings.batch_line_concurrency, settings.batch_line_concurrency_under_load)
+        # Ends the background loops (with a cancellation, which redis-py may swallow when it
+        # lands inside a Redis call: the flag stops them even then).
+        self.stopping = False
 
     async def _patiently(self, call: Callable[[], Awaitable[T]]) -> T:
         """Runs a store call, waiting out a Redis restart (up to batch_redis_wait_s)."""
@@ -153,7 +156,7 @@ class BatchRunner:
         """Yields to interactive traffic: fewer lines in flight while there is some."""
         interval_s = self.settings.interactive_load_interval_s
         busy_until = 0.0
-        while True:
+        while not self.stopping:
             try:
                 in_flight = await interactive_in_flight(self.store.redis, interval_s)
             except (RedisError, OSError):
@@ -168,7 +171,7 @@ class BatchRunner:
         """Marks this process ready in Redis while its upstreams are (read by the main
         process's /readyz)."""
         pid = str(os.getpid())
-        while True:
+        while not self.stopping:
             try:
                 statuses = await readiness.check(self.settings, self.guard.pipeline.channels)
                 if readiness.is_ready(statuses):

@@ -77,6 +77,8 @@ class WorkerProcess:
         return runner
 
     async def _close(self) -> None:
+        if self.runner is not None:
+            self.runner.stopping = True
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

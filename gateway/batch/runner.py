@@ -50,7 +50,7 @@ _tracer = tracer(__name__)
 
 T = TypeVar("T")
 
-READY_KEY = "llmesh:batch:ready:"  # + worker node name -> hash: pool process id -> unix ms
+READY_KEY = "llmesh:batch-ready:"  # + worker node name -> hash: pool process id -> unix ms
 # Interactive load must be gone this long before batch lines take their full concurrency again.
 _LOAD_COOLDOWN_S = 0.5
 # The longest a task waits before it is tried again after an unavailable upstream.

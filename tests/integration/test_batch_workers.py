@@ -13,6 +13,7 @@ import time
 import httpx
 import openai
 import pytest
+import redis
 from typer.testing import CliRunner
 
 from cli.main import app as llmesh_cli
@@ -211,6 +212,25 @@ async def test_revoking_the_key_stops_its_batch(bed, workers):
     revoked = [line for line in lines if line["response"]["status_code"] == 401]
     assert len(revoked) == batch.request_counts.failed == 100 - batch.request_counts.completed
     assert revoked[0]["response"]["body"]["error"]["type"] == "authentication_error"
+
+
+async def test_a_batch_past_its_window_expires_with_what_it_has_done(bed, workers, client, redis_server):
+    bed.upstreams.generate_delay_s = 0.05
+    try:
+        custom_ids = [f"e{i}" for i in range(100)]
+        batch = await submit(client, [chat_line(custom_id, "hello") for custom_id in custom_ids])
+        await wait_until(client, batch.id, lambda b: b.request_counts.completed >= 10)
+        # Its 24 hours are up (as far as the workers can tell).
+        redis.Redis.from_url(redis_server.url).hset(f"llmesh:batch:{batch.id}", "expires_at", int(time.time()) - 1)
+        batch = await finished(client, batch.id)
+    finally:
+        bed.upstreams.generate_delay_s = 0.0
+    assert batch.status == "expired" and batch.expired_at is not None
+    lines = await output_lines(client, batch)
+    exactly_once(lines, custom_ids)
+    expired = [line for line in lines if line["error"]]
+    assert expired and {line["error"]["code"] for line in expired} == {"batch_expired"}
+    assert batch.request_counts.completed == 100 - len(expired) == len(lines) - len(expired)
 
 
 async def test_batch_lines_yield_to_interactive_requests(bed, workers, client):

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from gateway import audit
+from support.traces import service_edges
 
 pytestmark = pytest.mark.e2e
 
@@ -89,15 +90,6 @@ def _line_spans(stack, batch_id):
     return [json.loads(body) for (body,) in rows]
 
 
-def _edges(spans):
-    by_id = {span["span_id"]: span for span in spans}
-    return {
-        (by_id[span["parent_span_id"]]["service"], span["service"])
-        for span in spans
-        if span["parent_span_id"] in by_id and by_id[span["parent_span_id"]]["service"] != span["service"]
-    }
-
-
 def test_each_batch_line_is_traced_through_every_hop(client, stack):
     lines = [
         {
@@ -120,14 +112,14 @@ def test_each_batch_line_is_traced_through_every_hop(client, stack):
             httpx.get(f"http://127.0.0.1:{stack.ports.collector}/v1/traces/{trace_id}", timeout=5).json()["spans"]
             for trace_id in {line["trace_id"] for line in lines}
         ]
-        if len(lines) == len(QUESTIONS) and any(BATCH_EDGES <= _edges(spans) for spans in collected):
+        if len(lines) == len(QUESTIONS) and any(BATCH_EDGES <= service_edges(spans) for spans in collected):
             break
         if time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert sorted(line["attributes"]["llmesh.batch.custom_id"] for line in lines) == ["t0", "t1", "t2"]
-    assert any(BATCH_EDGES <= _edges(spans) for spans in collected), [_edges(spans) for spans in collected]
-    spans = next(spans for spans in collected if BATCH_EDGES <= _edges(spans))
+    assert any(BATCH_EDGES <= service_edges(spans) for spans in collected), [service_edges(spans) for spans in collected]
+    spans = next(spans for spans in collected if BATCH_EDGES <= service_edges(spans))
     by_id = {span["span_id"]: span for span in spans}
     chat = next(span for span in spans if span["name"] == "gateway.chat")
     line = by_id[chat["parent_span_id"]]

@@ -5,6 +5,7 @@ twice when a worker is SIGKILLed or Redis restarts mid-batch."""
 
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -25,14 +26,14 @@ from support.redis_server import RedisServer
 CHAT = "/v1/chat/completions"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 # Short enough that a killed worker's task comes back within seconds, long enough for any task
-# here (the worker checks: ceil(5 / 1) x 1 s + 2 s < 8 s).
+# here, on a loaded machine too (the worker checks: ceil(5 / 2) x 3 s + 2 s < 12 s).
 WORKER = {
     "batch_chunk_lines": 5,
     "batch_line_concurrency": 4,
-    "batch_line_concurrency_under_load": 1,
-    "batch_line_timeout_s": 1,
+    "batch_line_concurrency_under_load": 2,
+    "batch_line_timeout_s": 3,
     "batch_redis_wait_s": 2,
-    "batch_visibility_timeout_s": 8,
+    "batch_visibility_timeout_s": 12,
     "batch_restore_interval_s": 1,
     "batch_ready_interval_s": 0.5,
 }
@@ -64,6 +65,16 @@ async def workers(bed):
 async def client(bed):
     async with bed.client("acme") as client:
         yield client
+
+
+@contextlib.contextmanager
+def slow(bed, delay_s=0.05):
+    """Each generation takes ``delay_s``, so that a batch is still running when a test acts."""
+    bed.upstreams.generate_delay_s = delay_s
+    try:
+        yield
+    finally:
+        bed.upstreams.generate_delay_s = 0.0
 
 
 def chat_line(custom_id, content):
@@ -160,22 +171,20 @@ async def test_line_failures_and_refusals_land_in_the_right_file(workers, client
 
 
 async def test_cancel_mid_batch(bed, workers, client):
-    bed.upstreams.generate_delay_s = 0.05
-    try:
+    with slow(bed):
         custom_ids = [f"c{i}" for i in range(200)]
         batch = await submit(client, [chat_line(custom_id, "hello") for custom_id in custom_ids])
         await wait_until(client, batch.id, lambda b: b.request_counts.completed >= 20)
         assert (await client.batches.cancel(batch.id)).status == "cancelling"
         batch = await finished(client, batch.id)
-    finally:
-        bed.upstreams.generate_delay_s = 0.0
     assert batch.status == "cancelled" and batch.cancelled_at is not None
     lines = await output_lines(client, batch)
     exactly_once(lines, custom_ids)
     cancelled = [line for line in lines if line["error"]]
     assert cancelled and all(line["error"]["code"] == "batch_cancelled" for line in cancelled)
     counts = batch.request_counts
-    assert counts.completed == len(lines) - len(cancelled) and counts.completed + counts.failed == 200
+    answered = [line for line in lines if line["response"] and line["response"]["status_code"] == 200]
+    assert counts.completed == len(answered) and counts.completed + counts.failed == 200
     error = await client.batches.cancel(batch.id)
     assert error.status == "cancelled"
 
@@ -194,20 +203,17 @@ async def test_a_batch_whose_input_is_lost_from_storage_fails_visibly(bed, worke
 async def test_revoking_the_key_stops_its_batch(bed, workers):
     tenancy = Tenancy(bed.settings)
     key, record = await tenancy.create_key("initech", rpm=1_000_000, tpm=10**9)
-    bed.upstreams.generate_delay_s = 0.05
-    try:
+    with slow(bed):
         async with openai.AsyncOpenAI(base_url=bed.base_url, api_key=key) as initech:
             batch = await submit(initech, [chat_line(f"v{i}", "hello") for i in range(100)])
             await wait_until(initech, batch.id, lambda b: b.request_counts.completed >= 10)
             await tenancy.revoke(record.key_id)
         # The batch is still the tenant's; a new key of the same tenant reads it.
         key, _ = await tenancy.create_key("initech")
+        await tenancy.close()
         async with openai.AsyncOpenAI(base_url=bed.base_url, api_key=key) as initech:
             batch = await finished(initech, batch.id)
             lines = await output_lines(initech, batch)
-    finally:
-        bed.upstreams.generate_delay_s = 0.0
-        await tenancy.close()
     assert batch.status == "completed" and 10 <= batch.request_counts.completed < 100
     revoked = [line for line in lines if line["response"]["status_code"] == 401]
     assert len(revoked) == batch.request_counts.failed == 100 - batch.request_counts.completed
@@ -215,28 +221,25 @@ async def test_revoking_the_key_stops_its_batch(bed, workers):
 
 
 async def test_a_batch_past_its_window_expires_with_what_it_has_done(bed, workers, client, redis_server):
-    bed.upstreams.generate_delay_s = 0.05
-    try:
+    with slow(bed):
         custom_ids = [f"e{i}" for i in range(100)]
         batch = await submit(client, [chat_line(custom_id, "hello") for custom_id in custom_ids])
         await wait_until(client, batch.id, lambda b: b.request_counts.completed >= 10)
         # Its 24 hours are up (as far as the workers can tell).
         redis.Redis.from_url(redis_server.url).hset(f"llmesh:batch:{batch.id}", "expires_at", int(time.time()) - 1)
         batch = await finished(client, batch.id)
-    finally:
-        bed.upstreams.generate_delay_s = 0.0
     assert batch.status == "expired" and batch.expired_at is not None
     lines = await output_lines(client, batch)
     exactly_once(lines, custom_ids)
     expired = [line for line in lines if line["error"]]
     assert expired and {line["error"]["code"] for line in expired} == {"batch_expired"}
-    assert batch.request_counts.completed == 100 - len(expired) == len(lines) - len(expired)
+    answered = [line for line in lines if line["response"] and line["response"]["status_code"] == 200]
+    assert batch.request_counts.completed == len(answered) and len(answered) + len(expired) <= 100
 
 
 async def test_batch_lines_yield_to_interactive_requests(bed, workers, client):
     """While interactive requests are in flight, each worker process runs at most
-    batch_line_concurrency_under_load (1) lines; without them, up to batch_line_concurrency (4)."""
-    bed.upstreams.generate_delay_s = 0.1
+    batch_line_concurrency_under_load (2) lines; without them, up to batch_line_concurrency (4)."""
     interactive = {"model": "auto", "stream": True, "messages": [{"role": "user", "content": SLOW_STREAM}]}
     quiet = asyncio.Event()
 
@@ -248,7 +251,7 @@ async def test_batch_lines_yield_to_interactive_requests(bed, workers, client):
                     async for _ in stream.aiter_lines():
                         pass
 
-    try:
+    with slow(bed, 0.1):
         batch = await submit(client, [chat_line(f"y{i}", "hello") for i in range(100)])
         await wait_until(client, batch.id, lambda b: b.request_counts.completed >= 1)
         bed.upstreams.reset_peak()
@@ -263,10 +266,9 @@ async def test_batch_lines_yield_to_interactive_requests(bed, workers, client):
         quiet.set()
         await traffic
         batch = await finished(client, batch.id)
-    finally:
-        bed.upstreams.generate_delay_s = 0.0
-    assert without_load > len(workers)
-    assert under_load <= len(workers)
+    under_load_limit = len(workers) * WORKER["batch_line_concurrency_under_load"]
+    assert without_load > under_load_limit
+    assert under_load <= under_load_limit
     assert batch.status == "completed" and batch.request_counts.completed == 100
 
 
@@ -324,8 +326,7 @@ async def test_worker_health_and_metrics(bed, workers, client):
 
 async def test_a_worker_killed_with_sigkill_loses_and_doubles_nothing(bed, workers, client):
     first, second = workers
-    bed.upstreams.generate_delay_s = 0.05
-    try:
+    with slow(bed):
         custom_ids = [f"k{i}" for i in range(240)]
         batch = await submit(client, [chat_line(custom_id, f"tell me about {custom_id}") for custom_id in custom_ids])
         await wait_until(client, batch.id, lambda b: b.request_counts.completed >= 40)
@@ -338,8 +339,6 @@ async def test_a_worker_killed_with_sigkill_loses_and_doubles_nothing(bed, worke
         second.kill()
         workers[1] = await bed.start_worker(**WORKER)
         batch = await finished(client, batch.id, timeout_s=90)
-    finally:
-        bed.upstreams.generate_delay_s = 0.0
     assert batch.status == "completed", batch
     assert batch.request_counts.model_dump() == {"completed": 240, "failed": 0, "total": 240}
     exactly_once(await output_lines(client, batch), custom_ids)
@@ -349,15 +348,12 @@ async def test_a_worker_killed_with_sigkill_loses_and_doubles_nothing(bed, worke
 
 
 async def test_redis_restarted_mid_batch_loses_and_doubles_nothing(bed, workers, client, redis_server):
-    bed.upstreams.generate_delay_s = 0.05
-    try:
+    with slow(bed):
         custom_ids = [f"r{i}" for i in range(240)]
         batch = await submit(client, [chat_line(custom_id, "hello") for custom_id in custom_ids])
         await wait_until(client, batch.id, lambda b: b.request_counts.completed >= 60)
         await asyncio.to_thread(redis_server.restart)
         batch = await finished(client, batch.id, timeout_s=90)
-    finally:
-        bed.upstreams.generate_delay_s = 0.0
     assert batch.status == "completed", batch
     lines = await output_lines(client, batch)
     assert batch.request_counts.model_dump() == {"completed": 240, "failed": 0, "total": 240}, [

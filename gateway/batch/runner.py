@@ -105,7 +105,7 @@ class LoadGate:
 
 
 @dataclass
-class _Task:
+class _TaskState:
     """One chunk task's shared state across its requests."""
 
     retries: int
@@ -239,7 +239,7 @@ class BatchRunner:
                 await self._patiently(lambda: self.store.without_result(batch_id, [r.index for r in requests]))
             )
             key_valid = not batch.key_id or await self.guard.tenancy.key_exists(batch.key_id)
-            task = _Task(retries)
+            task = _TaskState(retries)
             await asyncio.gather(
                 *(self._request(batch, request, task, key_valid) for request in requests if request.index in pending)
             )
@@ -247,7 +247,7 @@ class BatchRunner:
             return ChunkOutcome(task.defer_s, done >= batch.total)
 
     async def _request(
-        self, batch: BatchRecord, request: jsonl.BatchRequest | jsonl.LineProblem, task: _Task, key_valid: bool
+        self, batch: BatchRecord, request: jsonl.BatchRequest | jsonl.LineProblem, task: _TaskState, key_valid: bool
     ) -> None:
         async with self.gate.slot():
             if task.defer_s:
@@ -273,7 +273,7 @@ class BatchRunner:
             metrics.LINE_DURATION.observe(time.perf_counter() - started)
 
     async def _result(
-        self, batch: BatchRecord, request: jsonl.BatchRequest | jsonl.LineProblem, task: _Task, key_valid: bool
+        self, batch: BatchRecord, request: jsonl.BatchRequest | jsonl.LineProblem, task: _TaskState, key_valid: bool
     ) -> _Result:
         # Read now, not when the task started: a cancel stops the requests not yet begun.
         current = await self._patiently(lambda: self.store.any_batch(batch.id))
@@ -305,7 +305,7 @@ class BatchRunner:
             body = _error_body("The batch worker failed on this request.", "server_error", "internal")
             return _failed(batch, request, 500, body)
 
-    async def _execute(self, batch: BatchRecord, request: jsonl.BatchRequest, task: _Task) -> _Result:
+    async def _execute(self, batch: BatchRecord, request: jsonl.BatchRequest, task: _TaskState) -> _Result:
         key = ApiKey(batch.key_id, batch.tenant, "", 0)
         fmt = CHAT if request.url == "/v1/chat/completions" else COMPLETION
         failure: GatewayError | None = None

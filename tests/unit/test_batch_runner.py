@@ -8,7 +8,7 @@ import time
 import pytest
 
 from gateway.batch import jsonl
-from gateway.batch.runner import BatchRunner, Deferred, LoadGate, _Task
+from gateway.batch.runner import BatchRunner, Deferred, LoadGate, _TaskState
 from gateway.batch.settings import BatchSettings
 from gateway.batch.store import ERROR, OUTPUT, BatchRecord
 from gateway.errors import InvalidRequest, UpstreamError, UpstreamUnavailable
@@ -80,7 +80,7 @@ def parse(result):
 
 
 async def test_an_answer_goes_to_the_output_file():
-    result = await runner(FakeGuard(ANSWER))._result(BATCH, request(), _Task(0), key_valid=True)
+    result = await runner(FakeGuard(ANSWER))._result(BATCH, request(), _TaskState(0), key_valid=True)
     kind, line = parse(result)
     assert (kind, result.outcome) == (OUTPUT, "completed") and result.usage.completion_tokens == 2
     assert line["response"]["status_code"] == 200 and line["response"]["body"]["choices"][0]["message"]["content"] == "hello"
@@ -88,15 +88,15 @@ async def test_an_answer_goes_to_the_output_file():
 
 async def test_a_bad_request_fails_at_once_and_a_server_error_after_its_attempts():
     guard = FakeGuard(InvalidRequest("no", param="x"))
-    result = await runner(guard)._result(BATCH, request(), _Task(0), key_valid=True)
+    result = await runner(guard)._result(BATCH, request(), _TaskState(0), key_valid=True)
     assert parse(result)[1]["response"]["status_code"] == 400 and guard.calls == 1
     guard = FakeGuard(*[UpstreamError("boom")] * 3)
-    result = await runner(guard, batch_line_attempts=3)._result(BATCH, request(), _Task(0), key_valid=True)
+    result = await runner(guard, batch_line_attempts=3)._result(BATCH, request(), _TaskState(0), key_valid=True)
     kind, line = parse(result)
     assert (kind, result.outcome, guard.calls) == (ERROR, "failed", 3)
     assert line["response"]["body"]["error"]["type"] == "server_error"
     guard = FakeGuard(UpstreamError("boom"), ANSWER)
-    assert (await runner(guard)._result(BATCH, request(), _Task(0), key_valid=True)).outcome == "completed"
+    assert (await runner(guard)._result(BATCH, request(), _TaskState(0), key_valid=True)).outcome == "completed"
 
 
 @pytest.mark.parametrize(
@@ -105,18 +105,18 @@ async def test_a_bad_request_fails_at_once_and_a_server_error_after_its_attempts
 )
 async def test_quota_and_unavailable_upstreams_defer_the_task(error, seconds):
     with pytest.raises(Deferred) as raised:
-        await runner(FakeGuard(error))._result(BATCH, request(), _Task(retries=2), key_valid=True)
+        await runner(FakeGuard(error))._result(BATCH, request(), _TaskState(retries=2), key_valid=True)
     assert raised.value.seconds == seconds
 
 
 async def test_cancelled_expired_and_revoked_requests_never_run():
     guard = FakeGuard()
-    cancelled = await runner(guard, FakeStore("cancelling"))._result(BATCH, request(), _Task(0), key_valid=True)
+    cancelled = await runner(guard, FakeStore("cancelling"))._result(BATCH, request(), _TaskState(0), key_valid=True)
     assert cancelled.outcome == "cancelled" and parse(cancelled)[1]["error"]["code"] == "batch_cancelled"
     expired_batch = BatchRecord({**BATCH.fields, "expires_at": str(int(time.time()) - 1)})
-    expired = await runner(guard)._result(expired_batch, request(), _Task(0), key_valid=True)
+    expired = await runner(guard)._result(expired_batch, request(), _TaskState(0), key_valid=True)
     assert expired.outcome == "expired" and parse(expired)[1]["error"]["code"] == "batch_expired"
-    revoked = await runner(guard)._result(BATCH, request(), _Task(0), key_valid=False)
+    revoked = await runner(guard)._result(BATCH, request(), _TaskState(0), key_valid=False)
     assert parse(revoked)[1]["response"]["status_code"] == 401
     assert guard.calls == 0
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from mesh.collector import CollectorSettings
 from cli.audit import app as audit_app
 from cli.bench import app as bench_app
+from cli.batch import app as batch_app
 from cli.certs import app as certs_app
 from cli.experiments import app as experiments_app
 from cli.keys import app as keys_app
@@ -28,6 +29,7 @@ app.add_typer(safety_app, name="safety")
 app.add_typer(certs_app, name="certs")
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(bench_app, name="bench")
+app.add_typer(batch_app, name="batch")
 console = Console()
 
 

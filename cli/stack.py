@@ -53,6 +53,8 @@ class Ports:
     router_metrics: int = 9052
     inference_metrics: int = 9053
     postprocess_metrics: int = 9054
+    # The batch worker's /metrics, /healthz and /readyz.
+    batch_metrics: int = 9055
 
     @classmethod
     def free(cls) -> Ports:
@@ -99,7 +101,18 @@ def stack_env(ports: Ports, run_dir: Path) -> dict[str, str]:
         "LLMESH_OTLP_ENDPOINT": f"http://{local}:{ports.collector}",
         "LLMESH_TRACE_DB": str(run_dir / "traces.db"),
         "LLMESH_AUDIT_DIR": str(run_dir / "audit"),
+        # Shared by the gateway (uploads) and the batch worker (inputs, outputs).
+        "LLMESH_FILES_DIR": str(run_dir / "files"),
     }
+
+
+def redis_argv(redis_server: str, port: int, directory: Path) -> list[str]:
+    """redis-server on loopback with an append-only file in ``directory``, fsynced every second."""
+    return [
+        redis_server,
+        *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)),
+        *("--appendonly", "yes", "--appendfsync", "everysec", "--save", ""),
+    ]
 
 
 def _http_ok(url: str) -> Callable[[], bool]:
@@ -181,12 +194,10 @@ class Stack:
             return Child(name, [python, "-m", module], grpc_serving(f"127.0.0.1:{port}", self._probe_credentials()), env)
 
         return [
-            Child(
-                "redis",
-                [redis_server, "--port", str(p.redis), "--bind", "127.0.0.1", "--dir", str(redis_dir),
-                 "--save", "", "--appendonly", "no"],
-                _redis_ok(p.redis),
-            ),  # fmt: skip
+            # Append-only file, fsynced every second: batch queues, records and results survive
+            # a restart of Redis (a crash loses at most the last second, which late
+            # acknowledgement redoes).
+            Child("redis", redis_argv(redis_server, p.redis, redis_dir), _redis_ok(p.redis)),
             Child("collector", [python, "-m", "mesh.collector"], _http_ok(f"http://127.0.0.1:{p.collector}/healthz")),
             service("preprocess", "services.preprocess", p.preprocess),
             service("postprocess", "services.postprocess", p.postprocess),
@@ -207,6 +218,14 @@ class Stack:
                 [python, "-m", "gateway"],
                 _http_ok(f"http://127.0.0.1:{p.gateway_http}/readyz"),
                 self._tls_env("gateway"),
+            ),
+            # The gateway's batch edge: it calls the services as the gateway does (and with its
+            # certificate); ready once it consumes the queue and its upstreams are ready.
+            Child(
+                "batch",
+                [python, "-m", "gateway.batch"],
+                _http_ok(f"http://127.0.0.1:{p.batch_metrics}/readyz"),
+                {"LLMESH_METRICS_PORT": str(p.batch_metrics), **self._tls_env("gateway")},
             ),
         ]
 

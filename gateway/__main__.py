@@ -10,6 +10,7 @@ import uvicorn
 
 from gateway.grpc_edge import GatewayService
 from gateway.guard import Guard
+from gateway.load import InteractiveLoad
 from gateway.pipeline import Pipeline
 from gateway.rest import RestServer, create_app
 from gateway.settings import GatewaySettings
@@ -30,14 +31,16 @@ async def serve(settings: GatewaySettings) -> None:
     # Built inside the loop: aio channels bind to the running loop.
     pipeline = Pipeline(settings)
     guard = Guard(settings, pipeline)
-    service = GatewayService(settings, pipeline, guard)
+    load = InteractiveLoad(settings)
+    service = GatewayService(settings, pipeline, guard, load)
     grpc_server, _ = create_server(listen_addr(settings, settings.gateway_grpc_addr), settings, mtls=False)
     service.register(grpc_server)
     health = Health(grpc_server, service.service_names)
     host, port = settings.http_addr()
+    app = create_app(settings, pipeline, guard, load)
     rest = RestServer(
         uvicorn.Config(
-            create_app(settings, pipeline, guard),
+            app,
             host=host,
             port=port,
             # Logs go through mesh's JSON formatter; the REST edge writes its own access line.
@@ -48,6 +51,7 @@ async def serve(settings: GatewaySettings) -> None:
     )
 
     await grpc_server.start()
+    load.start()
     watcher = asyncio.create_task(health.watch(service.ready))
     rest_task = asyncio.create_task(rest.serve())
     stop = asyncio.Event()
@@ -66,6 +70,8 @@ async def serve(settings: GatewaySettings) -> None:
     rest.should_exit = True
     await asyncio.gather(grpc_server.stop(settings.shutdown_grace_s), rest_task)
     await service.close()
+    await app.state.batches.close()
+    await load.close()
 
 
 def main() -> None:

@@ -58,6 +58,24 @@ class InvalidRequest(GatewayError):
     reason = "INVALID_REQUEST"
 
 
+class NotFound(GatewayError):
+    """An object that does not exist, or is another tenant's (the two are never told apart)."""
+
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    http_status = 404
+    error_type = "invalid_request_error"
+    reason = "NOT_FOUND"
+
+
+class Conflict(GatewayError):
+    """The object exists but is in a state that does not allow the change."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = 409
+    error_type = "invalid_request_error"
+    reason = "CONFLICT"
+
+
 class Unauthorized(GatewayError):
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
     http_status = 401

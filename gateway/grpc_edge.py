@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -10,6 +11,7 @@ from gateway import readiness
 from gateway.errors import GatewayError, log_failure
 from gateway.experiments.api import assignment_headers
 from gateway.guard import Guard
+from gateway.load import InteractiveLoad
 from gateway.pipeline import ChatInput, Pipeline
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey
@@ -23,10 +25,18 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
 
     service_names = [gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name]
 
-    def __init__(self, settings: GatewaySettings, pipeline: Pipeline, guard: Guard | None = None) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        pipeline: Pipeline,
+        guard: Guard | None = None,
+        load: InteractiveLoad | None = None,
+    ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.guard = guard or Guard(settings, pipeline)
+        # Counts interactive calls in flight, for batch workers to yield to.
+        self.load = load
 
     def register(self, server: grpc.aio.Server) -> None:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(self, server)
@@ -42,11 +52,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         """The caller's key from the ``authorization: Bearer <key>`` metadata."""
         return await self.guard.authenticate(_metadata(context, "authorization"))
 
+    def _in_flight(self) -> contextlib.AbstractContextManager:
+        return self.load.request() if self.load is not None else contextlib.nullcontext()
+
     async def Chat(
         self, request: gateway_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ChatResponse:
         try:
-            result = await self.guard.chat(await self._key(context), _input(request))
+            with self._in_flight():
+                result = await self.guard.chat(await self._key(context), _input(request))
         except GatewayError as error:
             await _abort(context, error)
         await _send_assignments(context, result.experiments)
@@ -64,21 +78,22 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ChatStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.ChatStreamResponse]:
         try:
-            stream = await self.guard.stream(await self._key(context), _input(request))
-            try:
-                await _send_assignments(context, stream.experiments)
-                async for chunk in stream:
-                    yield gateway_pb2.ChatStreamResponse(
-                        id=stream.id,
-                        model=stream.model,
-                        text_delta=chunk.text,
-                        finish_reason=chunk.finish_reason,
-                        usage=chunk.usage,
-                        route_reason=stream.route_reason,
-                        verdict=chunk.verdict,
-                    )
-            finally:
-                await stream.aclose()
+            with self._in_flight():
+                stream = await self.guard.stream(await self._key(context), _input(request))
+                try:
+                    await _send_assignments(context, stream.experiments)
+                    async for chunk in stream:
+                        yield gateway_pb2.ChatStreamResponse(
+                            id=stream.id,
+                            model=stream.model,
+                            text_delta=chunk.text,
+                            finish_reason=chunk.finish_reason,
+                            usage=chunk.usage,
+                            route_reason=stream.route_reason,
+                            verdict=chunk.verdict,
+                        )
+                finally:
+                    await stream.aclose()
         except GatewayError as error:
             await _abort(context, error)
 

@@ -38,11 +38,14 @@ class ContentBlocked(GatewayError):
 
 
 class Guard:
-    """One per gateway process, shared by both edges (like the pipeline)."""
+    """One per gateway process, shared by its edges (like the pipeline)."""
 
-    def __init__(self, settings: GatewaySettings, pipeline: Pipeline) -> None:
+    def __init__(self, settings: GatewaySettings, pipeline: Pipeline, quota_reserve: float = 0.0) -> None:
         self.settings = settings
         self.pipeline = pipeline
+        # The share of the tenant's rate-limit buckets this guard's requests must leave to
+        # others (the batch edge leaves room for interactive requests).
+        self.quota_reserve = quota_reserve
         self.tenancy = Tenancy(settings)
         self.audit = AuditLog(settings)
 
@@ -103,7 +106,7 @@ class Guard:
         return stream
 
     async def _admit(self, key: ApiKey, request: ChatInput) -> ChatInput:
-        await self.tenancy.admit(key.tenant)
+        await self.tenancy.admit(key.tenant, self.quota_reserve)
         return dataclasses.replace(request, tenant=key.tenant)
 
     async def _observed(

@@ -140,5 +140,7 @@ def describe_validation_error(errors: Sequence[dict[str, Any]]) -> tuple[str, st
     param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".") or None
     if error["type"] == "missing":
         return f"Missing required parameter: '{param}'.", param
+    if error["type"] == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {param}", param
     message = error["msg"].removeprefix("Value error, ")
     return (f"Invalid value for '{param}': {message}." if param else f"{message}."), param

@@ -23,10 +23,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import keys_api, readiness
+from gateway.batch import api as batch_api
+from gateway.batch.api import MULTIPART_OVERHEAD_BYTES, Batches
 from gateway.errors import GatewayError, log_failure
 from gateway.experiments import api as experiments_api
 from gateway.guard import Guard
 from gateway.keys_api import api_key
+from gateway.load import InteractiveLoad
 from gateway.metrics import DURATION, IN_FLIGHT, REQUESTS
 from gateway.openai_format import (
     CHAT,
@@ -48,12 +51,22 @@ log = logging.getLogger(__name__)
 _UNTRACED_URLS = "/healthz,/readyz,/metrics"
 
 
-def create_app(settings: GatewaySettings, pipeline: Pipeline, guard: Guard | None = None) -> FastAPI:
+def create_app(
+    settings: GatewaySettings, pipeline: Pipeline, guard: Guard | None = None, load: InteractiveLoad | None = None
+) -> FastAPI:
+    """The REST edge; ``load`` counts its interactive requests for batch workers to yield to."""
     app = FastAPI(title="llmesh gateway", summary="OpenAI-compatible edge of the llmesh platform")
     app.state.settings = settings
     app.state.guard = guard or Guard(settings, pipeline)
+    app.state.batches = Batches(settings)
+    if load is not None:
+        app.add_middleware(_InteractiveInFlight, load=load)
     # Added last = outermost: observation also sees the 413s the size limit answers itself.
-    app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        _BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        path_limits={"/v1/files": settings.files_max_bytes + MULTIPART_OVERHEAD_BYTES},
+    )
     app.add_middleware(_Observe)
     _add_error_handlers(app)
     started = int(time.time())
@@ -93,6 +106,8 @@ def create_app(settings: GatewaySettings, pipeline: Pipeline, guard: Guard | Non
     async def completions(body: CompletionRequest, request: Request, key: ApiKey = Depends(api_key)) -> Response:
         return await _answer(app.state.guard, key, body, COMPLETION, request)
 
+    app.include_router(batch_api.files_router())
+    app.include_router(batch_api.batches_router())
     app.include_router(experiments_api.router(pipeline.experiments))
     app.include_router(keys_api.tenant_router())
     app.include_router(keys_api.admin_keys_router())
@@ -173,19 +188,22 @@ def _too_large_message(max_bytes: int) -> str:
 
 class _BodyLimit:
     """413 for a body over the limit: from Content-Length before reading, and while reading
-    for bodies that declare no length (chunked), so an oversized body is never held whole."""
+    for bodies that declare no length (chunked), so an oversized body is never held whole.
+    File uploads have a limit of their own (``path_limits``)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: Mapping[str, int]) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = dict(path_limits)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.path_limits.get(scope["path"], self.max_bytes)
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            body = error_object(_too_large_message(self.max_bytes), "invalid_request_error")
+        if declared.isdigit() and int(declared) > max_bytes:
+            body = error_object(_too_large_message(max_bytes), "invalid_request_error")
             await JSONResponse(body, status_code=413)(scope, receive, send)
             return
         received = 0
@@ -194,13 +212,31 @@ class _BodyLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
+            if received > max_bytes:
                 # FastAPI passes an HTTPException met while reading the body on to the
                 # exception handlers; anything else it would turn into a 400.
-                raise HTTPException(413, _too_large_message(self.max_bytes))
+                raise HTTPException(413, _too_large_message(max_bytes))
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class _InteractiveInFlight:
+    """Counts the generation requests in flight, streams to their last byte, for batch workers
+    to yield to (gateway/load.py)."""
+
+    _PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+    def __init__(self, app: ASGIApp, load: InteractiveLoad) -> None:
+        self.app = app
+        self.load = load
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self._PATHS:
+            await self.app(scope, receive, send)
+            return
+        with self.load.request():
+            await self.app(scope, receive, send)
 
 
 class _Observe:

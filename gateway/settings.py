@@ -53,6 +53,17 @@ class GatewaySettings(MeshSettings):
     # Shadow requests beyond this many in flight are skipped, so mirroring never queues work.
     shadow_max_concurrency: int = Field(default=2, ge=1)
     shadow_timeout_s: float = Field(default=30.0, gt=0)
+    # Files and Batch APIs (gateway/batch): where files live, the limits of an upload (OpenAI's
+    # are 200 MB and 50,000 requests), the Celery queue batch work goes to, and how long a batch
+    # has to finish ("24h", the one completion window OpenAI offers) before it expires.
+    files_dir: Path = REPO_ROOT / ".run" / "files"
+    files_max_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    batch_max_lines: int = Field(default=50_000, gt=0)
+    batch_queue: str = Field(default="llmesh.batch", min_length=1)
+    batch_completion_window_s: float = Field(default=24 * 3600.0, gt=0)
+    # How often a gateway replica publishes its interactive requests in flight to Redis, which
+    # batch workers read to yield to interactive traffic (gateway/load.py).
+    interactive_load_interval_s: float = Field(default=0.1, gt=0)
 
     @field_validator("http_listen_addr")
     @classmethod

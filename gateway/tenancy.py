@@ -76,8 +76,9 @@ def parse_bearer(authorization: str | None) -> str | None:
 # Two buckets (requests, tokens) refilled continuously at capacity per minute. ARGV[3] is
 # the mode: "admit" takes one request and needs a token level of at least one (the tokens a
 # request will use are not known yet); "debit" takes the tokens used, and may go below zero,
-# so a tenant that overspent waits until its bucket refills. Redis's clock, not the
-# replicas', so that every replica sees the same time.
+# so a tenant that overspent waits until its bucket refills. ARGV[5] is the share of each
+# bucket an admission must leave (batch lines leave room for the tenant's interactive
+# requests). Redis's clock, not the replicas', so that every replica sees the same time.
 _BUCKETS_LUA = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
@@ -92,7 +93,8 @@ for i = 1, 2 do
   local ts = tonumber(state[2]) or now
   level = math.min(capacity, level + math.max(0, now - ts) * rate)
   levels[i] = level
-  if mode == 'admit' and level < 1 then waits[i] = (1 - level) / rate end
+  local need = 1 + capacity * tonumber(ARGV[5] or 0)
+  if mode == 'admit' and level < need then waits[i] = (need - level) / rate end
 end
 local allowed = (waits[1] == 0 and waits[2] == 0) and 1 or 0
 if mode == 'admit' and allowed == 1 then levels[1] = levels[1] - 1 end
@@ -157,6 +159,10 @@ class Tenancy:
             await pipe.execute()
         return record
 
+    async def key_exists(self, key_id: str) -> bool:
+        """Whether the key is still valid (not revoked)."""
+        return bool(await self.redis.exists(_BY_ID + key_id))
+
     async def _record_by_id(self, key_id: str) -> ApiKey | None:
         digest = await self.redis.get(_BY_ID + key_id)
         fields = await self.redis.hgetall(_BY_HASH + digest) if digest else {}
@@ -187,13 +193,14 @@ class Tenancy:
             int(stored.get("tpm", self.settings.tenant_tokens_per_minute)),
         )
 
-    async def admit(self, tenant: str) -> None:
-        """Take one request from the tenant's bucket, or 429 with how long to wait."""
+    async def admit(self, tenant: str, reserve: float = 0.0) -> None:
+        """Take one request from the tenant's bucket, or 429 with how long to wait; with
+        ``reserve``, only while the buckets stay above that share of their capacity."""
         if not self.settings.rate_limits_enabled:
             return
-        rpm, tpm = await self.limits(tenant)
         try:
-            allowed, wait = await self._buckets(keys=_bucket_keys(tenant), args=[rpm, tpm, "admit", 0])
+            rpm, tpm = await self.limits(tenant)
+            allowed, wait = await self._buckets(keys=_bucket_keys(tenant), args=[rpm, tpm, "admit", 0, reserve])
         except RedisError as error:
             raise UpstreamUnavailable("The rate limiter is unavailable; please retry.") from error
         if not int(allowed):
@@ -207,7 +214,7 @@ class Tenancy:
         if tokens <= 0 or not self.settings.rate_limits_enabled:
             return
         rpm, tpm = await self.limits(tenant)
-        await self._buckets(keys=_bucket_keys(tenant), args=[rpm, tpm, "debit", tokens])
+        await self._buckets(keys=_bucket_keys(tenant), args=[rpm, tpm, "debit", tokens, 0])
 
 
 def _bucket_keys(tenant: str) -> list[str]:

@@ -33,11 +33,17 @@ LLMESH_SAFETY_CATEGORY = "llmesh.safety.category"
 LLMESH_SAFETY_RULE = "llmesh.safety.rule"
 LLMESH_FAILOVER_FROM = "llmesh.inference.failover_from"
 LLMESH_EXPERIMENT_PREFIX = "llmesh.experiment."
+LLMESH_BATCH_ID = "llmesh.batch.id"
+LLMESH_BATCH_CUSTOM_ID = "llmesh.batch.custom_id"
+LLMESH_BATCH_FIRST_INDEX = "llmesh.batch.first_index"
+LLMESH_BATCH_REDELIVERED = "llmesh.batch.redelivered"
 
 # Span names of work done inside a service (RPC spans are named by the gRPC instrumentation).
 SPAN_GATEWAY_CHAT = "gateway.chat"
 SPAN_TRITON_GENERATE = "triton.generate"
 SPAN_TRITON_SCORE = "triton.score"
+SPAN_BATCH_CHUNK = "batch.chunk"
+SPAN_BATCH_LINE = "batch.line"
 
 # Metric names (Prometheus).
 METRIC_RPC_SERVER_DURATION = "llmesh_rpc_server_duration_seconds"
@@ -68,3 +74,8 @@ METRIC_ENGINE_ABORTED = "llmesh_engine_requests_aborted_total"
 # An engine model's error message for a request that is the client's fault starts with this; the
 # inference service then answers INVALID_ARGUMENT and the model's circuit breaker does not count it.
 ENGINE_INVALID_REQUEST_PREFIX = "invalid request: "
+METRIC_BATCH_QUEUE_LENGTH = "llmesh_batch_queue_length"
+METRIC_BATCH_LINES = "llmesh_batch_lines_total"
+METRIC_BATCH_LINES_PER_SECOND = "llmesh_batch_lines_per_second"
+METRIC_BATCH_LINE_DURATION = "llmesh_batch_line_duration_seconds"
+METRIC_BATCH_TASKS = "llmesh_batch_tasks_total"

@@ -131,5 +131,7 @@ def load_settings(cls: type[SettingsT], **overrides) -> SettingsT:
         lines = [f"invalid llmesh configuration ({cls.__name__}):"]
         for problem in error.errors():
             field = ".".join(str(part) for part in problem["loc"])
-            lines.append(f"  {ENV_PREFIX}{field.upper()}: {problem['msg']}")
+            # A check across fields has no one variable to name; its message names them.
+            named = f"{ENV_PREFIX}{field.upper()}: " if field else ""
+            lines.append(f"  {named}{problem['msg']}")
         sys.exit("\n".join(lines))

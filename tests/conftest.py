@@ -1,9 +1,6 @@
 """Fixtures shared by every test tier; helpers live in tests/support/."""
 
 import shutil
-import socket
-import subprocess
-import time
 
 import pytest
 from opentelemetry import trace
@@ -12,7 +9,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mesh.catalog import default_models
-from mesh.net import free_port, free_ports
+from mesh.net import free_ports
+from support.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -29,26 +27,15 @@ def spans() -> InMemorySpanExporter:
 
 
 @pytest.fixture(scope="session")
-def redis_url():
+def redis_url(tmp_path_factory):
     """A private redis-server on a free port, for tests of Redis-backed state."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        process.terminate()
-        process.wait()
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from starlette.datastructures import Headers
 
 from gateway.admin import admin_router
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.experiments import chart
 from gateway.experiments.assignment import FORCE_HEADER, parse_forced
 from gateway.experiments.definitions import Experiment, conflicts
@@ -26,12 +26,6 @@ from gateway.pipeline import ChatInput
 
 SESSION_HEADER = "x-llmesh-session"
 EXPERIMENT_HEADER_PREFIX = "x-llmesh-experiment-"
-
-
-class NotFound(GatewayError):
-    http_status = 404
-    error_type = "invalid_request_error"
-    reason = "NOT_FOUND"
 
 
 class StoreUnavailable(GatewayError):

@@ -64,6 +64,7 @@ class Experiments:
         self._file_version: tuple[int, int] | None = None
         self._healthy = True
         self._loop_task: asyncio.Task | None = None
+        self._closing = False
         self._tasks: set[asyncio.Task] = set()
         self._shadows_in_flight = 0
 
@@ -75,6 +76,10 @@ class Experiments:
 
     async def close(self, drain_s: float = 2.0) -> None:
         """Stops reloading, lets pending writes finish for a moment, then drops the rest."""
+        # A cancellation alone may not stop the reload loop: redis-py can swallow one that lands
+        # inside a Redis call (the call then returns as if nothing happened), so the loop also
+        # ends at this flag, within one refresh interval.
+        self._closing = True
         if self._loop_task is not None:
             self._loop_task.cancel()
         if self._tasks:
@@ -141,7 +146,7 @@ class Experiments:
             log.info("experiments file applied", extra={"path": str(path)})
 
     async def _reload_forever(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self.reload()
                 if not self._healthy:

@@ -10,6 +10,7 @@ import pytest
 
 from llmesh.common.v1 import common_pb2
 from llmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from support.traces import service_edges
 
 pytestmark = pytest.mark.e2e
 
@@ -214,15 +215,6 @@ EXPECTED_EDGES = {
 }
 
 
-def _service_edges(spans: list[dict]) -> set[tuple[str, str]]:
-    by_id = {span["span_id"]: span for span in spans}
-    return {
-        (by_id[span["parent_span_id"]]["service"], span["service"])
-        for span in spans
-        if span["parent_span_id"] in by_id and by_id[span["parent_span_id"]]["service"] != span["service"]
-    }
-
-
 def _traced_request(stack, base_url: str, headers: dict, stream: bool) -> tuple[str, list[dict]]:
     """One request and the spans of its trace, once every expected edge is in (or 15 s passed)."""
     response = httpx.post(
@@ -235,7 +227,7 @@ def _traced_request(stack, base_url: str, headers: dict, stream: bool) -> tuple[
     deadline = time.monotonic() + 15
     while True:
         spans = httpx.get(collector, timeout=5).json()["spans"]
-        if EXPECTED_EDGES <= _service_edges(spans) or time.monotonic() > deadline:
+        if EXPECTED_EDGES <= service_edges(spans) or time.monotonic() > deadline:
             return trace_id, spans
         time.sleep(0.5)
 
@@ -249,7 +241,7 @@ def test_one_request_is_one_trace_across_every_hop(stack, base_url, headers, str
     for _ in range(3):
         trace_id, spans = _traced_request(stack, base_url, headers, stream)
         assert {s["trace_id"] for s in spans} == {trace_id}
-        edges = _service_edges(spans)
+        edges = service_edges(spans)
         if EXPECTED_EDGES <= edges:
             break
     assert EXPECTED_EDGES <= edges, f"missing edges {EXPECTED_EDGES - edges}; spans: {[(s['service'], s['name']) for s in spans]}"

@@ -1,4 +1,4 @@
-"""API keys, rate limits and the audit chain against a real Redis, with several "replicas"
+"""API keys, rate limits, interactive load and the audit chain against a real Redis, with several "replicas"
 (independent clients) sharing it."""
 
 import asyncio
@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from gateway import audit
 from gateway.errors import Unauthorized
+from gateway.load import InteractiveLoad, interactive_in_flight
 from gateway.settings import GatewaySettings
 from gateway.tenancy import KeyNotFound, RateLimited, Tenancy
 
@@ -56,6 +57,48 @@ async def test_rate_limit_is_shared_by_replicas_and_per_tenant(settings):
     await replicas[0].admit("quiet")  # another tenant is unaffected
     for replica in replicas:
         await replica.close()
+
+
+async def test_an_admission_with_a_reserve_leaves_room_for_others(settings):
+    tenancy = Tenancy(settings)
+    await tenancy.create_key("mixed", rpm=10)
+    # Batch lines (reserve 0.4) take the bucket down to 4 of 10 and no further ...
+    for _ in range(6):
+        await tenancy.admit("mixed", reserve=0.4)
+    with pytest.raises(RateLimited):
+        await tenancy.admit("mixed", reserve=0.4)
+    # ... and what is left is the interactive requests'.
+    for _ in range(4):
+        await tenancy.admit("mixed")
+    with pytest.raises(RateLimited):
+        await tenancy.admit("mixed")
+    await tenancy.close()
+
+
+async def test_interactive_load_is_the_sum_of_live_replicas(settings):
+    fast = settings.model_copy(update={"interactive_load_interval_s": 0.05})
+    replicas = [InteractiveLoad(fast), InteractiveLoad(fast)]
+    for replica in replicas:
+        replica.replica += f"-{id(replica)}"
+        replica.start()
+    reader = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    with replicas[0].request(), replicas[1].request(), replicas[1].request():
+        await asyncio.sleep(0.2)
+        assert await interactive_in_flight(reader, 0.05) == 3
+    await asyncio.sleep(0.2)
+    assert await interactive_in_flight(reader, 0.05) == 0
+    # A request shorter than the publishing interval is still seen (the peak is published).
+    with replicas[0].request():
+        pass
+    seen = []
+    for _ in range(15):
+        seen.append(await interactive_in_flight(reader, 0.05))
+        await asyncio.sleep(0.01)
+    assert max(seen) == 1
+    for replica in replicas:
+        await replica.close()
+    assert await interactive_in_flight(reader, 0.05) == 0
+    await reader.aclose()
 
 
 async def test_tokens_used_are_charged_and_then_limit(settings):

@@ -29,6 +29,8 @@ BLOCKED_WORD = "forbidden"
 BLOCKED_MESSAGE = "The prompt contains a blocked word."
 # A prompt containing this word makes the inference stream fail after its first chunk.
 FAIL_MID_STREAM = "explode"
+# A prompt containing this word makes unary generation fail (INTERNAL).
+FAIL_GENERATE = "crash"
 # A prompt containing this word makes the inference stream pause between chunks.
 SLOW_STREAM = "slowly"
 ROUTED_MODEL = "llmesh-small"
@@ -90,6 +92,11 @@ class FakeUpstreams(
         self.requests: dict[str, list] = defaultdict(list)
         # Inference streams the gateway cancelled (their caller went away).
         self.cancelled_streams = 0
+        # How long each unary generation takes (batch tests need requests that take time), and
+        # how many were in flight at once at most since the last reset_peak().
+        self.generate_delay_s = 0.0
+        self.generating = 0
+        self.peak_generating = 0
 
     def register(self, server: grpc.aio.Server) -> None:
         preprocess_pb2_grpc.add_PreprocessServiceServicer_to_server(self, server)
@@ -141,8 +148,20 @@ class FakeUpstreams(
         )
         return token_ids, finish, usage
 
+    def reset_peak(self) -> None:
+        self.peak_generating = self.generating
+
     async def Generate(self, request, context):
         self.requests["inference"].append(request)
+        self.generating += 1
+        self.peak_generating = max(self.peak_generating, self.generating)
+        try:
+            if self.generate_delay_s:
+                await asyncio.sleep(self.generate_delay_s)
+        finally:
+            self.generating -= 1
+        if FAIL_GENERATE.encode() in bytes(i for i in _prompt_ids(request) if i < 256):
+            await abort(context, grpc.StatusCode.INTERNAL, "the model crashed", "MODEL_FAILED")
         token_ids, finish, usage = self._answer(request)
         choice = common_pb2.Completion(token_ids=token_ids, finish_reason=finish)
         return inference_pb2.GenerateResponse(model=request.model, choices=[choice], usage=usage)

@@ -58,6 +58,17 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
             usage=result.usage,
             route_reason=result.route_reason,
             verdict=result.verdict,
+            choices=[
+                gateway_pb2.Choice(
+                    index=choice.index,
+                    text=choice.text,
+                    finish_reason=choice.finish_reason,
+                    logprobs=choice.logprobs,
+                    tool_calls=choice.tool_calls,
+                    verdict=choice.verdict,
+                )
+                for choice in result.choices
+            ],
         )
 
     async def ChatStream(
@@ -71,7 +82,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
                     yield gateway_pb2.ChatStreamResponse(
                         id=stream.id,
                         model=stream.model,
+                        index=chunk.index,
                         text_delta=chunk.text,
+                        logprobs=chunk.logprobs,
+                        tool_calls=chunk.tool_calls,
                         finish_reason=chunk.finish_reason,
                         usage=chunk.usage,
                         route_reason=stream.route_reason,
@@ -99,6 +113,8 @@ def _input(request: gateway_pb2.ChatRequest | gateway_pb2.ChatStreamRequest) -> 
         model=request.model or AUTO_MODEL,
         sampling=request.sampling,
         user=request.user,
+        tools=list(request.tools),
+        tool_choice=request.tool_choice,
     )
 
 

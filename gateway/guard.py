@@ -110,11 +110,17 @@ class Guard:
         self, stream: ChatStream, chunks: AsyncGenerator[StreamChunk, None], request: ChatInput, started: float
     ) -> AsyncGenerator[StreamChunk, None]:
         text: list[str] = []
+        # The first blocking verdict of any answer, else the last answer's.
+        verdict: common_pb2.SafetyVerdict | None = None
         try:
             async for chunk in chunks:
-                text.append(chunk.text)
-                if chunk.finish_reason:
-                    usage = chunk.usage or common_pb2.Usage()
+                if chunk.index == 0:
+                    text.append(chunk.text)
+                if chunk.verdict is not None and (verdict is None or not verdict.blocked):
+                    verdict = chunk.verdict
+                # The stream's last chunk carries the usage of every answer.
+                if chunk.usage is not None:
+                    usage = chunk.usage
                     await self._finished(
                         Outcome(
                             request_id=stream.id,
@@ -123,7 +129,7 @@ class Guard:
                             model=stream.model,
                             route_reason=stream.route_reason,
                             finish_reason=finish_reason_name(chunk.finish_reason),
-                            verdict=chunk.verdict,
+                            verdict=verdict,
                             prompt_tokens=usage.prompt_tokens,
                             completion_tokens=usage.completion_tokens,
                             latency_ms=(time.perf_counter() - started) * 1000,

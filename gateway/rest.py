@@ -28,19 +28,20 @@ from gateway.experiments import api as experiments_api
 from gateway.guard import Guard
 from gateway.keys_api import api_key
 from gateway.metrics import DURATION, IN_FLIGHT, REQUESTS
+from gateway.errors import ModelNotFound
 from gateway.openai_format import (
-    CHAT,
-    COMPLETION,
+    ChatFormat,
+    CompletionFormat,
     ResponseFormat,
     error_object,
     gateway_error_object,
     sse_events,
 )
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, describe_validation_error
+from gateway.models import CatalogEntry, catalog_entries
 from gateway.pipeline import ChatStream, Pipeline
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey
-from mesh.catalog import AUTO_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +78,25 @@ def create_app(settings: GatewaySettings, pipeline: Pipeline, guard: Guard | Non
 
     @app.get("/v1/models", dependencies=[Depends(api_key)])
     async def models() -> dict:
-        names = [model.name for model in settings.models] + [AUTO_MODEL]
-        return {
-            "object": "list",
-            "data": [{"id": name, "object": "model", "created": started, "owned_by": "llmesh"} for name in names],
-        }
+        return {"object": "list", "data": [_model_object(model, started) for model in catalog_entries(settings)]}
+
+    @app.get("/v1/models/{model_id}", dependencies=[Depends(api_key)])
+    async def model(model_id: str) -> dict:
+        entry = next((entry for entry in catalog_entries(settings) if entry.id == model_id), None)
+        if entry is None:
+            raise ModelNotFound(model_id)
+        return _model_object(entry, started)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(
         body: ChatCompletionRequest, request: Request, key: ApiKey = Depends(api_key)
     ) -> Response:
-        return await _answer(app.state.guard, key, body, CHAT, request)
+        fmt = ChatFormat(logprobs=body.wants_logprobs, legacy_functions=body.legacy_functions)
+        return await _answer(app.state.guard, key, body, fmt, request)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request, key: ApiKey = Depends(api_key)) -> Response:
-        return await _answer(app.state.guard, key, body, COMPLETION, request)
+        return await _answer(app.state.guard, key, body, CompletionFormat(logprobs=body.wants_logprobs), request)
 
     app.include_router(experiments_api.router(pipeline.experiments))
     app.include_router(keys_api.tenant_router())
@@ -100,6 +105,18 @@ def create_app(settings: GatewaySettings, pipeline: Pipeline, guard: Guard | Non
     # One span per request; a span per ASGI message would bury a stream's trace.
     FastAPIInstrumentor.instrument_app(app, excluded_urls=_UNTRACED_URLS, exclude_spans=["send", "receive"])
     return app
+
+
+def _model_object(entry: CatalogEntry, created: int) -> dict:
+    """OpenAI's model object, with what a caller needs to choose one: kind, context, prices."""
+    body = {"id": entry.id, "object": "model", "created": created, "owned_by": entry.owned_by, "kind": entry.kind}
+    if entry.context_length:
+        body["context_length"] = entry.context_length
+    if entry.dimensions:
+        body["dimensions"] = entry.dimensions
+    if entry.kind != "router":
+        body["pricing"] = {"input_per_1k_tokens": entry.price_input_per_1k, "output_per_1k_tokens": entry.price_output_per_1k}
+    return body
 
 
 async def _answer(

@@ -71,7 +71,7 @@ def engine_parameters(sampling: common_pb2.SamplingParams) -> dict[str, Any]:
     Only what is set is sent, so that the engine's defaults apply otherwise.
     """
     params: dict[str, Any] = {"max_tokens": sampling.max_tokens}
-    for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
+    for name in ("temperature", "top_p", "top_k", "seed", "presence_penalty", "frequency_penalty"):
         if sampling.HasField(name):
             params[name] = getattr(sampling, name)
     if sampling.stop:

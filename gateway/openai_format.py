@@ -11,6 +11,9 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
 from gateway.errors import GatewayError, log_failure
 from gateway.pipeline import ChatResult, ChatStream, StreamChunk, finish_reason_name
 from llmesh.common.v1 import common_pb2
@@ -275,3 +278,18 @@ async def sse_events(stream: ChatStream, fmt: ResponseFormat, include_usage: boo
         yield sse(gateway_error_object(GatewayError("The stream failed; please retry.")))
         return
     yield sse(DONE)
+
+
+class EventStream(StreamingResponse):
+    """An SSE response that releases the pipeline stream however the response ends: the
+    body iterator's own clean-up never runs if the client leaves before its first step."""
+
+    def __init__(self, stream: ChatStream, events: AsyncIterator[str], headers: dict[str, str]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.stream.aclose()

@@ -348,6 +348,46 @@ class CompletionRequest(_GenerationRequest):
         return ChatInput(prompt=self.prompt, model=self.model, sampling=self.sampling(), user=self.user or "")
 
 
+def _texts(value: Any) -> Any:
+    """A string or a list of strings; token-id inputs are refused (each model tokenizes itself)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        return value
+    if isinstance(value, list) and value and all(isinstance(item, int | list) for item in value):
+        raise ValueError("token ids as input are not supported; send text")
+    return value
+
+
+class EmbeddingRequest(StrictModel):
+    model: str
+    input: Annotated[list[str], BeforeValidator(_texts)] = Field(min_length=1, max_length=2048)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+
+def _moderation_texts(value: Any) -> Any:
+    """Text, a list of texts, or a list of text parts (image parts are refused)."""
+    if isinstance(value, list) and value and all(isinstance(part, dict) for part in value):
+        texts = []
+        for part in value:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError("only text inputs are supported")
+            texts.append(part["text"])
+        return texts
+    return _texts(value)
+
+
+MODERATION_MODEL = "llmesh-guard"
+
+
+class ModerationRequest(StrictModel):
+    input: Annotated[list[str], BeforeValidator(_moderation_texts)] = Field(min_length=1, max_length=256)
+    # llmesh's own guard answers every moderation; it is the only model.
+    model: Literal["llmesh-guard"] | None = None
+
+
 def _param(loc: Sequence[Any]) -> str | None:
     # FastAPI prefixes where the value came from ("body"); OpenAI names the field alone.
     parts = [part for part in loc if part != "body"]

@@ -242,6 +242,20 @@ class _Plan:
         return dataclasses.replace(choice, text="", tool_calls=calls, finish_reason=common_pb2.FINISH_REASON_TOOL_CALLS)
 
 
+@dataclass(frozen=True)
+class EmbedResult:
+    id: str
+    model: str
+    vectors: Sequence[Sequence[float]]
+    usage: common_pb2.Usage
+
+
+@dataclass(frozen=True)
+class ModerationResult:
+    id: str
+    results: Sequence[preprocess_pb2.ModerationResult]
+
+
 class Pipeline:
     """Holds one channel and stub per upstream service; safe to share between edges."""
 
@@ -275,6 +289,60 @@ class Pipeline:
             _record_result(span, result.model, result.finish_reason, result.usage, result.verdict)
             trial.finished(Answer(result.model, result.text, result.finish_reason, result.usage))
             return result
+
+    async def embed(self, model: str, inputs: Sequence[str], tenant: str = "", user: str = "") -> EmbedResult:
+        """Embeddings of ``inputs``: the input guard first (a blocked input is refused, PII is
+        redacted as for prompts), then the embedding model through the inference service."""
+        if not any(spec.name == model for spec in self.settings.embedding_models):
+            raise ModelNotFound(model)
+        if not inputs:
+            raise InvalidRequest("At least one input is required.", param="input")
+        context = self._context("embd-", tenant, user)
+        with _tracer.start_as_current_span(semconv.SPAN_GATEWAY_EMBED) as span:
+            span.set_attributes(
+                {
+                    semconv.GEN_AI_SYSTEM: semconv.GEN_AI_SYSTEM_VALUE,
+                    semconv.GEN_AI_OPERATION_NAME: "embeddings",
+                    semconv.GEN_AI_REQUEST_MODEL: model,
+                    semconv.LLMESH_REQUEST_ID: context.request_id,
+                    semconv.LLMESH_TENANT_ID: context.tenant_id,
+                }
+            )
+            with _calling("preprocess"):
+                checked = await self.stubs.preprocess.Moderate(preprocess_pb2.ModerateRequest(context=context, texts=inputs))
+            for position, result in enumerate(checked.results):
+                if result.verdict.blocked:
+                    _record_verdict(span, result.verdict)
+                    raise InvalidRequest(
+                        result.verdict.message or "The input was blocked.",
+                        reason="CONTENT_FILTER",
+                        param=f"input[{position}]",
+                        metadata={"rule": result.verdict.rule},
+                    )
+            with _calling("inference"):
+                embedded = await self.stubs.inference.Embed(
+                    inference_pb2.EmbedRequest(
+                        context=context, model=model, inputs=[result.text for result in checked.results]
+                    )
+                )
+            span.set_attribute(semconv.GEN_AI_USAGE_INPUT_TOKENS, embedded.usage.prompt_tokens)
+        return EmbedResult(
+            context.request_id, embedded.model, [list(e.values) for e in embedded.embeddings], embedded.usage
+        )
+
+    async def moderate(self, inputs: Sequence[str], tenant: str = "") -> ModerationResult:
+        """The platform's input guard over ``inputs``, category by category."""
+        if not inputs:
+            raise InvalidRequest("At least one input is required.", param="input")
+        context = self._context("modr-", tenant, "")
+        with _calling("preprocess"):
+            checked = await self.stubs.preprocess.Moderate(preprocess_pb2.ModerateRequest(context=context, texts=inputs))
+        return ModerationResult(context.request_id, list(checked.results))
+
+    def _context(self, prefix: str, tenant: str, user: str) -> common_pb2.RequestContext:
+        return common_pb2.RequestContext(
+            request_id=f"{prefix}{uuid.uuid4().hex}", tenant_id=tenant or self.settings.default_tenant, user_id=user
+        )
 
     async def stream(self, request: ChatInput) -> ChatStream:
         """Everything up to the first generated tokens happens here, so that failures there

@@ -20,6 +20,7 @@ call as the JSON the model would have written, a tool result as the tool message
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -155,13 +156,33 @@ def with_tools(messages: Sequence[common_pb2.ChatMessage], plan: ToolPlan | None
     return rendered
 
 
+_CONTENT_START = re.compile(r'^\s*\{\s*"content"\s*:\s*"')
+
+
+def _cut_content(text: str) -> str | None:
+    """The text of a ``{"content": "...`` answer cut short (max_tokens), as far as it got."""
+    start = _CONTENT_START.match(text)
+    if start is None:
+        return None
+    rest = text[start.end() :]
+    # Drop what may be half an escape sequence at the end (at most "\uXXX").
+    for cut in range(min(len(rest), 6) + 1):
+        try:
+            return json.loads(f'"{rest[: len(rest) - cut]}"')
+        except json.JSONDecodeError:
+            continue
+    return None
+
+
 def read_answer(plan: ToolPlan, text: str) -> tuple[str, list[common_pb2.ToolCall]]:
     """(content, calls) from an answer written under ``plan.schema``. An answer that does not
-    parse (cut short by max_tokens) is returned as text, as the model wrote it."""
+    parse was cut short by max_tokens: a text answer is returned as far as it got, anything
+    else as the model wrote it."""
     try:
         answer = json.loads(text)
     except json.JSONDecodeError:
-        return text, []
+        cut = _cut_content(text) if plan.mode == AUTO else None
+        return (text if cut is None else cut), []
     if not isinstance(answer, dict):
         return text, []
     if set(answer) == {"content"} and isinstance(answer["content"], str):

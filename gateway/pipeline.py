@@ -7,6 +7,9 @@ its own wire format.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -17,7 +20,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
-from gateway import cascade
+from gateway import cascade, tools
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamError, from_rpc_error
 from gateway.experiments.runtime import Answer, Experiments, Trial
 from gateway.metrics import TTFT
@@ -40,6 +43,7 @@ _FINISH_REASON_NAMES = {
     common_pb2.FINISH_REASON_LENGTH: "length",
     common_pb2.FINISH_REASON_CONTENT_FILTER: "content_filter",
     common_pb2.FINISH_REASON_ERROR: "error",
+    common_pb2.FINISH_REASON_TOOL_CALLS: "tool_calls",
 }
 
 
@@ -64,6 +68,9 @@ class ChatInput:
     # A/B tests: the id of the session unit, and variants the caller forces (for testing).
     session_id: str = ""
     forced_variants: Mapping[str, str] = field(default_factory=dict)
+    # Functions the model may call (gateway/tools.py).
+    tools: Sequence[common_pb2.Tool] = ()
+    tool_choice: common_pb2.ToolChoice = field(default_factory=common_pb2.ToolChoice)
 
     @property
     def operation(self) -> str:
@@ -72,29 +79,62 @@ class ChatInput:
 
 
 @dataclass(frozen=True)
+class ChoiceResult:
+    """One of a request's answers, as released."""
+
+    index: int
+    text: str
+    finish_reason: int  # common_pb2.FinishReason
+    # Explains a content_filter finish when blocked; empty otherwise.
+    verdict: common_pb2.SafetyVerdict = field(default_factory=common_pb2.SafetyVerdict)
+    # With logprobs: entries that spell `text` exactly.
+    logprobs: Sequence[common_pb2.TokenLogprob] = ()
+    tool_calls: Sequence[common_pb2.ToolCall] = ()
+    # The stop string that ended the text, if one did.
+    stop_sequence: str = ""
+
+
+@dataclass(frozen=True)
 class ChatResult:
     id: str
     created: int
     # The model that answered (differs from the routed one after failover).
     model: str
-    text: str
-    finish_reason: int  # common_pb2.FinishReason
+    choices: Sequence[ChoiceResult]
+    # Summed over every answer.
     usage: common_pb2.Usage
     route_reason: str
-    # Explains a content_filter finish when blocked; empty otherwise.
-    verdict: common_pb2.SafetyVerdict
     # experiment name -> variant that served this request.
     experiments: dict[str, str] = field(default_factory=dict)
+
+    # The first answer's, for callers that ask for one answer.
+    @property
+    def text(self) -> str:
+        return self.choices[0].text
+
+    @property
+    def finish_reason(self) -> int:
+        return self.choices[0].finish_reason
+
+    @property
+    def verdict(self) -> common_pb2.SafetyVerdict:
+        """The first blocking verdict of any answer, else the first answer's."""
+        return next((c.verdict for c in self.choices if c.verdict.blocked), self.choices[0].verdict)
 
 
 @dataclass(frozen=True)
 class StreamChunk:
-    """Text released to the caller; only the last chunk has a finish reason and usage."""
+    """Text released for one answer (``index``); each answer's last chunk has its finish
+    reason, and the stream's last chunk also the usage of all answers."""
 
     text: str = ""
     finish_reason: int = common_pb2.FINISH_REASON_UNSPECIFIED
     usage: common_pb2.Usage | None = None
     verdict: common_pb2.SafetyVerdict | None = None
+    index: int = 0
+    logprobs: Sequence[common_pb2.TokenLogprob] = ()
+    tool_calls: Sequence[common_pb2.ToolCall] = ()
+    stop_sequence: str = ""
 
 
 @dataclass
@@ -110,6 +150,8 @@ class ChatStream:
     # Cancels the upstream calls and ends the span; runs at most once.
     close: Callable[[], None]
     experiments: dict[str, str] = field(default_factory=dict)
+    # How many answers (n) the chunks belong to.
+    answers: int = 1
 
     def __aiter__(self) -> AsyncIterator[StreamChunk]:
         return self.chunks
@@ -151,6 +193,16 @@ class _Plan:
     # None when preprocess blocked the prompt: nothing is routed or generated then.
     route: router_pb2.RouteResponse | None
     stubs: _Stubs
+    # With tools: how the answer is constrained and read (gateway/tools.py).
+    tool_plan: tools.ToolPlan | None = None
+
+    @property
+    def answers(self) -> int:
+        return max(self.sampling.n, 1)
+
+    @property
+    def logprobs(self) -> bool:
+        return self.sampling.logprobs or self.sampling.top_logprobs > 0
 
     def generate_request(self) -> inference_pb2.GenerateRequest:
         return inference_pb2.GenerateRequest(
@@ -171,13 +223,37 @@ class _Plan:
             id=self.context.request_id,
             created=self.created,
             model=requested_model or AUTO_MODEL,
-            text="",
-            finish_reason=common_pb2.FINISH_REASON_CONTENT_FILTER,
+            choices=[
+                ChoiceResult(i, "", common_pb2.FINISH_REASON_CONTENT_FILTER, self.prompt.verdict)
+                for i in range(self.answers)
+            ],
             usage=common_pb2.Usage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
             route_reason="",
-            verdict=self.prompt.verdict,
             experiments=dict(self.context.experiments),
         )
+
+    def read(self, choice: ChoiceResult) -> ChoiceResult:
+        """An answer written under a tool plan, read as text or as a call."""
+        if self.tool_plan is None or choice.finish_reason == common_pb2.FINISH_REASON_CONTENT_FILTER:
+            return choice
+        content, calls = tools.read_answer(self.tool_plan, choice.text)
+        if not calls:
+            return dataclasses.replace(choice, text=content)
+        return dataclasses.replace(choice, text="", tool_calls=calls, finish_reason=common_pb2.FINISH_REASON_TOOL_CALLS)
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    id: str
+    model: str
+    vectors: Sequence[Sequence[float]]
+    usage: common_pb2.Usage
+
+
+@dataclass(frozen=True)
+class ModerationResult:
+    id: str
+    results: Sequence[preprocess_pb2.ModerationResult]
 
 
 class Pipeline:
@@ -214,6 +290,60 @@ class Pipeline:
             trial.finished(Answer(result.model, result.text, result.finish_reason, result.usage))
             return result
 
+    async def embed(self, model: str, inputs: Sequence[str], tenant: str = "", user: str = "") -> EmbedResult:
+        """Embeddings of ``inputs``: the input guard first (a blocked input is refused, PII is
+        redacted as for prompts), then the embedding model through the inference service."""
+        if not any(spec.name == model for spec in self.settings.embedding_models):
+            raise ModelNotFound(model)
+        if not inputs:
+            raise InvalidRequest("At least one input is required.", param="input")
+        context = self._context("embd-", tenant, user)
+        with _tracer.start_as_current_span(semconv.SPAN_GATEWAY_EMBED) as span:
+            span.set_attributes(
+                {
+                    semconv.GEN_AI_SYSTEM: semconv.GEN_AI_SYSTEM_VALUE,
+                    semconv.GEN_AI_OPERATION_NAME: "embeddings",
+                    semconv.GEN_AI_REQUEST_MODEL: model,
+                    semconv.LLMESH_REQUEST_ID: context.request_id,
+                    semconv.LLMESH_TENANT_ID: context.tenant_id,
+                }
+            )
+            with _calling("preprocess"):
+                checked = await self.stubs.preprocess.Moderate(preprocess_pb2.ModerateRequest(context=context, texts=inputs))
+            for position, result in enumerate(checked.results):
+                if result.verdict.blocked:
+                    _record_verdict(span, result.verdict)
+                    raise InvalidRequest(
+                        result.verdict.message or "The input was blocked.",
+                        reason="CONTENT_FILTER",
+                        param=f"input[{position}]",
+                        metadata={"rule": result.verdict.rule},
+                    )
+            with _calling("inference"):
+                embedded = await self.stubs.inference.Embed(
+                    inference_pb2.EmbedRequest(
+                        context=context, model=model, inputs=[result.text for result in checked.results]
+                    )
+                )
+            span.set_attribute(semconv.GEN_AI_USAGE_INPUT_TOKENS, embedded.usage.prompt_tokens)
+        return EmbedResult(
+            context.request_id, embedded.model, [list(e.values) for e in embedded.embeddings], embedded.usage
+        )
+
+    async def moderate(self, inputs: Sequence[str], tenant: str = "") -> ModerationResult:
+        """The platform's input guard over ``inputs``, category by category."""
+        if not inputs:
+            raise InvalidRequest("At least one input is required.", param="input")
+        context = self._context("modr-", tenant, "")
+        with _calling("preprocess"):
+            checked = await self.stubs.preprocess.Moderate(preprocess_pb2.ModerateRequest(context=context, texts=inputs))
+        return ModerationResult(context.request_id, list(checked.results))
+
+    def _context(self, prefix: str, tenant: str, user: str) -> common_pb2.RequestContext:
+        return common_pb2.RequestContext(
+            request_id=f"{prefix}{uuid.uuid4().hex}", tenant_id=tenant or self.settings.default_tenant, user_id=user
+        )
+
     async def stream(self, request: ChatInput) -> ChatStream:
         """Everything up to the first generated tokens happens here, so that failures there
         (unknown model, a service down) surface before the edge has answered anything."""
@@ -230,7 +360,7 @@ class Pipeline:
                     close = _closer(span)
                     chunks = _refusal_chunks(refusal, span, close, trial)
                     return ChatStream(
-                        refusal.id, refusal.created, refusal.model, "", chunks, close, refusal.experiments
+                        refusal.id, refusal.created, refusal.model, "", chunks, close, refusal.experiments, plan.answers
                     )
                 generation = plan.stubs.inference.GenerateStream(plan.generate_request())
                 responses = aiter(generation)
@@ -239,15 +369,22 @@ class Pipeline:
                 if first is None:
                     raise UpstreamError("The inference service ended its stream without an answer.")
                 model = first.model or plan.route.model
-                feed = _TokenFeed(plan.context, model, plan.sampling.stop, first, responses)
+                feed = _TokenFeed(plan, model, first, responses)
                 released = plan.stubs.postprocess.PostprocessStream(feed.requests())
         except BaseException:
             span.end()
             raise
         close = _closer(span, generation, released)
-        chunks = _release(released, feed, model, span, started, close, trial)
+        chunks = _release(released, feed, plan, model, span, started, close, trial)
         return ChatStream(
-            plan.context.request_id, plan.created, model, plan.route.reason, chunks, close, dict(plan.context.experiments)
+            plan.context.request_id,
+            plan.created,
+            model,
+            plan.route.reason,
+            chunks,
+            close,
+            dict(plan.context.experiments),
+            plan.answers,
         )
 
     def _stubs(self, trial: Trial) -> _Stubs:
@@ -258,6 +395,14 @@ class Pipeline:
     async def _plan(self, request: ChatInput, span: Span, trial: Trial, stream: bool = False) -> _Plan:
         created = int(time.time())
         sampling = self._sampling(request)
+        tool_plan = tools.plan(request.tools, request.tool_choice)
+        if tool_plan is not None and tool_plan.calls_possible:
+            if sampling.structured_output.WhichOneof("format"):
+                raise InvalidRequest("response_format cannot be combined with tools.", param="response_format")
+            if sampling.logprobs or sampling.top_logprobs:
+                raise InvalidRequest("logprobs cannot be combined with tools.", param="logprobs")
+            sampling.structured_output.json_schema = json.dumps(tool_plan.schema)
+        messages = tools.with_tools(request.messages, tool_plan) if request.tools else request.messages
         prefix = "chatcmpl-" if request.operation == "chat" else "cmpl-"
         context = common_pb2.RequestContext(
             request_id=f"{prefix}{uuid.uuid4().hex}",
@@ -284,13 +429,11 @@ class Pipeline:
 
         with _calling("preprocess"):
             prompt = await stubs.preprocess.Preprocess(
-                preprocess_pb2.PreprocessRequest(
-                    context=context, messages=request.messages, prompt=request.prompt or ""
-                )
+                preprocess_pb2.PreprocessRequest(context=context, messages=messages, prompt=request.prompt or "")
             )
         _record_verdict(span, prompt.verdict)
         if prompt.verdict.blocked:
-            return _Plan(context, created, sampling, prompt, route=None, stubs=stubs)
+            return _Plan(context, created, sampling, prompt, route=None, stubs=stubs, tool_plan=tool_plan)
 
         with _calling("router"):
             route = await stubs.router.Route(
@@ -321,9 +464,9 @@ class Pipeline:
                 )
             )
             _record_verdict(span, prompt.verdict)
-            return _Plan(context, created, sampling, prompt, route=None, stubs=stubs)
+            return _Plan(context, created, sampling, prompt, route=None, stubs=stubs, tool_plan=tool_plan)
         self._check_budget(route.model, prompt, sampling)
-        return _Plan(context, created, sampling, prompt, route, stubs)
+        return _Plan(context, created, sampling, prompt, route, stubs, tool_plan)
 
     def _check_budget(
         self, model: str, prompt: preprocess_pb2.PreprocessResponse, sampling: common_pb2.SamplingParams
@@ -356,12 +499,6 @@ class Pipeline:
             check_sampling(sampling)
         except SamplingError as error:
             raise InvalidRequest(error.message, param=error.param) from None
-        # The engine honours these, but no edge carries their results back yet: refused by name
-        # rather than silently dropped.
-        if sampling.n > 1:
-            raise InvalidRequest("Only one answer per request (n = 1) is supported.", param="n")
-        if sampling.top_logprobs:
-            raise InvalidRequest("top_logprobs is not supported.", param="top_logprobs")
         sampling.max_tokens = sampling.max_tokens or self.settings.default_max_tokens
         return sampling
 
@@ -374,83 +511,121 @@ class Pipeline:
                 plan.route, generated, plan.generate_request(), plan.stubs.inference, trace.get_current_span()
             )
         model = generated.model or plan.route.model
-        answer = generated.choices[0] if generated.choices else common_pb2.Completion()
+        answers = list(generated.choices) or [common_pb2.Completion()]
         with _calling("postprocess"):
-            post = await plan.stubs.postprocess.Postprocess(
-                postprocess_pb2.PostprocessRequest(
-                    context=plan.context,
-                    token_ids=answer.token_ids,
-                    model=model,
-                    finish_reason=answer.finish_reason,
-                    stop=plan.sampling.stop,
+            posts = await asyncio.gather(
+                *(
+                    plan.stubs.postprocess.Postprocess(
+                        postprocess_pb2.PostprocessRequest(
+                            context=plan.context,
+                            token_ids=answer.token_ids,
+                            model=model,
+                            finish_reason=answer.finish_reason,
+                            stop=plan.sampling.stop,
+                            logprobs=plan.logprobs,
+                            token_logprobs=answer.token_logprobs if plan.logprobs else (),
+                            top_logprobs=answer.top_logprobs if plan.logprobs else (),
+                        )
+                    )
+                    for answer in answers
                 )
             )
+        choices = [
+            plan.read(
+                ChoiceResult(
+                    index=answer.index,
+                    text=post.text,
+                    finish_reason=post.finish_reason or answer.finish_reason,
+                    verdict=post.verdict,
+                    logprobs=list(post.logprobs),
+                    stop_sequence=post.stop_sequence,
+                )
+            )
+            for answer, post in zip(answers, posts, strict=True)
+        ]
         return ChatResult(
             id=plan.context.request_id,
             created=plan.created,
             model=model,
-            text=post.text,
-            finish_reason=post.finish_reason or answer.finish_reason,
+            choices=choices,
             usage=generated.usage,
             route_reason=route_reason,
-            verdict=post.verdict,
             experiments=dict(plan.context.experiments),
         )
 
 
 class _TokenFeed:
-    """Turns the inference stream into PostprocessStream requests and remembers how it ended."""
+    """Turns the inference stream into PostprocessStream requests (every answer on the one
+    call) and remembers how the generation went."""
 
     def __init__(
         self,
-        context: common_pb2.RequestContext,
+        plan: _Plan,
         model: str,
-        stop: Sequence[str],
         first: inference_pb2.GenerateStreamResponse,
         rest: AsyncIterator[inference_pb2.GenerateStreamResponse],
     ) -> None:
-        self.context = context
+        self.plan = plan
         self.model = model
-        self.stop_strings = list(stop)
         self.first = first
         self.rest = rest
-        self.finish_reason = common_pb2.FINISH_REASON_STOP
+        self.answers = plan.answers
         self.usage = common_pb2.Usage()
         self.error: grpc.aio.AioRpcError | None = None
-        self.stopped = False
+        # Answers whose last message went to postprocess, and those postprocess has ended
+        # (e.g. blocked): no more of their tokens are sent.
+        self.fed: set[int] = set()
+        self.ended: set[int] = set()
 
-    def stop(self) -> None:
-        """Postprocess has given its final answer (e.g. it blocked the text): feed no more tokens."""
-        self.stopped = True
+    def end(self, index: int) -> None:
+        self.ended.add(index)
 
-    async def requests(self) -> AsyncIterator[postprocess_pb2.PostprocessStreamRequest]:
-        yield postprocess_pb2.PostprocessStreamRequest(
-            context=self.context, model=self.model, stop=self.stop_strings, token_ids=self._note(self.first)
-        )
-        try:
-            async for response in self.rest:
-                if self.stopped:
-                    break
-                yield postprocess_pb2.PostprocessStreamRequest(token_ids=self._note(response))
-        except grpc.aio.AioRpcError as error:
-            # gRPC runs this iterator in a task of its own and would answer an exception by
-            # cancelling the postprocess call, hiding this error; so the stream ends as failed
-            # and the reader reports the error.
-            self.error = error
-            self.finish_reason = common_pb2.FINISH_REASON_ERROR
-        yield postprocess_pb2.PostprocessStreamRequest(finish_reason=self.finish_reason)
-
-    def _note(self, response: inference_pb2.GenerateStreamResponse) -> Sequence[int]:
-        if response.delta.finish_reason:
-            self.finish_reason = response.delta.finish_reason
+    def _request(self, response: inference_pb2.GenerateStreamResponse) -> postprocess_pb2.PostprocessStreamRequest:
         if response.HasField("usage"):
             self.usage = response.usage
-        return response.delta.token_ids
+        delta = response.delta
+        if delta.finish_reason:
+            self.fed.add(delta.index)
+        request = postprocess_pb2.PostprocessStreamRequest(
+            index=delta.index, token_ids=delta.token_ids, finish_reason=delta.finish_reason
+        )
+        if self.plan.logprobs:
+            request.token_logprobs.extend(delta.token_logprobs)
+            request.top_logprobs.extend(delta.top_logprobs)
+        return request
+
+    async def requests(self) -> AsyncIterator[postprocess_pb2.PostprocessStreamRequest]:
+        first = self._request(self.first)
+        first.context.CopyFrom(self.plan.context)
+        first.model = self.model
+        first.stop.extend(self.plan.sampling.stop)
+        first.answers = self.answers
+        first.logprobs = self.plan.logprobs
+        yield first
+        finish = common_pb2.FINISH_REASON_STOP
+        try:
+            async for response in self.rest:
+                if len(self.ended) == self.answers:
+                    break
+                if response.delta.index in self.ended:
+                    continue
+                yield self._request(response)
+        except grpc.aio.AioRpcError as error:
+            # gRPC runs this iterator in a task of its own and would answer an exception by
+            # cancelling the postprocess call, hiding this error; so the answers end as failed
+            # and the reader reports the error.
+            self.error = error
+            finish = common_pb2.FINISH_REASON_ERROR
+        # Answers whose stream ended without a last message end here.
+        for index in range(self.answers):
+            if index not in self.fed and index not in self.ended:
+                yield postprocess_pb2.PostprocessStreamRequest(index=index, finish_reason=finish)
 
 
 async def _release(
     released: grpc.aio.StreamStreamCall,
     feed: _TokenFeed,
+    plan: _Plan,
     model: str,
     span: Span,
     started: float,
@@ -458,37 +633,71 @@ async def _release(
     trial: Trial,
 ) -> AsyncGenerator[StreamChunk, None]:
     first_text = True
+    # Under a tool plan an answer is read whole when it ends, so its text is held until then.
+    held: dict[int, str] = {}
+    finals: dict[int, StreamChunk] = {}
     try:
-        final = None
         try:
             # Read to the end even after the final message, so the call completes rather
             # than being cancelled (which both ends would trace as a failure).
             async for response in released:
-                trial.on_text(response.text_delta)
+                if response.index == 0:
+                    trial.on_text(response.text_delta)
                 if response.text_delta and first_text:
                     first_text = False
                     TTFT.labels(model).observe(time.perf_counter() - started)
+                if plan.tool_plan is not None and plan.tool_plan.calls_possible:
+                    held[response.index] = held.get(response.index, "") + response.text_delta
+                    if not response.finish_reason:
+                        continue
                 if response.finish_reason:
-                    feed.stop()
-                    final = StreamChunk(response.text_delta, response.finish_reason, feed.usage, response.verdict)
-                elif response.text_delta:
-                    yield StreamChunk(response.text_delta)
+                    feed.end(response.index)
+                    chunk = _final_chunk(plan, response, held.get(response.index))
+                    finals[response.index] = chunk
+                    if len(finals) < feed.answers:
+                        yield chunk
+                elif response.text_delta or response.logprobs:
+                    yield StreamChunk(response.text_delta, index=response.index, logprobs=list(response.logprobs))
         except grpc.aio.AioRpcError as error:
             # A postprocess failure may only be the echo of an inference failure.
             raise _failure(span, feed.error or error, "inference" if feed.error else "postprocess") from error
         if feed.error is not None:
             raise _failure(span, feed.error, "inference") from feed.error
-        # Postprocess ends every stream with a finish reason; the edges rely on a final
-        # chunk, so they get one even if it did not.
-        final = final or StreamChunk(finish_reason=feed.finish_reason, usage=feed.usage)
-        _record_result(span, model, final.finish_reason, final.usage, final.verdict)
-        trial.finished(Answer(model, "".join(trial.text), final.finish_reason, final.usage or common_pb2.Usage()))
-        yield final
+        # Postprocess ends every answer with a finish reason; the edges rely on that, so they
+        # get one for each even if it did not. The stream's last chunk carries the usage.
+        missing = [index for index in range(feed.answers) if index not in finals]
+        for index in missing[:-1]:
+            yield StreamChunk(finish_reason=common_pb2.FINISH_REASON_STOP, index=index)
+        # With every answer ended, the last one to end was held back for this.
+        last = StreamChunk(finish_reason=common_pb2.FINISH_REASON_STOP, index=missing[-1]) if missing else [*finals.values()][-1]
+        last = dataclasses.replace(last, usage=feed.usage)
+        verdict = next((c.verdict for c in finals.values() if c.verdict is not None and c.verdict.blocked), last.verdict)
+        _record_result(span, model, last.finish_reason, last.usage, verdict)
+        trial.finished(Answer(model, "".join(trial.text), finals.get(0, last).finish_reason, last.usage))
+        yield last
     except Exception:
         trial.failed()
         raise
     finally:
         close()
+
+
+def _final_chunk(
+    plan: _Plan, response: postprocess_pb2.PostprocessStreamResponse, held: str | None
+) -> StreamChunk:
+    """An answer's last chunk; under a tool plan, the whole answer read as text or a call."""
+    chunk = StreamChunk(
+        response.text_delta,
+        response.finish_reason,
+        verdict=response.verdict,
+        index=response.index,
+        logprobs=list(response.logprobs),
+        stop_sequence=response.stop_sequence,
+    )
+    if held is None:
+        return chunk
+    choice = plan.read(ChoiceResult(response.index, held, response.finish_reason, response.verdict))
+    return dataclasses.replace(chunk, text=choice.text, tool_calls=list(choice.tool_calls), finish_reason=choice.finish_reason)
 
 
 async def _refusal_chunks(
@@ -497,7 +706,10 @@ async def _refusal_chunks(
     try:
         _record_result(span, refusal.model, refusal.finish_reason, refusal.usage, refusal.verdict)
         trial.finished(Answer(refusal.model, refusal.text, refusal.finish_reason, refusal.usage))
-        yield StreamChunk(finish_reason=refusal.finish_reason, usage=refusal.usage, verdict=refusal.verdict)
+        last = len(refusal.choices) - 1
+        for choice in refusal.choices:
+            usage = refusal.usage if choice.index == last else None
+            yield StreamChunk(finish_reason=choice.finish_reason, usage=usage, verdict=choice.verdict, index=choice.index)
     finally:
         close()
 

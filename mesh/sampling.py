@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 import math
 
+import jsonschema
+
 from llmesh.common.v1 import common_pb2
 
 MAX_TEMPERATURE = 2.0
 MAX_PENALTY = 2.0
 MAX_LOGIT_BIAS = 100.0
 MAX_TOP_LOGPROBS = 20
+# The legacy completions endpoint's logprobs (alternatives per token).
+MAX_COMPLETION_LOGPROBS = 5
 MAX_STOP_SEQUENCES = 4
 MAX_N = 8
 # Token counts travel as uint32 in the protos and as int32 in some engines.
@@ -55,6 +59,8 @@ def check_sampling(sampling: common_pb2.SamplingParams) -> None:
         raise SamplingError("n", f"n must be between 1 and {MAX_N}.")
     if sampling.top_logprobs > MAX_TOP_LOGPROBS:
         raise SamplingError("top_logprobs", f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}.")
+    if sampling.HasField("top_k") and sampling.top_k < 1:
+        raise SamplingError("top_k", "top_k must be at least 1.")
     for token, bias in sampling.logit_bias.items():
         if token < 0 or not _finite_in(bias, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS):
             raise SamplingError("logit_bias", f"logit_bias maps token ids to values between -100 and 100; got {token}: {bias}.")
@@ -65,6 +71,10 @@ def check_sampling(sampling: common_pb2.SamplingParams) -> None:
             raise SamplingError("response_format", f"The JSON schema is not valid JSON: {error}.") from None
         if not isinstance(schema, dict):
             raise SamplingError("response_format", "The JSON schema must be a JSON object.")
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as error:
+            raise SamplingError("response_format", f"The JSON schema is not valid: {error.message}.") from None
 
 
 def check_budget(sampling: common_pb2.SamplingParams, prompt_tokens: int, model: str, context_length: int) -> None:

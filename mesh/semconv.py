@@ -40,10 +40,12 @@ LLMESH_BATCH_REDELIVERED = "llmesh.batch.redelivered"
 
 # Span names of work done inside a service (RPC spans are named by the gRPC instrumentation).
 SPAN_GATEWAY_CHAT = "gateway.chat"
+SPAN_GATEWAY_EMBED = "gateway.embed"
 SPAN_TRITON_GENERATE = "triton.generate"
 SPAN_TRITON_SCORE = "triton.score"
 SPAN_BATCH_CHUNK = "batch.chunk"
 SPAN_BATCH_LINE = "batch.line"
+SPAN_TRITON_EMBED = "triton.embed"
 
 # Metric names (Prometheus).
 METRIC_RPC_SERVER_DURATION = "llmesh_rpc_server_duration_seconds"

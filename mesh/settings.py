@@ -14,7 +14,7 @@ from typing import Annotated, TypeVar
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mesh.catalog import REPO_ROOT, ModelSpec, default_models
+from mesh.catalog import REPO_ROOT, EmbeddingModelSpec, ModelSpec, default_embedding_models, default_models
 
 __all__ = ["REPO_ROOT", "MeshSettings", "load_settings"]
 
@@ -58,6 +58,8 @@ class MeshSettings(BaseSettings):
 
     # The models served (LLMESH_MODELS as JSON), each with its own tokenizer and chat template.
     models: list[ModelSpec] = Field(default_factory=default_models, min_length=1)
+    # Embedding models (LLMESH_EMBEDDING_MODELS as JSON), served on Triton; may be empty.
+    embedding_models: list[EmbeddingModelSpec] = Field(default_factory=default_embedding_models)
 
     # Prometheus /metrics port of a gRPC service process; 0 disables it.
     metrics_port: int = Field(default=0, ge=0, le=65535)

@@ -112,3 +112,40 @@ class ModelTokenizers:
     def close(self) -> None:
         if self._loading is not None:
             self._loading.cancel()
+
+
+class TokenBytes:
+    """The exact bytes each token id stands for, as log-prob reports show them.
+
+    A byte-level BPE token may hold part of a UTF-8 character, so its text alone cannot say
+    what it contributed; its bytes can. Special tokens contribute nothing to decoded text
+    (decoding skips them) and so have no bytes. Tokenizers that are not byte-level fall back
+    to the UTF-8 of the token's decoded text.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+        self._tokenizer = tokenizer
+        self._special = set(tokenizer.all_special_ids)
+        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+        self._byte_level = type(decoder).__name__ == "ByteLevel"
+        self._unicode_to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special
+
+    def __call__(self, token_id: int) -> bytes:
+        if token_id in self._special:
+            return b""
+        if self._byte_level:
+            piece = self._tokenizer.convert_ids_to_tokens(token_id)
+            if piece is not None and all(char in self._unicode_to_byte for char in piece):
+                return bytes(self._unicode_to_byte[char] for char in piece)
+        return self._tokenizer.decode([token_id]).encode()
+
+    def text(self, token_id: int) -> str:
+        """How the token reads on its own (an alternative in a log-prob report)."""
+        return self(token_id).decode("utf-8", errors="replace") if token_id not in self._special else (
+            self._tokenizer.convert_ids_to_tokens(token_id) or ""
+        )

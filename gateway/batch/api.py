@@ -26,6 +26,7 @@ from gateway.batch.storage import FileStorage, storage_for
 from gateway.batch.store import CANCELLABLE, BatchRecord, BatchStore, FileRecord
 from gateway.errors import Conflict, InvalidRequest, NotFound, UpstreamUnavailable
 from gateway.keys_api import api_key
+from gateway.openai_schema import unsupported_parameter
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey
 
@@ -131,7 +132,7 @@ def files_router() -> APIRouter:
             unknown = sorted(set(form) - _FORM_FIELDS)
             if unknown:
                 name = unknown[0].partition("[")[0]
-                raise InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name)
+                raise InvalidRequest(unsupported_parameter(name), param=name)
             purpose = form.get("purpose")
             if not isinstance(purpose, str) or not purpose:
                 raise InvalidRequest("Missing required parameter: 'purpose'.", param="purpose")

@@ -39,7 +39,7 @@ from gateway.batch.store import ERROR, OUTPUT, TERMINAL, BatchRecord, BatchStore
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.guard import Guard
 from gateway.load import interactive_in_flight
-from gateway.openai_format import CHAT, COMPLETION, gateway_error_object
+from gateway.openai_format import gateway_error_object
 from gateway.tenancy import ApiKey, RateLimited
 from llmesh.common.v1 import common_pb2
 from mesh import semconv
@@ -307,7 +307,7 @@ class BatchRunner:
 
     async def _execute(self, batch: BatchRecord, request: jsonl.BatchRequest, task: _TaskState) -> _Result:
         key = ApiKey(batch.key_id, batch.tenant, "", 0)
-        fmt = CHAT if request.url == "/v1/chat/completions" else COMPLETION
+        fmt = request.body.answer_format()
         failure: GatewayError | None = None
         for attempt in range(self.settings.batch_line_attempts):
             if attempt:

@@ -98,9 +98,8 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         self.settings = settings
         self.triton = triton or TritonClient(settings)
         self.clock = clock
-        self.breakers = {
-            model.name: CircuitBreaker(model.name, settings.breaker_config(), clock) for model in settings.models
-        }
+        names = [model.name for model in settings.models] + [model.name for model in settings.embedding_models]
+        self.breakers = {name: CircuitBreaker(name, settings.breaker_config(), clock) for name in names}
         for name, breaker in self.breakers.items():
             # Read when scraped, so the gauge is never behind the breaker.
             BREAKER_STATE.labels(name).set_function(lambda breaker=breaker: _BREAKER_STATE_VALUES[breaker.state])
@@ -111,7 +110,7 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
     async def ready(self) -> dict[str, bool]:
         """Each catalog model's readiness on Triton (an engine takes a while to load), each also
         reported as its own health entry so that the gateway's /readyz can say which is loading."""
-        models = [model.name for model in self.settings.models]
+        models = [model.name for model in self.settings.models] + [m.name for m in self.settings.embedding_models]
         return dict(zip(models, await asyncio.gather(*(self.triton.model_ready(name) for name in models)), strict=True))
 
     async def close(self) -> None:
@@ -161,6 +160,29 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
             await abort(context, code, str(error), "SCORING_FAILED", model=model)
         perplexity = math.exp(-sum(logprobs) / len(logprobs))
         return inference_pb2.ScoreResponse(model=model, token_logprobs=logprobs, perplexity=perplexity)
+
+    async def Embed(self, request: inference_pb2.EmbedRequest, context) -> inference_pb2.EmbedResponse:
+        model = request.model
+        if not any(spec.name == model for spec in self.settings.embedding_models):
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"unknown embedding model {model!r}", "MODEL_NOT_FOUND", model=model)
+        if not request.inputs:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "no inputs to embed", "EMPTY_INPUT", param="input")
+        breaker = self.breakers[model]
+        if not breaker.allow():
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"{model}: circuit open", "CIRCUIT_OPEN", model=model)
+        try:
+            vectors, counts = await self._counted(breaker, self.triton.embed(model, list(request.inputs)))
+        except RequestRejected as error:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), "REQUEST_REJECTED", model=model)
+        except TritonError as error:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if _deadline_passed() else grpc.StatusCode.UNAVAILABLE
+            await abort(context, code, str(error), "EMBEDDING_FAILED", model=model)
+        tokens = sum(counts)
+        return inference_pb2.EmbedResponse(
+            model=model,
+            embeddings=[inference_pb2.Embedding(values=vector.tolist()) for vector in vectors],
+            usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),
+        )
 
     async def _counted(self, breaker: CircuitBreaker, call: Any) -> Any:
         """A unary engine call whose outcome the model's breaker counts (never a rejected request)."""

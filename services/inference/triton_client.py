@@ -71,7 +71,7 @@ def engine_parameters(sampling: common_pb2.SamplingParams) -> dict[str, Any]:
     Only what is set is sent, so that the engine's defaults apply otherwise.
     """
     params: dict[str, Any] = {"max_tokens": sampling.max_tokens}
-    for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
+    for name in ("temperature", "top_p", "top_k", "seed", "presence_penalty", "frequency_penalty"):
         if sampling.HasField(name):
             params[name] = getattr(sampling, name)
     if sampling.stop:
@@ -252,6 +252,31 @@ class TritonClient:
         if len(logprobs) != max(len(prompt_ids) - 1, 0):
             raise TritonError(f"{model}: scoring returned {len(logprobs)} log-probs for {len(prompt_ids)} tokens")
         return logprobs
+
+    async def embed(self, model: str, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        """(texts x dimensions unit vectors, tokens read per text) from an embedding model."""
+        encoded = json.dumps(list(texts), ensure_ascii=False).encode()
+        attributes = {
+            semconv.GEN_AI_SYSTEM: semconv.GEN_AI_SYSTEM_VALUE,
+            semconv.GEN_AI_OPERATION_NAME: "embeddings",
+            semconv.GEN_AI_REQUEST_MODEL: model,
+        }
+        with _client_span(semconv.SPAN_TRITON_EMBED, attributes) as (span, headers):
+            try:
+                result = await self._client.infer(
+                    model,
+                    [_tensor("texts", np.frombuffer(encoded, dtype=np.uint8))],
+                    client_timeout=self._timeout(),
+                    headers=headers,
+                )
+            except InferenceServerException as error:
+                raise _error(model, error.message()) from None
+            vectors = _output(result, "embeddings")
+            counts = _output(result, "token_counts")
+            if counts.size != len(texts) or vectors.size % max(len(texts), 1):
+                raise TritonError(f"{model}: {vectors.size} values and {counts.size} counts for {len(texts)} texts")
+            span.set_attribute(semconv.GEN_AI_USAGE_INPUT_TOKENS, int(counts.sum()))
+            return vectors.reshape(len(texts), -1), counts.tolist()
 
     async def model_ready(self, name: str) -> bool:
         """False also when Triton cannot be reached: readiness must not raise."""

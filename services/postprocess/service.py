@@ -10,11 +10,12 @@ from transformers import PreTrainedTokenizerBase
 from llmesh.common.v1 import common_pb2
 from llmesh.postprocess.v1 import postprocess_pb2, postprocess_pb2_grpc
 from mesh.errors import abort
+from services.postprocess.logprobs import LogprobAligner, Span
 from services.postprocess.settings import PostprocessSettings
-from services.postprocess.stream import ModeratedDecoder, StopStrings
+from services.postprocess.stream import IncrementalDetokenizer, ModeratedDecoder, StopStrings, detokenize_each
 from services.safety import pii, scanners, verdicts
 from services.safety.lexicon import ReloadingLexicon
-from textkit.tokenizers import ModelTokenizers
+from textkit.tokenizers import ModelTokenizers, TokenBytes
 
 # Released text the moderation classifier sees when a sentence ends: the sentence and some context.
 MODERATION_WINDOW_CHARS = 400
@@ -23,6 +24,15 @@ _SENTENCE_ENDS = frozenset(".!?\n。！？")
 
 def _ends_sentence(delta: str, final: bool) -> bool:
     return final or any(char in _SENTENCE_ENDS for char in delta)
+
+
+class _Answer:
+    """One of a stream's answers: its decoder and the released text the classifier judges."""
+
+    def __init__(self, decoder: ModeratedDecoder) -> None:
+        self.decoder = decoder
+        self.released = ""
+        self.finished = False
 
 
 class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
@@ -54,7 +64,18 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
     ) -> postprocess_pb2.PostprocessResponse:
         tokenizer = await self._tokenizer(request.model, context)
         await check_token_ids(request.token_ids, tokenizer, context)
-        text = StopStrings(request.stop).push(tokenizer.decode(request.token_ids, skip_special_tokens=True), final=True)
+        stops = StopStrings(request.stop)
+        aligner = None
+        if request.logprobs:
+            # The text comes from the same per-token decoding the entries are aligned to.
+            aligner = LogprobAligner(TokenBytes(tokenizer), self.lexicon.current())
+            raw = detokenize_each(
+                IncrementalDetokenizer(tokenizer), aligner, request.token_ids, request.token_logprobs,
+                request.top_logprobs, final=True,
+            )
+        else:
+            raw = tokenizer.decode(request.token_ids, skip_special_tokens=True)
+        text = stops.push(raw, final=True)
         verdict = verdicts.first_verdict(self.scanners, [text])
         if verdict is not None:
             verdicts.record(verdict)
@@ -65,51 +86,84 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
             )
         passed = verdicts.PASSED
         found = pii.find_pii(text) if self.settings.output_pii_action == "redact" else []
+        entries = []
+        if aligner is not None:
+            spans = [Span(match.start, match.end, pii.placeholder(match.kind)) for match in found]
+            entries = aligner.release(len(text), spans, final=True)
         if found:
             text, passed = pii.redact(text, found), scanners.redaction_verdict(found)
         verdicts.record(passed)
-        return postprocess_pb2.PostprocessResponse(text=text, verdict=passed, finish_reason=request.finish_reason)
+        return postprocess_pb2.PostprocessResponse(
+            text=text, verdict=passed, finish_reason=request.finish_reason, logprobs=entries, stop_sequence=stops.matched
+        )
 
     async def PostprocessStream(
         self, requests: AsyncIterator[postprocess_pb2.PostprocessStreamRequest], context
     ) -> AsyncIterator[postprocess_pb2.PostprocessStreamResponse]:
         # One response per request (its text may be empty while held back), so a caller can
-        # pair them; the last one carries the finish reason and the verdict.
-        decoder = None
+        # pair them; an answer's last one carries its finish reason and verdict. The call ends
+        # once every answer has ended.
+        answers: dict[int, _Answer] = {}
+        expected = 1
+        tokenizer = first = None
         async for request in requests:
-            if decoder is None:
+            if first is None:
+                first = request
+                expected = max(request.answers, 1)
                 tokenizer = await self._tokenizer(request.model, context)
-                decoder = ModeratedDecoder(
-                    tokenizer, self.lexicon.current(), self.settings.output_pii_action, stop=request.stop
+            if request.index >= expected:
+                await abort(
+                    context, grpc.StatusCode.INVALID_ARGUMENT, f"answer index {request.index} of {expected} answers",
+                    "BAD_ANSWER_INDEX",
                 )
-                released = ""
+            answer = answers.get(request.index)
+            if answer is None:
+                answer = answers[request.index] = _Answer(
+                    ModeratedDecoder(
+                        tokenizer, self.lexicon.current(), self.settings.output_pii_action, stop=first.stop,
+                        logprobs=first.logprobs,
+                    )
+                )
+            if answer.finished:
+                continue  # blocked already: the rest of its tokens are never decoded
             await check_token_ids(request.token_ids, tokenizer, context)
             final = request.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED
-            response = self._step(decoder, request.token_ids, final, request.finish_reason)
-            released = (released + response.text_delta)[-MODERATION_WINDOW_CHARS:]
-            if self.moderation is not None and _ends_sentence(response.text_delta, final):
-                # The classifier judges sentences, so it runs when one ends. Unlike the lexicon
-                # and PII hold-back it cannot stop text already released; it ends the answer.
-                verdict = self.moderation.scan(released)
-                if verdict is not None:
-                    verdicts.record(verdict)
-                    response = postprocess_pb2.PostprocessStreamResponse(
-                        finish_reason=common_pb2.FINISH_REASON_CONTENT_FILTER, verdict=verdict
-                    )
-            yield response
-            if final:
-                return
-            if response.verdict.blocked:
+            yield self._answer_step(answer, request, final, request.finish_reason)
+            if len(answers) == expected and all(a.finished for a in answers.values()):
                 # Read the caller's remaining messages until it closes its side: ending the call
                 # while the caller is still writing makes gRPC fail it ("Internal error from
-                # Core") instead of completing it with the verdict.
+                # Core") instead of completing it.
                 async for _ in requests:
                     pass
                 return
-        if decoder is not None:
-            # The caller closed its side without a final message: the answer ended all the
-            # same, so release (or block) what is still held back.
-            yield self._step(decoder, [], True, common_pb2.FINISH_REASON_UNSPECIFIED)
+        # The caller closed its side without every final message: those answers ended all the
+        # same, so release (or block) what is still held back.
+        for index, answer in sorted(answers.items()):
+            if not answer.finished:
+                empty = postprocess_pb2.PostprocessStreamRequest(index=index)
+                yield self._answer_step(answer, empty, True, common_pb2.FINISH_REASON_UNSPECIFIED)
+
+    def _answer_step(
+        self,
+        answer: _Answer,
+        request: postprocess_pb2.PostprocessStreamRequest,
+        final: bool,
+        finish_reason: common_pb2.FinishReason,
+    ) -> postprocess_pb2.PostprocessStreamResponse:
+        response = self._step(answer.decoder, request, final, finish_reason)
+        response.index = request.index
+        answer.released = (answer.released + response.text_delta)[-MODERATION_WINDOW_CHARS:]
+        if self.moderation is not None and not response.verdict.blocked and _ends_sentence(response.text_delta, final):
+            # The classifier judges sentences, so it runs when one ends. Unlike the lexicon
+            # and PII hold-back it cannot stop text already released; it ends the answer.
+            verdict = self.moderation.scan(answer.released)
+            if verdict is not None:
+                verdicts.record(verdict)
+                response = postprocess_pb2.PostprocessStreamResponse(
+                    index=request.index, finish_reason=common_pb2.FINISH_REASON_CONTENT_FILTER, verdict=verdict
+                )
+        answer.finished = bool(response.finish_reason)
+        return response
 
     async def _tokenizer(self, model: str, context) -> PreTrainedTokenizerBase:
         """The tokenizer of the model that wrote the tokens, or the call aborted."""
@@ -124,9 +178,15 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
         return tokenizer
 
     def _step(
-        self, decoder: ModeratedDecoder, token_ids: Sequence[int], final: bool, finish_reason: common_pb2.FinishReason
+        self,
+        decoder: ModeratedDecoder,
+        request: postprocess_pb2.PostprocessStreamRequest,
+        final: bool,
+        finish_reason: common_pb2.FinishReason,
     ) -> postprocess_pb2.PostprocessStreamResponse:
-        text, match = decoder.push(token_ids, final)
+        text, match, entries = decoder.push_with_logprobs(
+            request.token_ids, request.token_logprobs, request.top_logprobs, final
+        )
         if match is not None:
             if isinstance(match, list):
                 verdict = verdicts.blocked(
@@ -139,11 +199,14 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
                 finish_reason=common_pb2.FINISH_REASON_CONTENT_FILTER, verdict=verdict
             )
         if not final:
-            return postprocess_pb2.PostprocessStreamResponse(text_delta=text)
+            return postprocess_pb2.PostprocessStreamResponse(text_delta=text, logprobs=entries)
         redacted = decoder.buffer.redacted
         passed = scanners.redaction_verdict(redacted) if redacted else verdicts.PASSED
         verdicts.record(passed)
-        return postprocess_pb2.PostprocessStreamResponse(text_delta=text, finish_reason=finish_reason, verdict=passed)
+        return postprocess_pb2.PostprocessStreamResponse(
+            text_delta=text, logprobs=entries, finish_reason=finish_reason, verdict=passed,
+            stop_sequence=decoder.stops.matched,
+        )
 
 
 async def check_token_ids(token_ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, context) -> None:

@@ -6,9 +6,12 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
+from llmesh.common.v1 import common_pb2
+from services.postprocess.logprobs import LogprobAligner, Span
 from services.safety import pii
 from services.safety.lexicon import Lexicon, Match
 from services.safety.scanners import PiiAction
+from textkit.tokenizers import TokenBytes
 
 REPLACEMENT_CHAR = "\ufffd"
 
@@ -62,6 +65,10 @@ class HoldBackBuffer:
         self._held = ""
         # Kinds of PII redacted so far, for the final verdict.
         self.redacted: list[pii.PiiMatch] = []
+        # How much of the text pushed has been released, and the redacted spans, both in the
+        # coordinates of the text pushed (what log-prob entries are aligned to).
+        self.raw_released = 0
+        self.spans: list[Span] = []
 
     def push(self, text: str, final: bool = False) -> tuple[str, Match | list[pii.PiiMatch] | None]:
         """Add ``text``; return what is now safe to release, or what blocks the stream (a
@@ -85,7 +92,10 @@ class HoldBackBuffer:
                 return "", found
             if found:
                 self.redacted += found
+                offset = self.raw_released - start
+                self.spans += [Span(m.start + offset, m.end + offset, pii.placeholder(m.kind)) for m in found]
                 released = pii.redact(self._context + released, found)[start:]
+        self.raw_released += cut
         self._context = (self._context + released)[-CONTEXT_CHARS:]
         return released, None
 
@@ -102,14 +112,17 @@ class StopStrings:
         self._stops = [stop for stop in stops if stop]
         self._held = ""
         self.stopped = False
+        # The stop string that ended the text.
+        self.matched = ""
 
     def push(self, text: str, final: bool = False) -> str:
         if self.stopped or not self._stops:
             return "" if self.stopped else text
         self._held += text
-        hits = [index for index in (self._held.find(stop) for stop in self._stops) if index >= 0]
+        hits = [(index, stop) for stop in self._stops if (index := self._held.find(stop)) >= 0]
         if hits:
-            released, self._held, self.stopped = self._held[: min(hits)], "", True
+            cut, self.matched = min(hits)
+            released, self._held, self.stopped = self._held[:cut], "", True
             return released
         keep = 0 if final else max(self._partial_stop_length(stop) for stop in self._stops)
         released, self._held = self._held[: len(self._held) - keep], self._held[len(self._held) - keep :]
@@ -123,8 +136,37 @@ class StopStrings:
         return 0
 
 
+def detokenize_each(
+    detokenizer: IncrementalDetokenizer,
+    aligner: LogprobAligner,
+    token_ids: Sequence[int],
+    token_logprobs: Sequence[float],
+    top_logprobs: Sequence[common_pb2.TopLogprobs],
+    final: bool,
+) -> str:
+    """Detokenize one token at a time, telling the aligner which characters each released."""
+    pieces = []
+    for position, token_id in enumerate(token_ids):
+        piece = detokenizer.push([token_id])
+        logprob = token_logprobs[position] if position < len(token_logprobs) else 0.0
+        top = top_logprobs[position] if position < len(top_logprobs) else None
+        alternatives = list(zip(top.token_ids, top.logprobs, strict=False)) if top is not None else []
+        aligner.add(token_id, piece, logprob, alternatives)
+        pieces.append(piece)
+    if final:
+        rest = detokenizer.push([], final=True)
+        aligner.extend_last(rest)
+        pieces.append(rest)
+    return "".join(pieces)
+
+
 class ModeratedDecoder:
-    """Token ids in, releasable text out: detokenization, stop strings, then the hold-back buffer."""
+    """Token ids in, releasable text out: detokenization, stop strings, then the hold-back buffer.
+
+    With ``logprobs``, each push also returns the log-prob entries of the text released, and
+    the text released is exactly what those entries spell (text that is out of the buffer but
+    whose last token is not complete yet waits for it).
+    """
 
     def __init__(
         self,
@@ -132,10 +174,30 @@ class ModeratedDecoder:
         lexicon: Lexicon,
         pii_action: PiiAction = "off",
         stop: Sequence[str] = (),
+        logprobs: bool = False,
     ) -> None:
         self._detokenizer = IncrementalDetokenizer(tokenizer)
-        self._stops = StopStrings(stop)
+        self.stops = StopStrings(stop)
         self.buffer = HoldBackBuffer(lexicon, pii_action)
+        self._aligner = LogprobAligner(TokenBytes(tokenizer), lexicon) if logprobs else None
 
     def push(self, token_ids: Sequence[int], final: bool = False) -> tuple[str, Match | list[pii.PiiMatch] | None]:
-        return self.buffer.push(self._stops.push(self._detokenizer.push(token_ids, final), final), final)
+        text, match, _ = self.push_with_logprobs(token_ids, (), (), final)
+        return text, match
+
+    def push_with_logprobs(
+        self,
+        token_ids: Sequence[int],
+        token_logprobs: Sequence[float],
+        top_logprobs: Sequence[common_pb2.TopLogprobs],
+        final: bool = False,
+    ) -> tuple[str, Match | list[pii.PiiMatch] | None, list[common_pb2.TokenLogprob]]:
+        if self._aligner is None:
+            text = self._detokenizer.push(token_ids, final)
+        else:
+            text = detokenize_each(self._detokenizer, self._aligner, token_ids, token_logprobs, top_logprobs, final)
+        released, match = self.buffer.push(self.stops.push(text, final), final)
+        if self._aligner is None or match is not None:
+            return released, match, []
+        entries = self._aligner.release(self.buffer.raw_released, self.buffer.spans, final)
+        return "".join(entry.token for entry in entries), None, entries

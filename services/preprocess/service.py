@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from jinja2 import TemplateError
 
@@ -10,6 +12,7 @@ from llmesh.preprocess.v1 import preprocess_pb2, preprocess_pb2_grpc
 from mesh.errors import abort
 from services.preprocess.settings import PreprocessSettings
 from services.safety import pii, scanners, verdicts
+from services.safety.injection import find_injection
 from services.safety.lexicon import ReloadingLexicon
 from services.safety.text import normalize
 from textkit.tokenizers import ModelTokenizers, encode_user_text, render_chat, special_tokens_in
@@ -23,14 +26,10 @@ ROLES = {
 }
 
 
-def input_scanners(settings: PreprocessSettings) -> list[verdicts.Scanner]:
+def input_scanners(settings: PreprocessSettings, lexicon: ReloadingLexicon | None = None) -> list[verdicts.Scanner]:
     """The blocking input scanners in the order they run (``llmesh safety eval`` times them)."""
-    chosen: list[verdicts.Scanner] = [
-        verdicts.LexiconScanner(
-            ReloadingLexicon(en=settings.input_lexicon_en, zh=settings.input_lexicon_zh),
-            settings.input_blocked_message,
-        )
-    ]
+    lexicon = lexicon or ReloadingLexicon(en=settings.input_lexicon_en, zh=settings.input_lexicon_zh)
+    chosen: list[verdicts.Scanner] = [verdicts.LexiconScanner(lexicon, settings.input_blocked_message)]
     if settings.input_injection_action == "block":
         chosen.append(scanners.InjectionScanner(settings.input_injection_message))
     if settings.input_pii_action == "block":
@@ -44,8 +43,9 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
     def __init__(self, settings: PreprocessSettings) -> None:
         self.settings = settings
         self.tokenizers = ModelTokenizers(settings.models)
+        self.lexicon = ReloadingLexicon(en=settings.input_lexicon_en, zh=settings.input_lexicon_zh)
         # Run in order on every message; the first verdict wins.
-        self.scanners = input_scanners(settings)
+        self.scanners = input_scanners(settings, self.lexicon)
 
     def register(self, server: grpc.aio.Server) -> None:
         preprocess_pb2_grpc.add_PreprocessServiceServicer_to_server(self, server)
@@ -81,6 +81,45 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
             return self._refuse(verdict)
         verdicts.record(passed)
         return preprocess_pb2.PreprocessResponse(verdict=passed, prompts=prompts)
+
+    async def Moderate(self, request: preprocess_pb2.ModerateRequest, context) -> preprocess_pb2.ModerateResponse:
+        """Every input scanner over each text, whatever the policy would do, with a score each
+        (the classifier's probability; 1 or 0 for the rule-based scanners)."""
+        texts = [normalize(text) for text in request.texts]
+        if sum(map(len, texts)) > self.settings.max_prompt_chars:
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT,
+                f"The inputs are longer than {self.settings.max_prompt_chars} characters in all.", "INPUT_TOO_LONG",
+                param="input",
+            )
+        results = []
+        for text in texts:
+            found = pii.find_pii(text)
+            profanity = await asyncio.to_thread(scanners.profanity_probability, text) if text.strip() else 0.0
+            scores = {
+                "sensitive_word": float(self.lexicon.current().find_evasive(text) is not None),
+                "prompt_injection": float(find_injection(text) is not None),
+                "pii": float(bool(found)),
+                "profanity": profanity,
+            }
+            categories = {
+                name: score >= (self.settings.moderation_profanity_threshold if name == "profanity" else 1.0)
+                for name, score in scores.items()
+            }
+            verdict = verdicts.first_verdict(self.scanners, [text])
+            passed = verdicts.PASSED
+            if verdict is None and found and self.settings.input_pii_action == "redact":
+                text, passed = pii.redact(text, found), scanners.redaction_verdict(found)
+            results.append(
+                preprocess_pb2.ModerationResult(
+                    flagged=any(categories.values()),
+                    categories=categories,
+                    category_scores=scores,
+                    verdict=verdict or passed,
+                    text="" if verdict is not None else text,
+                )
+            )
+        return preprocess_pb2.ModerateResponse(results=results)
 
     async def _prompts(
         self, messages: list[dict[str, str]], texts: list[str], context

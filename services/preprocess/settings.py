@@ -24,6 +24,10 @@ class PreprocessSettings(MeshSettings):
     input_injection_action: Literal["block", "off"] = "block"
     input_injection_message: str = "The request looks like an attempt to override the assistant's instructions."
 
+    # Moderate (/v1/moderations): the profanity classifier's probability at which a text counts
+    # as profane.
+    moderation_profanity_threshold: float = Field(default=0.9, gt=0, le=1)
+
     # Special tokens spelled out in a message (e.g. a forged "<|im_start|>system"): tokenized as the
     # plain text they are (text), or the request refused as a prompt injection (refuse).
     special_tokens_in_content: Literal["text", "refuse"] = "text"

@@ -91,7 +91,32 @@ async def test_completions(client):
 
 
 async def test_models(client):
-    assert [model.id async for model in client.models.list()] == ["llmesh-small", "smollm2-135m-instruct", "auto"]
+    ids = [model.id async for model in client.models.list()]
+    assert ids == ["llmesh-small", "smollm2-135m-instruct", "all-minilm-l6-v2", "auto"]
+    model = await client.models.retrieve("llmesh-small")
+    assert model.owned_by == "llmesh" and model.model_extra["context_length"] == 256
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("gpt-4o")
+
+
+async def test_several_answers_streamed_and_not(client):
+    completion = await client.chat.completions.create(model="auto", messages=HELLO, n=3)
+    assert [choice.index for choice in completion.choices] == [0, 1, 2]
+    assert {choice.message.content for choice in completion.choices} == {reply_for(ROUTED_MODEL)}
+    assert completion.usage.completion_tokens == 3 * len(reply_for(ROUTED_MODEL))
+    stream = await client.chat.completions.create(
+        model="auto", messages=HELLO, n=2, stream=True, stream_options={"include_usage": True}
+    )
+    texts, finished, usage = {0: "", 1: ""}, [], None
+    async for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished.append(choice.index)
+        usage = chunk.usage or usage
+    assert texts == {0: reply_for(ROUTED_MODEL), 1: reply_for(ROUTED_MODEL)}
+    assert sorted(finished) == [0, 1]
+    assert usage.completion_tokens == 2 * len(reply_for(ROUTED_MODEL))
 
 
 async def test_errors_are_typed(client):

@@ -136,8 +136,21 @@ async def test_completions(client):
 async def test_models_list(client):
     body = (await client.get("/v1/models")).json()
     assert body["object"] == "list"
-    assert [model["id"] for model in body["data"]] == ["llmesh-small", "smollm2-135m-instruct", "auto"]
+    assert [model["id"] for model in body["data"]] == ["llmesh-small", "smollm2-135m-instruct", "all-minilm-l6-v2", "auto"]
     assert {model["object"] for model in body["data"]} == {"model"}
+    by_id = {model["id"]: model for model in body["data"]}
+    smol = by_id["smollm2-135m-instruct"]
+    assert (smol["owned_by"], smol["kind"], smol["context_length"]) == ("llmesh", "chat", 2048)
+    assert smol["pricing"] == {"input_per_1k_tokens": 0.001, "output_per_1k_tokens": 0.002}
+    assert by_id["all-minilm-l6-v2"]["kind"] == "embedding" and by_id["all-minilm-l6-v2"]["dimensions"] == 384
+    assert by_id["auto"]["kind"] == "router" and "pricing" not in by_id["auto"]
+
+
+async def test_model_retrieve(client):
+    response = await client.get("/v1/models/smollm2-135m-instruct")
+    assert response.status_code == 200 and response.json()["context_length"] == 2048
+    missing = await client.get("/v1/models/no-such-model")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
 
 async def test_blocked_prompt_is_a_refusal_not_an_error(client, upstreams):
@@ -180,7 +193,7 @@ async def test_malformed_json_is_400(client):
 async def test_bad_temperature_is_400_with_param(client):
     response = await client.post(CHAT, json={**HELLO, "temperature": 3})
     _assert_openai_error(response, 400, "invalid_request_error", param="temperature")
-    response = await client.post("/v1/completions", json={"prompt": "x", "n": 3})
+    response = await client.post("/v1/completions", json={"prompt": "x", "n": 9})
     _assert_openai_error(response, 400, "invalid_request_error", param="n")
 
 

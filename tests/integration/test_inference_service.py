@@ -19,7 +19,8 @@ from services.inference.settings import InferenceSettings
 from services.inference.triton_client import Chunk, TritonError
 
 SMALL, LARGE = "llmesh-small", "smollm2-135m-instruct"
-SETTINGS = InferenceSettings(default_deadline_s=5.0)
+# The fake Triton serves the chat models only.
+SETTINGS = InferenceSettings(default_deadline_s=5.0, embedding_models=[])
 ANSWER = [
     Chunk(0, [11, 12], [-0.5, -0.25], prompt_tokens=4, completion_tokens=2),
     Chunk(0, [13], [-1.0], prompt_tokens=4, completion_tokens=3),

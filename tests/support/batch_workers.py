@@ -4,6 +4,7 @@ they work for."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -139,7 +140,12 @@ class BatchTestbed:
     def worker_env(self, **batch_settings) -> dict[str, str]:
         """LLMESH_* for a worker with the gateway's settings and ``batch_settings``."""
         fields = self.settings.model_dump(mode="json", exclude={"service_name", "models", "variant_addrs"})
-        env = {f"LLMESH_{name.upper()}": str(value) for name, value in fields.items() if value not in (None, "")}
+        # Lists and objects as JSON, as pydantic-settings reads them from the environment.
+        env = {
+            f"LLMESH_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
+            for name, value in fields.items()
+            if value not in (None, "")
+        }
         env.update({f"LLMESH_{name.upper()}": str(value) for name, value in batch_settings.items()})
         return env
 

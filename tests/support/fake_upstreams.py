@@ -163,12 +163,18 @@ class FakeUpstreams(
         if FAIL_GENERATE.encode() in bytes(i for i in _prompt_ids(request) if i < 256):
             await abort(context, grpc.StatusCode.INTERNAL, "the model crashed", "MODEL_FAILED")
         token_ids, finish, usage = self._answer(request)
-        choice = common_pb2.Completion(token_ids=token_ids, finish_reason=finish)
-        return inference_pb2.GenerateResponse(model=request.model, choices=[choice], usage=usage)
+        answers = max(request.sampling.n, 1)
+        choices = [common_pb2.Completion(index=i, token_ids=token_ids, finish_reason=finish) for i in range(answers)]
+        usage.completion_tokens *= answers
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        return inference_pb2.GenerateResponse(model=request.model, choices=choices, usage=usage)
 
     async def GenerateStream(self, request, context):
         self.requests["inference"].append(request)
         token_ids, finish, usage = self._answer(request)
+        answers = max(request.sampling.n, 1)
+        usage.completion_tokens *= answers
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         prompt = bytes(i for i in _prompt_ids(request) if i < 256).decode(errors="replace")
         try:
             for start in range(0, len(token_ids), CHUNK):
@@ -176,10 +182,13 @@ class FakeUpstreams(
                     await abort(context, grpc.StatusCode.INTERNAL, "the model crashed", "MODEL_FAILED")
                 if SLOW_STREAM in prompt:
                     await asyncio.sleep(0.2)
-                delta = common_pb2.Completion(token_ids=token_ids[start : start + CHUNK])
-                yield inference_pb2.GenerateStreamResponse(model=request.model, delta=delta)
-            delta = common_pb2.Completion(finish_reason=finish)
-            yield inference_pb2.GenerateStreamResponse(model=request.model, delta=delta, usage=usage)
+                for index in range(answers):
+                    delta = common_pb2.Completion(index=index, token_ids=token_ids[start : start + CHUNK])
+                    yield inference_pb2.GenerateStreamResponse(model=request.model, delta=delta)
+            for index in range(answers):
+                delta = common_pb2.Completion(index=index, finish_reason=finish)
+                last = index == answers - 1
+                yield inference_pb2.GenerateStreamResponse(model=request.model, delta=delta, usage=usage if last else None)
         except asyncio.CancelledError:
             self.cancelled_streams += 1
             raise
@@ -193,11 +202,19 @@ class FakeUpstreams(
         )
 
     async def PostprocessStream(self, request_iterator, context):
+        answers, ended = 1, set()
         async for request in request_iterator:
             self.requests["postprocess"].append(request)
+            if request.context.request_id:
+                answers = max(request.answers, 1)
+            text = bytes(request.token_ids).decode()
             if request.finish_reason:
+                ended.add(request.index)
                 yield postprocess_pb2.PostprocessStreamResponse(
-                    finish_reason=request.finish_reason, verdict=common_pb2.SafetyVerdict()
+                    index=request.index, text_delta=text, finish_reason=request.finish_reason,
+                    verdict=common_pb2.SafetyVerdict(),
                 )
-                return
-            yield postprocess_pb2.PostprocessStreamResponse(text_delta=bytes(request.token_ids).decode())
+                if len(ended) == answers:
+                    return
+            else:
+                yield postprocess_pb2.PostprocessStreamResponse(index=request.index, text_delta=text)

@@ -12,7 +12,7 @@ from gateway.batch.runner import BatchRunner, Deferred, LoadGate, _TaskState
 from gateway.batch.settings import BatchSettings
 from gateway.batch.store import ERROR, OUTPUT, BatchRecord
 from gateway.errors import InvalidRequest, UpstreamError, UpstreamUnavailable
-from gateway.pipeline import ChatResult
+from gateway.pipeline import ChatResult, ChoiceResult
 from gateway.tenancy import RateLimited
 from llmesh.common.v1 import common_pb2
 from mesh.catalog import default_models
@@ -55,11 +55,9 @@ ANSWER = ChatResult(
     id="chatcmpl-1",
     created=1,
     model="llmesh-small",
-    text="hello",
-    finish_reason=common_pb2.FINISH_REASON_STOP,
+    choices=[ChoiceResult(index=0, text="hello", finish_reason=common_pb2.FINISH_REASON_STOP)],
     usage=common_pb2.Usage(prompt_tokens=3, completion_tokens=2),
     route_reason="",
-    verdict=common_pb2.SafetyVerdict(),
 )
 
 

@@ -16,7 +16,7 @@ from gateway.errors import (
     UpstreamUnavailable,
     from_rpc_error,
 )
-from gateway.openai_format import CHAT, COMPLETION, sse_events
+from gateway.openai_format import ChatFormat, CompletionFormat, sse_events
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, describe_validation_error
 from gateway.pipeline import ChatStream, StreamChunk
 from llmesh.common.v1 import common_pb2
@@ -36,7 +36,15 @@ def _problem(model, body: dict) -> tuple[str, str | None]:
         ({"messages": [USER], "temperature": 2.5}, "temperature", "less than or equal to 2"),
         ({"messages": [USER], "temperature": -0.1}, "temperature", "greater than or equal to 0"),
         ({"messages": [USER], "top_p": 1.5}, "top_p", "less than or equal to 1"),
-        ({"messages": [USER], "n": 2}, "n", "only n=1 is supported"),
+        ({"messages": [USER], "n": 9}, "n", "less than or equal to 8"),
+        ({"messages": [USER], "store": True}, "store", "not supported"),
+        ({"messages": [USER], "top_logprobs": 21, "logprobs": True}, "top_logprobs", "less than or equal to 20"),
+        ({"messages": [USER], "logit_bias": {"x": 1}}, "logit_bias", "token ids"),
+        ({"messages": [USER], "logit_bias": {"5": 101}}, "logit_bias", "between -100 and 100"),
+        ({"messages": [USER], "frequency_penalty": 2.5}, "frequency_penalty", "less than or equal to 2"),
+        ({"messages": [USER], "response_format": {"type": "json_schema"}}, "response_format", "needs a json_schema"),
+        ({"messages": [USER], "tool_choice": "sometimes"}, "tool_choice", "'none'"),
+        ({"messages": [{"role": "user", "content": "hi", "audio": {}}]}, "messages[0].audio", "not supported"),
         ({"messages": [USER], "max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
         ({"messages": [USER], "max_completion_tokens": 0}, "max_completion_tokens", "greater than"),
         ({"messages": [USER], "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
@@ -79,7 +87,6 @@ def test_chat_request_translates_to_pipeline_input():
             "stop": "END",
             "seed": 3,
             "user": "alice",
-            "tools": [{"type": "function"}],  # unsupported fields are ignored
         }
     )
     chat = request.to_input()
@@ -185,7 +192,7 @@ async def test_chat_sse_sequence_with_usage():
             StreamChunk(""),  # text held back by postprocess: no event
             StreamChunk("lo", common_pb2.FINISH_REASON_STOP, USAGE),
         ),
-        CHAT,
+        ChatFormat(),
         include_usage=True,
     )
     assert events[-1] == "[DONE]"
@@ -206,7 +213,7 @@ async def test_chat_sse_sequence_with_usage():
 async def test_completion_sse_without_usage():
     events = await _events(
         _stream(StreamChunk("a"), StreamChunk(finish_reason=common_pb2.FINISH_REASON_LENGTH, usage=USAGE)),
-        COMPLETION,
+        CompletionFormat(),
         include_usage=False,
     )
     assert events[-1] == "[DONE]"
@@ -220,7 +227,7 @@ async def test_completion_sse_without_usage():
 async def test_refusal_is_in_the_final_chunk():
     verdict = common_pb2.SafetyVerdict(blocked=True, message="no")
     events = await _events(
-        _stream(StreamChunk(finish_reason=common_pb2.FINISH_REASON_CONTENT_FILTER, verdict=verdict)), CHAT, False
+        _stream(StreamChunk(finish_reason=common_pb2.FINISH_REASON_CONTENT_FILTER, verdict=verdict)), ChatFormat(), False
     )
     assert events[-2]["choices"][0] == {
         "index": 0,
@@ -233,7 +240,7 @@ async def test_refusal_is_in_the_final_chunk():
 async def test_mid_stream_error_is_an_error_event_and_no_done():
     events = await _events(
         _stream(StreamChunk("a"), fail=UpstreamUnavailable("The inference service is unavailable; please retry.")),
-        CHAT,
+        ChatFormat(),
         include_usage=True,
     )
     assert "[DONE]" not in events

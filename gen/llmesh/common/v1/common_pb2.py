@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dllmesh/common/v1/common.proto\x12\x10llmesh.common.v1\"\xd8\x01\n\x0eRequestContext\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x46\n\x0b\x65xperiments\x18\x05 \x03(\x0b\x32\x31.llmesh.common.v1.RequestContext.ExperimentsEntry\x1a\x32\n\x10\x45xperimentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"R\n\x0b\x43hatMessage\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.llmesh.common.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xd7\x03\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\t\n\x01n\x18\x06 \x01(\r\x12\x14\n\x0ctop_logprobs\x18\x07 \x01(\r\x12\x1d\n\x10presence_penalty\x18\x08 \x01(\x02H\x03\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\t \x01(\x02H\x04\x88\x01\x01\x12\x43\n\nlogit_bias\x18\n \x03(\x0b\x32/.llmesh.common.v1.SamplingParams.LogitBiasEntry\x12=\n\x11structured_output\x18\x0b \x01(\x0b\x32\".llmesh.common.v1.StructuredOutput\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penalty\"[\n\x10StructuredOutput\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x42\x08\n\x06\x66ormat\"=\n\x0bModelPrompt\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x03\"m\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\r\"\xb2\x01\n\nCompletion\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12\x16\n\x0etoken_logprobs\x18\x03 \x03(\x02\x12\x33\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x1d.llmesh.common.v1.TopLogprobs\x12\x35\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\"2\n\x0bTopLogprobs\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\"s\n\rSafetyVerdict\x12\x0f\n\x07\x62locked\x18\x01 \x01(\x08\x12\x32\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32 .llmesh.common.v1.SafetyCategory\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\x9a\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04*\xd4\x01\n\x0eSafetyCategory\x12\x1f\n\x1bSAFETY_CATEGORY_UNSPECIFIED\x10\x00\x12\"\n\x1eSAFETY_CATEGORY_SENSITIVE_WORD\x10\x01\x12\x17\n\x13SAFETY_CATEGORY_PII\x10\x02\x12$\n SAFETY_CATEGORY_PROMPT_INJECTION\x10\x03\x12\x1e\n\x1aSAFETY_CATEGORY_SIZE_LIMIT\x10\x04\x12\x1e\n\x1aSAFETY_CATEGORY_MODERATION\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dllmesh/common/v1/common.proto\x12\x10llmesh.common.v1\"\xd8\x01\n\x0eRequestContext\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x46\n\x0b\x65xperiments\x18\x05 \x03(\x0b\x32\x31.llmesh.common.v1.RequestContext.ExperimentsEntry\x1a\x32\n\x10\x45xperimentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x01\n\x0b\x43hatMessage\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.llmesh.common.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12.\n\ntool_calls\x18\x04 \x03(\x0b\x32\x1a.llmesh.common.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x05 \x01(\t\"B\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\"S\n\nToolChoice\x12.\n\x04mode\x18\x01 \x01(\x0e\x32 .llmesh.common.v1.ToolChoiceMode\x12\x15\n\rfunction_name\x18\x02 \x01(\t\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"\x87\x04\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\t\n\x01n\x18\x06 \x01(\r\x12\x14\n\x0ctop_logprobs\x18\x07 \x01(\r\x12\x1d\n\x10presence_penalty\x18\x08 \x01(\x02H\x03\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\t \x01(\x02H\x04\x88\x01\x01\x12\x43\n\nlogit_bias\x18\n \x03(\x0b\x32/.llmesh.common.v1.SamplingParams.LogitBiasEntry\x12=\n\x11structured_output\x18\x0b \x01(\x0b\x32\".llmesh.common.v1.StructuredOutput\x12\x10\n\x08logprobs\x18\x0c \x01(\x08\x12\x12\n\x05top_k\x18\r \x01(\rH\x05\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x08\n\x06_top_k\"[\n\x10StructuredOutput\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x42\x08\n\x06\x66ormat\"=\n\x0bModelPrompt\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x03\"m\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\r\"\xb2\x01\n\nCompletion\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12\x16\n\x0etoken_logprobs\x18\x03 \x03(\x02\x12\x33\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x1d.llmesh.common.v1.TopLogprobs\x12\x35\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\"2\n\x0bTopLogprobs\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\"w\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x0c\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x38\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\".llmesh.common.v1.TokenAlternative\"A\n\x10TokenAlternative\x12\r\n\x05token\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x0c\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"s\n\rSafetyVerdict\x12\x0f\n\x07\x62locked\x18\x01 \x01(\x08\x12\x32\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32 .llmesh.common.v1.SafetyCategory\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\xa6\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x12\x1d\n\x19TOOL_CHOICE_MODE_FUNCTION\x10\x04*\xb8\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x05*\xd4\x01\n\x0eSafetyCategory\x12\x1f\n\x1bSAFETY_CATEGORY_UNSPECIFIED\x10\x00\x12\"\n\x1eSAFETY_CATEGORY_SENSITIVE_WORD\x10\x01\x12\x17\n\x13SAFETY_CATEGORY_PII\x10\x02\x12$\n SAFETY_CATEGORY_PROMPT_INJECTION\x10\x03\x12\x1e\n\x1aSAFETY_CATEGORY_SIZE_LIMIT\x10\x04\x12\x1e\n\x1aSAFETY_CATEGORY_MODERATION\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,32 +35,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUESTCONTEXT_EXPERIMENTSENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=1445
-  _globals['_ROLE']._serialized_end=1540
-  _globals['_FINISHREASON']._serialized_start=1543
-  _globals['_FINISHREASON']._serialized_end=1697
-  _globals['_SAFETYCATEGORY']._serialized_start=1700
-  _globals['_SAFETYCATEGORY']._serialized_end=1912
+  _globals['_ROLE']._serialized_start=1962
+  _globals['_ROLE']._serialized_end=2057
+  _globals['_TOOLCHOICEMODE']._serialized_start=2060
+  _globals['_TOOLCHOICEMODE']._serialized_end=2226
+  _globals['_FINISHREASON']._serialized_start=2229
+  _globals['_FINISHREASON']._serialized_end=2413
+  _globals['_SAFETYCATEGORY']._serialized_start=2416
+  _globals['_SAFETYCATEGORY']._serialized_end=2628
   _globals['_REQUESTCONTEXT']._serialized_start=52
   _globals['_REQUESTCONTEXT']._serialized_end=268
   _globals['_REQUESTCONTEXT_EXPERIMENTSENTRY']._serialized_start=218
   _globals['_REQUESTCONTEXT_EXPERIMENTSENTRY']._serialized_end=268
-  _globals['_CHATMESSAGE']._serialized_start=270
-  _globals['_CHATMESSAGE']._serialized_end=352
-  _globals['_SAMPLINGPARAMS']._serialized_start=355
-  _globals['_SAMPLINGPARAMS']._serialized_end=826
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=700
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=748
-  _globals['_STRUCTUREDOUTPUT']._serialized_start=828
-  _globals['_STRUCTUREDOUTPUT']._serialized_end=919
-  _globals['_MODELPROMPT']._serialized_start=921
-  _globals['_MODELPROMPT']._serialized_end=982
-  _globals['_USAGE']._serialized_start=984
-  _globals['_USAGE']._serialized_end=1093
-  _globals['_COMPLETION']._serialized_start=1096
-  _globals['_COMPLETION']._serialized_end=1274
-  _globals['_TOPLOGPROBS']._serialized_start=1276
-  _globals['_TOPLOGPROBS']._serialized_end=1326
-  _globals['_SAFETYVERDICT']._serialized_start=1328
-  _globals['_SAFETYVERDICT']._serialized_end=1443
+  _globals['_CHATMESSAGE']._serialized_start=271
+  _globals['_CHATMESSAGE']._serialized_end=423
+  _globals['_TOOL']._serialized_start=425
+  _globals['_TOOL']._serialized_end=491
+  _globals['_TOOLCHOICE']._serialized_start=493
+  _globals['_TOOLCHOICE']._serialized_end=576
+  _globals['_TOOLCALL']._serialized_start=578
+  _globals['_TOOLCALL']._serialized_end=633
+  _globals['_SAMPLINGPARAMS']._serialized_start=636
+  _globals['_SAMPLINGPARAMS']._serialized_end=1155
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=1019
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=1067
+  _globals['_STRUCTUREDOUTPUT']._serialized_start=1157
+  _globals['_STRUCTUREDOUTPUT']._serialized_end=1248
+  _globals['_MODELPROMPT']._serialized_start=1250
+  _globals['_MODELPROMPT']._serialized_end=1311
+  _globals['_USAGE']._serialized_start=1313
+  _globals['_USAGE']._serialized_end=1422
+  _globals['_COMPLETION']._serialized_start=1425
+  _globals['_COMPLETION']._serialized_end=1603
+  _globals['_TOPLOGPROBS']._serialized_start=1605
+  _globals['_TOPLOGPROBS']._serialized_end=1655
+  _globals['_TOKENLOGPROB']._serialized_start=1657
+  _globals['_TOKENLOGPROB']._serialized_end=1776
+  _globals['_TOKENALTERNATIVE']._serialized_start=1778
+  _globals['_TOKENALTERNATIVE']._serialized_end=1843
+  _globals['_SAFETYVERDICT']._serialized_start=1845
+  _globals['_SAFETYVERDICT']._serialized_end=1960
 # @@protoc_insertion_point(module_scope)

@@ -25,21 +25,49 @@ _sym_db = _symbol_database.Default()
 from llmesh.common.v1 import common_pb2 as llmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fllmesh/gateway/v1/gateway.proto\x12\x11llmesh.gateway.v1\x1a\x1dllmesh/common/v1/common.proto\"\x8f\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12/\n\x08messages\x18\x02 \x03(\x0b\x32\x1d.llmesh.common.v1.ChatMessage\x12\x32\n\x08sampling\x18\x03 \x01(\x0b\x32 .llmesh.common.v1.SamplingParams\x12\x0c\n\x04user\x18\x04 \x01(\t\"\xde\x01\n\x0c\x43hatResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x35\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12&\n\x05usage\x18\x05 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x14\n\x0croute_reason\x18\x06 \x01(\t\x12\x30\n\x07verdict\x18\x07 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict\"\x95\x01\n\x11\x43hatStreamRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12/\n\x08messages\x18\x02 \x03(\x0b\x32\x1d.llmesh.common.v1.ChatMessage\x12\x32\n\x08sampling\x18\x03 \x01(\x0b\x32 .llmesh.common.v1.SamplingParams\x12\x0c\n\x04user\x18\x04 \x01(\t\"\xea\x01\n\x12\x43hatStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ntext_delta\x18\x03 \x01(\t\x12\x35\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12&\n\x05usage\x18\x05 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x14\n\x0croute_reason\x18\x06 \x01(\t\x12\x30\n\x07verdict\x18\x07 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict2\xb6\x01\n\x0eGatewayService\x12G\n\x04\x43hat\x12\x1e.llmesh.gateway.v1.ChatRequest\x1a\x1f.llmesh.gateway.v1.ChatResponse\x12[\n\nChatStream\x12$.llmesh.gateway.v1.ChatStreamRequest\x1a%.llmesh.gateway.v1.ChatStreamResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fllmesh/gateway/v1/gateway.proto\x12\x11llmesh.gateway.v1\x1a\x1dllmesh/common/v1/common.proto\"\xe9\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12/\n\x08messages\x18\x02 \x03(\x0b\x32\x1d.llmesh.common.v1.ChatMessage\x12\x32\n\x08sampling\x18\x03 \x01(\x0b\x32 .llmesh.common.v1.SamplingParams\x12\x0c\n\x04user\x18\x04 \x01(\t\x12%\n\x05tools\x18\x05 \x03(\x0b\x32\x16.llmesh.common.v1.Tool\x12\x31\n\x0btool_choice\x18\x06 \x01(\x0b\x32\x1c.llmesh.common.v1.ToolChoice\"\xf0\x01\n\x06\x43hoice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x35\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12\x30\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1e.llmesh.common.v1.TokenLogprob\x12.\n\ntool_calls\x18\x05 \x03(\x0b\x32\x1a.llmesh.common.v1.ToolCall\x12\x30\n\x07verdict\x18\x06 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict\"\x8a\x02\n\x0c\x43hatResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x35\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12&\n\x05usage\x18\x05 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x14\n\x0croute_reason\x18\x06 \x01(\t\x12\x30\n\x07verdict\x18\x07 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict\x12*\n\x07\x63hoices\x18\x08 \x03(\x0b\x32\x19.llmesh.gateway.v1.Choice\"\xef\x01\n\x11\x43hatStreamRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12/\n\x08messages\x18\x02 \x03(\x0b\x32\x1d.llmesh.common.v1.ChatMessage\x12\x32\n\x08sampling\x18\x03 \x01(\x0b\x32 .llmesh.common.v1.SamplingParams\x12\x0c\n\x04user\x18\x04 \x01(\t\x12%\n\x05tools\x18\x05 \x03(\x0b\x32\x16.llmesh.common.v1.Tool\x12\x31\n\x0btool_choice\x18\x06 \x01(\x0b\x32\x1c.llmesh.common.v1.ToolChoice\"\xdb\x02\n\x12\x43hatStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05index\x18\x08 \x01(\r\x12\x12\n\ntext_delta\x18\x03 \x01(\t\x12\x30\n\x08logprobs\x18\t \x03(\x0b\x32\x1e.llmesh.common.v1.TokenLogprob\x12.\n\ntool_calls\x18\n \x03(\x0b\x32\x1a.llmesh.common.v1.ToolCall\x12\x35\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12&\n\x05usage\x18\x05 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x14\n\x0croute_reason\x18\x06 \x01(\t\x12\x30\n\x07verdict\x18\x07 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict\";\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12\x0c\n\x04user\x18\x03 \x01(\t\"x\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x30\n\nembeddings\x18\x02 \x03(\x0b\x32\x1c.llmesh.gateway.v1.Embedding\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"!\n\x0fModerateRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\"T\n\x10ModerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x34\n\x07results\x18\x02 \x03(\x0b\x32#.llmesh.gateway.v1.ModerationResult\"\xa8\x02\n\x10ModerationResult\x12\x0f\n\x07\x66lagged\x18\x01 \x01(\x08\x12G\n\ncategories\x18\x02 \x03(\x0b\x32\x33.llmesh.gateway.v1.ModerationResult.CategoriesEntry\x12P\n\x0f\x63\x61tegory_scores\x18\x03 \x03(\x0b\x32\x37.llmesh.gateway.v1.ModerationResult.CategoryScoresEntry\x1a\x31\n\x0f\x43\x61tegoriesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\x1a\x35\n\x13\x43\x61tegoryScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11ListModelsRequest\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.llmesh.gateway.v1.Model\"\x98\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08owned_by\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\r\x12\x1a\n\x12price_input_per_1k\x18\x05 \x01(\x01\x12\x1b\n\x13price_output_per_1k\x18\x06 \x01(\x01\x12\x12\n\ndimensions\x18\x07 \x01(\r2\xb2\x03\n\x0eGatewayService\x12G\n\x04\x43hat\x12\x1e.llmesh.gateway.v1.ChatRequest\x1a\x1f.llmesh.gateway.v1.ChatResponse\x12[\n\nChatStream\x12$.llmesh.gateway.v1.ChatStreamRequest\x1a%.llmesh.gateway.v1.ChatStreamResponse0\x01\x12J\n\x05\x45mbed\x12\x1f.llmesh.gateway.v1.EmbedRequest\x1a .llmesh.gateway.v1.EmbedResponse\x12S\n\x08Moderate\x12\".llmesh.gateway.v1.ModerateRequest\x1a#.llmesh.gateway.v1.ModerateResponse\x12Y\n\nListModels\x12$.llmesh.gateway.v1.ListModelsRequest\x1a%.llmesh.gateway.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmesh.gateway.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MODERATIONRESULT_CATEGORIESENTRY']._loaded_options = None
+  _globals['_MODERATIONRESULT_CATEGORIESENTRY']._serialized_options = b'8\001'
+  _globals['_MODERATIONRESULT_CATEGORYSCORESENTRY']._loaded_options = None
+  _globals['_MODERATIONRESULT_CATEGORYSCORESENTRY']._serialized_options = b'8\001'
   _globals['_CHATREQUEST']._serialized_start=86
-  _globals['_CHATREQUEST']._serialized_end=229
-  _globals['_CHATRESPONSE']._serialized_start=232
-  _globals['_CHATRESPONSE']._serialized_end=454
-  _globals['_CHATSTREAMREQUEST']._serialized_start=457
-  _globals['_CHATSTREAMREQUEST']._serialized_end=606
-  _globals['_CHATSTREAMRESPONSE']._serialized_start=609
-  _globals['_CHATSTREAMRESPONSE']._serialized_end=843
-  _globals['_GATEWAYSERVICE']._serialized_start=846
-  _globals['_GATEWAYSERVICE']._serialized_end=1028
+  _globals['_CHATREQUEST']._serialized_end=319
+  _globals['_CHOICE']._serialized_start=322
+  _globals['_CHOICE']._serialized_end=562
+  _globals['_CHATRESPONSE']._serialized_start=565
+  _globals['_CHATRESPONSE']._serialized_end=831
+  _globals['_CHATSTREAMREQUEST']._serialized_start=834
+  _globals['_CHATSTREAMREQUEST']._serialized_end=1073
+  _globals['_CHATSTREAMRESPONSE']._serialized_start=1076
+  _globals['_CHATSTREAMRESPONSE']._serialized_end=1423
+  _globals['_EMBEDREQUEST']._serialized_start=1425
+  _globals['_EMBEDREQUEST']._serialized_end=1484
+  _globals['_EMBEDRESPONSE']._serialized_start=1486
+  _globals['_EMBEDRESPONSE']._serialized_end=1606
+  _globals['_EMBEDDING']._serialized_start=1608
+  _globals['_EMBEDDING']._serialized_end=1635
+  _globals['_MODERATEREQUEST']._serialized_start=1637
+  _globals['_MODERATEREQUEST']._serialized_end=1670
+  _globals['_MODERATERESPONSE']._serialized_start=1672
+  _globals['_MODERATERESPONSE']._serialized_end=1756
+  _globals['_MODERATIONRESULT']._serialized_start=1759
+  _globals['_MODERATIONRESULT']._serialized_end=2055
+  _globals['_MODERATIONRESULT_CATEGORIESENTRY']._serialized_start=1951
+  _globals['_MODERATIONRESULT_CATEGORIESENTRY']._serialized_end=2000
+  _globals['_MODERATIONRESULT_CATEGORYSCORESENTRY']._serialized_start=2002
+  _globals['_MODERATIONRESULT_CATEGORYSCORESENTRY']._serialized_end=2055
+  _globals['_LISTMODELSREQUEST']._serialized_start=2057
+  _globals['_LISTMODELSREQUEST']._serialized_end=2076
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2078
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2140
+  _globals['_MODEL']._serialized_start=2143
+  _globals['_MODEL']._serialized_end=2295
+  _globals['_GATEWAYSERVICE']._serialized_start=2298
+  _globals['_GATEWAYSERVICE']._serialized_end=2732
 # @@protoc_insertion_point(module_scope)

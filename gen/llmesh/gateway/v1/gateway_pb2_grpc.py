@@ -45,6 +45,21 @@ class GatewayServiceStub:
                 request_serializer=llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ChatStreamRequest.SerializeToString,
                 response_deserializer=llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ChatStreamResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/llmesh.gateway.v1.GatewayService/Embed',
+                request_serializer=llmesh_dot_gateway_dot_v1_dot_gateway__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=llmesh_dot_gateway_dot_v1_dot_gateway__pb2.EmbedResponse.FromString,
+                _registered_method=True)
+        self.Moderate = channel.unary_unary(
+                '/llmesh.gateway.v1.GatewayService/Moderate',
+                request_serializer=llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ModerateRequest.SerializeToString,
+                response_deserializer=llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ModerateResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/llmesh.gateway.v1.GatewayService/ListModels',
+                request_serializer=llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -63,6 +78,25 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Moderate(self, request, context):
+        """The platform's own input guard over texts (as /v1/moderations).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +109,21 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ChatStream,
                     request_deserializer=llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ChatStreamRequest.FromString,
                     response_serializer=llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ChatStreamResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=llmesh_dot_gateway_dot_v1_dot_gateway__pb2.EmbedRequest.FromString,
+                    response_serializer=llmesh_dot_gateway_dot_v1_dot_gateway__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Moderate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Moderate,
+                    request_deserializer=llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ModerateRequest.FromString,
+                    response_serializer=llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ModerateResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.FromString,
+                    response_serializer=llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +181,87 @@ class GatewayService:
             '/llmesh.gateway.v1.GatewayService/ChatStream',
             llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ChatStreamRequest.SerializeToString,
             llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ChatStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.gateway.v1.GatewayService/Embed',
+            llmesh_dot_gateway_dot_v1_dot_gateway__pb2.EmbedRequest.SerializeToString,
+            llmesh_dot_gateway_dot_v1_dot_gateway__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Moderate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.gateway.v1.GatewayService/Moderate',
+            llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ModerateRequest.SerializeToString,
+            llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ModerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.gateway.v1.GatewayService/ListModels',
+            llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.SerializeToString,
+            llmesh_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from llmesh.common.v1 import common_pb2 as llmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#llmesh/inference/v1/inference.proto\x12\x13llmesh.inference.v1\x1a\x1dllmesh/common/v1/common.proto\"\xd0\x01\n\x0fGenerateRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\r\n\x05model\x18\x02 \x01(\t\x12\x17\n\x0f\x66\x61llback_models\x18\x03 \x03(\t\x12.\n\x07prompts\x18\x04 \x03(\x0b\x32\x1d.llmesh.common.v1.ModelPrompt\x12\x32\n\x08sampling\x18\x05 \x01(\x0b\x32 .llmesh.common.v1.SamplingParams\"x\n\x10GenerateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x07\x63hoices\x18\x02 \x03(\x0b\x32\x1c.llmesh.common.v1.Completion\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\"|\n\x16GenerateStreamResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1c.llmesh.common.v1.Completion\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\"j\n\x0cScoreRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x03\"J\n\rScoreResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0etoken_logprobs\x18\x02 \x03(\x02\x12\x12\n\nperplexity\x18\x03 \x01(\x01\x32\xa2\x02\n\x10InferenceService\x12W\n\x08Generate\x12$.llmesh.inference.v1.GenerateRequest\x1a%.llmesh.inference.v1.GenerateResponse\x12\x65\n\x0eGenerateStream\x12$.llmesh.inference.v1.GenerateRequest\x1a+.llmesh.inference.v1.GenerateStreamResponse0\x01\x12N\n\x05Score\x12!.llmesh.inference.v1.ScoreRequest\x1a\".llmesh.inference.v1.ScoreResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#llmesh/inference/v1/inference.proto\x12\x13llmesh.inference.v1\x1a\x1dllmesh/common/v1/common.proto\"\xd0\x01\n\x0fGenerateRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\r\n\x05model\x18\x02 \x01(\t\x12\x17\n\x0f\x66\x61llback_models\x18\x03 \x03(\t\x12.\n\x07prompts\x18\x04 \x03(\x0b\x32\x1d.llmesh.common.v1.ModelPrompt\x12\x32\n\x08sampling\x18\x05 \x01(\x0b\x32 .llmesh.common.v1.SamplingParams\"x\n\x10GenerateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x07\x63hoices\x18\x02 \x03(\x0b\x32\x1c.llmesh.common.v1.Completion\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\"|\n\x16GenerateStreamResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1c.llmesh.common.v1.Completion\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\"j\n\x0cScoreRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x03\"J\n\rScoreResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0etoken_logprobs\x18\x02 \x03(\x02\x12\x12\n\nperplexity\x18\x03 \x01(\x01\"`\n\x0c\x45mbedRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\t\"z\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x32\n\nembeddings\x18\x02 \x03(\x0b\x32\x1e.llmesh.inference.v1.Embedding\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x32\xf2\x02\n\x10InferenceService\x12W\n\x08Generate\x12$.llmesh.inference.v1.GenerateRequest\x1a%.llmesh.inference.v1.GenerateResponse\x12\x65\n\x0eGenerateStream\x12$.llmesh.inference.v1.GenerateRequest\x1a+.llmesh.inference.v1.GenerateStreamResponse0\x01\x12N\n\x05Score\x12!.llmesh.inference.v1.ScoreRequest\x1a\".llmesh.inference.v1.ScoreResponse\x12N\n\x05\x45mbed\x12!.llmesh.inference.v1.EmbedRequest\x1a\".llmesh.inference.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,6 +42,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREREQUEST']._serialized_end=656
   _globals['_SCORERESPONSE']._serialized_start=658
   _globals['_SCORERESPONSE']._serialized_end=732
-  _globals['_INFERENCESERVICE']._serialized_start=735
-  _globals['_INFERENCESERVICE']._serialized_end=1025
+  _globals['_EMBEDREQUEST']._serialized_start=734
+  _globals['_EMBEDREQUEST']._serialized_end=830
+  _globals['_EMBEDRESPONSE']._serialized_start=832
+  _globals['_EMBEDRESPONSE']._serialized_end=954
+  _globals['_EMBEDDING']._serialized_start=956
+  _globals['_EMBEDDING']._serialized_end=983
+  _globals['_INFERENCESERVICE']._serialized_start=986
+  _globals['_INFERENCESERVICE']._serialized_end=1356
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from llmesh.common.v1 import common_pb2 as llmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'llmesh/postprocess/v1/postprocess.proto\x12\x15llmesh.postprocess.v1\x1a\x1dllmesh/common/v1/common.proto\"\xae\x01\n\x12PostprocessRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12\r\n\x05model\x18\x03 \x01(\t\x12\x35\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12\x0c\n\x04stop\x18\x05 \x03(\t\"\x8c\x01\n\x13PostprocessResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x30\n\x07verdict\x18\x02 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict\x12\x35\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\"\xb4\x01\n\x18PostprocessStreamRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x03\x12\x35\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12\x0c\n\x04stop\x18\x05 \x03(\t\"\x98\x01\n\x19PostprocessStreamResponse\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x35\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12\x30\n\x07verdict\x18\x03 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict2\xf6\x01\n\x12PostprocessService\x12\x64\n\x0bPostprocess\x12).llmesh.postprocess.v1.PostprocessRequest\x1a*.llmesh.postprocess.v1.PostprocessResponse\x12z\n\x11PostprocessStream\x12/.llmesh.postprocess.v1.PostprocessStreamRequest\x1a\x30.llmesh.postprocess.v1.PostprocessStreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'llmesh/postprocess/v1/postprocess.proto\x12\x15llmesh.postprocess.v1\x1a\x1dllmesh/common/v1/common.proto\"\x8d\x02\n\x12PostprocessRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12\r\n\x05model\x18\x03 \x01(\t\x12\x35\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x10\n\x08logprobs\x18\x06 \x01(\x08\x12\x16\n\x0etoken_logprobs\x18\x07 \x03(\x02\x12\x33\n\x0ctop_logprobs\x18\x08 \x03(\x0b\x32\x1d.llmesh.common.v1.TopLogprobs\"\xd5\x01\n\x13PostprocessResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x30\n\x07verdict\x18\x02 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict\x12\x35\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12\x30\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1e.llmesh.common.v1.TokenLogprob\x12\x15\n\rstop_sequence\x18\x05 \x01(\t\"\xb3\x02\n\x18PostprocessStreamRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0f\n\x07\x61nswers\x18\x06 \x01(\r\x12\x10\n\x08logprobs\x18\x07 \x01(\x08\x12\r\n\x05index\x18\x08 \x01(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\x03\x12\x16\n\x0etoken_logprobs\x18\t \x03(\x02\x12\x33\n\x0ctop_logprobs\x18\n \x03(\x0b\x32\x1d.llmesh.common.v1.TopLogprobs\x12\x35\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\"\xf0\x01\n\x19PostprocessStreamResponse\x12\r\n\x05index\x18\x04 \x01(\r\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x30\n\x08logprobs\x18\x05 \x03(\x0b\x32\x1e.llmesh.common.v1.TokenLogprob\x12\x35\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12\x30\n\x07verdict\x18\x03 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict\x12\x15\n\rstop_sequence\x18\x06 \x01(\t2\xf6\x01\n\x12PostprocessService\x12\x64\n\x0bPostprocess\x12).llmesh.postprocess.v1.PostprocessRequest\x1a*.llmesh.postprocess.v1.PostprocessResponse\x12z\n\x11PostprocessStream\x12/.llmesh.postprocess.v1.PostprocessStreamRequest\x1a\x30.llmesh.postprocess.v1.PostprocessStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmesh.postprocess.v1.postp
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_POSTPROCESSREQUEST']._serialized_start=98
-  _globals['_POSTPROCESSREQUEST']._serialized_end=272
-  _globals['_POSTPROCESSRESPONSE']._serialized_start=275
-  _globals['_POSTPROCESSRESPONSE']._serialized_end=415
-  _globals['_POSTPROCESSSTREAMREQUEST']._serialized_start=418
-  _globals['_POSTPROCESSSTREAMREQUEST']._serialized_end=598
-  _globals['_POSTPROCESSSTREAMRESPONSE']._serialized_start=601
-  _globals['_POSTPROCESSSTREAMRESPONSE']._serialized_end=753
-  _globals['_POSTPROCESSSERVICE']._serialized_start=756
-  _globals['_POSTPROCESSSERVICE']._serialized_end=1002
+  _globals['_POSTPROCESSREQUEST']._serialized_end=367
+  _globals['_POSTPROCESSRESPONSE']._serialized_start=370
+  _globals['_POSTPROCESSRESPONSE']._serialized_end=583
+  _globals['_POSTPROCESSSTREAMREQUEST']._serialized_start=586
+  _globals['_POSTPROCESSSTREAMREQUEST']._serialized_end=893
+  _globals['_POSTPROCESSSTREAMRESPONSE']._serialized_start=896
+  _globals['_POSTPROCESSSTREAMRESPONSE']._serialized_end=1136
+  _globals['_POSTPROCESSSERVICE']._serialized_start=1139
+  _globals['_POSTPROCESSSERVICE']._serialized_end=1385
 # @@protoc_insertion_point(module_scope)

@@ -60,6 +60,8 @@ class PostprocessServiceServicer:
         """Chunk by chunk: the caller sends token ids as they arrive, the service
         answers with text that is safe to release. Text is held back until no
         blocked word or PII string could still be completed by later tokens.
+        Several answers (n) share one call, each message naming its answer; the
+        call ends once every answer has had its last message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

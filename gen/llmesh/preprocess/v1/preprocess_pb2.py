@@ -25,17 +25,31 @@ _sym_db = _symbol_database.Default()
 from llmesh.common.v1 import common_pb2 as llmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%llmesh/preprocess/v1/preprocess.proto\x12\x14llmesh.preprocess.v1\x1a\x1dllmesh/common/v1/common.proto\"\x98\x01\n\x11PreprocessRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12/\n\x08messages\x18\x02 \x03(\x0b\x32\x1d.llmesh.common.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x03 \x01(\tJ\x04\x08\x04\x10\x05R\ttokenizer\"\xa1\x01\n\x12PreprocessResponse\x12\x30\n\x07verdict\x18\x01 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict\x12.\n\x07prompts\x18\x04 \x03(\x0b\x32\x1d.llmesh.common.v1.ModelPromptJ\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04R\x0bprompt_textR\x10prompt_token_ids2t\n\x11PreprocessService\x12_\n\nPreprocess\x12\'.llmesh.preprocess.v1.PreprocessRequest\x1a(.llmesh.preprocess.v1.PreprocessResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%llmesh/preprocess/v1/preprocess.proto\x12\x14llmesh.preprocess.v1\x1a\x1dllmesh/common/v1/common.proto\"\x98\x01\n\x11PreprocessRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12/\n\x08messages\x18\x02 \x03(\x0b\x32\x1d.llmesh.common.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x03 \x01(\tJ\x04\x08\x04\x10\x05R\ttokenizer\"\xa1\x01\n\x12PreprocessResponse\x12\x30\n\x07verdict\x18\x01 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict\x12.\n\x07prompts\x18\x04 \x03(\x0b\x32\x1d.llmesh.common.v1.ModelPromptJ\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04R\x0bprompt_textR\x10prompt_token_ids\"S\n\x0fModerateRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\r\n\x05texts\x18\x02 \x03(\t\"K\n\x10ModerateResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.llmesh.preprocess.v1.ModerationResult\"\xee\x02\n\x10ModerationResult\x12\x0f\n\x07\x66lagged\x18\x01 \x01(\x08\x12J\n\ncategories\x18\x02 \x03(\x0b\x32\x36.llmesh.preprocess.v1.ModerationResult.CategoriesEntry\x12S\n\x0f\x63\x61tegory_scores\x18\x03 \x03(\x0b\x32:.llmesh.preprocess.v1.ModerationResult.CategoryScoresEntry\x12\x30\n\x07verdict\x18\x04 \x01(\x0b\x32\x1f.llmesh.common.v1.SafetyVerdict\x12\x0c\n\x04text\x18\x05 \x01(\t\x1a\x31\n\x0f\x43\x61tegoriesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\x1a\x35\n\x13\x43\x61tegoryScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xcf\x01\n\x11PreprocessService\x12_\n\nPreprocess\x12\'.llmesh.preprocess.v1.PreprocessRequest\x1a(.llmesh.preprocess.v1.PreprocessResponse\x12Y\n\x08Moderate\x12%.llmesh.preprocess.v1.ModerateRequest\x1a&.llmesh.preprocess.v1.ModerateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmesh.preprocess.v1.preprocess_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MODERATIONRESULT_CATEGORIESENTRY']._loaded_options = None
+  _globals['_MODERATIONRESULT_CATEGORIESENTRY']._serialized_options = b'8\001'
+  _globals['_MODERATIONRESULT_CATEGORYSCORESENTRY']._loaded_options = None
+  _globals['_MODERATIONRESULT_CATEGORYSCORESENTRY']._serialized_options = b'8\001'
   _globals['_PREPROCESSREQUEST']._serialized_start=95
   _globals['_PREPROCESSREQUEST']._serialized_end=247
   _globals['_PREPROCESSRESPONSE']._serialized_start=250
   _globals['_PREPROCESSRESPONSE']._serialized_end=411
-  _globals['_PREPROCESSSERVICE']._serialized_start=413
-  _globals['_PREPROCESSSERVICE']._serialized_end=529
+  _globals['_MODERATEREQUEST']._serialized_start=413
+  _globals['_MODERATEREQUEST']._serialized_end=496
+  _globals['_MODERATERESPONSE']._serialized_start=498
+  _globals['_MODERATERESPONSE']._serialized_end=573
+  _globals['_MODERATIONRESULT']._serialized_start=576
+  _globals['_MODERATIONRESULT']._serialized_end=942
+  _globals['_MODERATIONRESULT_CATEGORIESENTRY']._serialized_start=838
+  _globals['_MODERATIONRESULT_CATEGORIESENTRY']._serialized_end=887
+  _globals['_MODERATIONRESULT_CATEGORYSCORESENTRY']._serialized_start=889
+  _globals['_MODERATIONRESULT_CATEGORYSCORESENTRY']._serialized_end=942
+  _globals['_PREPROCESSSERVICE']._serialized_start=945
+  _globals['_PREPROCESSSERVICE']._serialized_end=1152
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,11 @@ class PreprocessServiceStub:
                 request_serializer=llmesh_dot_preprocess_dot_v1_dot_preprocess__pb2.PreprocessRequest.SerializeToString,
                 response_deserializer=llmesh_dot_preprocess_dot_v1_dot_preprocess__pb2.PreprocessResponse.FromString,
                 _registered_method=True)
+        self.Moderate = channel.unary_unary(
+                '/llmesh.preprocess.v1.PreprocessService/Moderate',
+                request_serializer=llmesh_dot_preprocess_dot_v1_dot_preprocess__pb2.ModerateRequest.SerializeToString,
+                response_deserializer=llmesh_dot_preprocess_dot_v1_dot_preprocess__pb2.ModerateResponse.FromString,
+                _registered_method=True)
 
 
 class PreprocessServiceServicer:
@@ -53,6 +58,15 @@ class PreprocessServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Moderate(self, request, context):
+        """Runs every input scanner over each text and reports what each found, with scores (the
+        platform's own moderation, /v1/moderations), plus the verdict the input policy would give
+        and the text as it would go on (PII redacted): embedding inputs go through this.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PreprocessServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +74,11 @@ def add_PreprocessServiceServicer_to_server(servicer, server):
                     servicer.Preprocess,
                     request_deserializer=llmesh_dot_preprocess_dot_v1_dot_preprocess__pb2.PreprocessRequest.FromString,
                     response_serializer=llmesh_dot_preprocess_dot_v1_dot_preprocess__pb2.PreprocessResponse.SerializeToString,
+            ),
+            'Moderate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Moderate,
+                    request_deserializer=llmesh_dot_preprocess_dot_v1_dot_preprocess__pb2.ModerateRequest.FromString,
+                    response_serializer=llmesh_dot_preprocess_dot_v1_dot_preprocess__pb2.ModerateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +108,33 @@ class PreprocessService:
             '/llmesh.preprocess.v1.PreprocessService/Preprocess',
             llmesh_dot_preprocess_dot_v1_dot_preprocess__pb2.PreprocessRequest.SerializeToString,
             llmesh_dot_preprocess_dot_v1_dot_preprocess__pb2.PreprocessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Moderate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.preprocess.v1.PreprocessService/Moderate',
+            llmesh_dot_preprocess_dot_v1_dot_preprocess__pb2.ModerateRequest.SerializeToString,
+            llmesh_dot_preprocess_dot_v1_dot_preprocess__pb2.ModerateResponse.FromString,
             options,
             channel_credentials,
             insecure,

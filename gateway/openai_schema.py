@@ -3,6 +3,11 @@
 Fields the platform does not serve (tools, logprobs, penalties, ...) are ignored rather than
 refused, as OpenAI-compatible servers commonly do; n is the exception because ignoring it would
 return fewer choices than asked for.
+
+Types are strict: ``"stream": "yes"``, ``"max_tokens": "5"`` or ``"temperature": true`` are
+refused rather than coerced, since a client that sends them has a bug worth hearing about.
+Every string must be valid Unicode: JSON's ``\ud800`` escapes decode to lone surrogates, which
+no protobuf string (and no tokenizer) can carry.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from gateway.pipeline import MAX_TEMPERATURE, MAX_TOP_P, ChatInput
 from llmesh.common.v1 import common_pb2
@@ -24,6 +29,18 @@ _ROLES = {
     "assistant": common_pb2.ROLE_ASSISTANT,
     "tool": common_pb2.ROLE_TOOL,
 }
+
+
+def _valid_unicode(text: str) -> str:
+    for index, char in enumerate(text):
+        if "\ud800" <= char <= "\udfff":
+            raise ValueError(f"the string has a lone surrogate (U+{ord(char):04X}) at character {index}")
+    return text
+
+
+# A string that can be encoded as UTF-8.
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+STRICT = ConfigDict(strict=True)
 
 
 def _text_of(content: Any) -> Any:
@@ -53,25 +70,29 @@ def _single_prompt(value: Any) -> Any:
 
 
 class Message(BaseModel):
+    model_config = STRICT
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Annotated[str | None, BeforeValidator(_text_of)] = None
-    name: str | None = None
+    content: Annotated[Text | None, BeforeValidator(_text_of)] = None
+    name: Text | None = None
 
     def to_proto(self) -> common_pb2.ChatMessage:
         return common_pb2.ChatMessage(role=_ROLES[self.role], content=self.content or "", name=self.name or "")
 
 
 class StreamOptions(BaseModel):
+    model_config = STRICT
+
     include_usage: bool = False
 
 
 class _GenerationRequest(BaseModel):
     """The fields chat completions and completions share."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     # OpenAI requires a model; here it defaults to letting the router choose.
-    model: str = AUTO_MODEL
+    model: Text = AUTO_MODEL
     max_tokens: int | None = Field(
         default=None,
         ge=1,
@@ -80,12 +101,12 @@ class _GenerationRequest(BaseModel):
     )
     temperature: float | None = Field(default=None, ge=0, le=MAX_TEMPERATURE)
     top_p: float | None = Field(default=None, ge=0, le=MAX_TOP_P)
-    stop: Annotated[list[str], BeforeValidator(_as_list)] = Field(default_factory=list, max_length=4)
+    stop: Annotated[list[Text], BeforeValidator(_as_list)] = Field(default_factory=list, max_length=4)
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     # Clients send null for "not set" as often as they leave a field out.
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: Text | None = None
     n: int | None = 1
 
     @field_validator("n")
@@ -123,7 +144,7 @@ class ChatCompletionRequest(_GenerationRequest):
 
 
 class CompletionRequest(_GenerationRequest):
-    prompt: Annotated[str, BeforeValidator(_single_prompt)]
+    prompt: Annotated[Text, BeforeValidator(_single_prompt)]
 
     def to_input(self) -> ChatInput:
         return ChatInput(prompt=self.prompt, model=self.model, sampling=self.sampling(), user=self.user or "")

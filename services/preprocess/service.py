@@ -10,6 +10,8 @@ from mesh.errors import abort
 from services.preprocess.settings import PreprocessSettings
 from services.preprocess.tokenizer import Tokenizers
 from services.safety import pii, scanners, verdicts
+from services.safety.classifier import GuardClassifier
+from services.safety.guard import InputGuard
 from services.safety.lexicon import ReloadingLexicon
 from services.safety.text import normalize
 
@@ -22,19 +24,17 @@ ROLES = {
 }
 
 
-def input_scanners(settings: PreprocessSettings) -> list[verdicts.Scanner]:
-    """The blocking input scanners in the order they run (``llmesh safety eval`` times them)."""
-    chosen: list[verdicts.Scanner] = [
-        verdicts.LexiconScanner(
-            ReloadingLexicon(en=settings.input_lexicon_en, zh=settings.input_lexicon_zh),
-            settings.input_blocked_message,
-        )
-    ]
-    if settings.input_injection_action == "block":
-        chosen.append(scanners.InjectionScanner(settings.input_injection_message))
-    if settings.input_pii_action == "block":
-        chosen.append(scanners.PiiScanner(settings.input_pii_message))
-    return chosen
+def input_guard(settings: PreprocessSettings) -> InputGuard:
+    """The input guard with the policies the settings choose (``llmesh safety eval`` runs it)."""
+    lexicon = ReloadingLexicon(en=settings.input_lexicon_en, zh=settings.input_lexicon_zh, allow=settings.input_lexicon_allow)
+    block = settings.input_injection_action == "block"
+    return InputGuard(
+        lexicon,
+        settings.input_blocked_message,
+        settings.input_injection_message if block else None,
+        settings.input_pii_message if settings.input_pii_action == "block" else None,
+        GuardClassifier.load(settings.input_classifier_path) if settings.input_classifier_path else None,
+    )
 
 
 class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
@@ -43,8 +43,8 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
     def __init__(self, settings: PreprocessSettings) -> None:
         self.settings = settings
         self.tokenizers = Tokenizers(settings)
-        # Run in order on every message; the first verdict wins.
-        self.scanners = input_scanners(settings)
+        # Every message and the whole conversation; the first verdict wins.
+        self.guard = input_guard(settings)
 
     def register(self, server: grpc.aio.Server) -> None:
         preprocess_pb2_grpc.add_PreprocessServiceServicer_to_server(self, server)
@@ -64,12 +64,12 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
             for m in request.messages
         ]
         texts = [m["content"] for m in messages] if messages else [normalize(request.prompt)]
-        verdict = self._check_chars(texts) or verdicts.first_verdict(self.scanners, texts)
+        verdict = self._check_chars(texts) or self.guard.scan_messages(texts)
         if verdict is not None:
             return self._refuse(verdict)
         passed = verdicts.PASSED
         if self.settings.input_pii_action == "redact":
-            found = [pii.find_pii(text) for text in texts]
+            found = pii.find_in_messages(texts)
             if any(found):
                 passed = scanners.redaction_verdict([match for matches in found for match in matches])
                 texts = [pii.redact(text, matches) for text, matches in zip(texts, found, strict=True)]

@@ -126,7 +126,7 @@ def units(text: str) -> list[Unit]:
     return out
 
 
-_CLAUSE_BREAK = re.compile(r"[a-z]{4,}|[。，、；：！？,;:!?\n|]+")
+_CLAUSE_BREAK = re.compile(r"[a-z]{4,}|[。，、；：！？,;:!?|]+")
 _NOT_HAN = re.compile(r"[^\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff|]+")
 
 

@@ -37,7 +37,7 @@ def find_template_marker(text: str) -> InjectionMatch | None:
 
 _IGNORE = (
     r"(?:ignore|ignoring|disregard|forget|override|overrule|bypass|skip|drop|discard|abandon|dismiss|neglect|cancel"
-    r"|erase|delete|remove|reset|clear|throw\s+(?:out|away)|set\s+aside|stop\s+following|do\s+not\s+follow"
+    r"|erase|delete|remove|clear|throw\s+(?:out|away)|set\s+aside|stop\s+following|do\s+not\s+follow"
     r"|don'?t\s+follow|no\s+longer\s+follow|pay\s+no\s+attention\s+to|not\s+bound\s+by)"
 )
 _PRIOR = (
@@ -46,7 +46,7 @@ _PRIOR = (
 )
 _RULES = (
     r"(?:instructions?|prompts?|rules?|directions?|guidelines?|context|messages?|constraints?|programming|restrictions?"
-    r"|polic(?:y|ies)|filters?|directives?|orders?|commands?|training|guardrails?|safeguards?|limitations?|settings?"
+    r"|polic(?:y|ies)|filters?|directives?|orders?|commands?|training|guardrails?|safeguards?|limitations?"
     r"|configuration|boundaries|principles|ethics|conditioning|text|content|setup)"
 )
 _TELL = (

@@ -78,3 +78,35 @@ def test_redact_names_the_kind_and_keeps_the_rest():
 )
 def test_unsafe_suffix_is_what_pii_could_still_continue(text, held):
     assert text[pii.unsafe_suffix_start(text) :] == held
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x[1::2] and lst[::2]", "upgrade to v2.3.0.1", "see section 1.2.3.4", "listen on 127.0.0.1 and ::1",
+     "```\nip = '10.1.2.3'\n```", "run `ping 192.168.1.1`", "look at this dot com bubble", "on 01-02-2023"],
+)
+def test_code_and_near_misses_are_left_alone(text):
+    assert pii.find_pii(text) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        ("mail o'brien@example.com now", "mail [EMAIL] now"),
+        ("call (+86) 138 1234 5678", "call [PHONE]"),
+        ("call 0086 138 1234 5678", "call [PHONE]"),
+        ("write john dot smith at gmail dot com", "write [EMAIL]"),
+        ("phone 138.1234.5678", "phone [PHONE]"),
+        ("ring 020 7946 0958", "ring [PHONE]"),
+        ("ring (415) 555-2671", "ring [PHONE]"),
+        ("id 110105 19491231 002X", "id [CN_ID]"),
+    ],
+)
+def test_whole_values_and_obfuscated_forms_are_redacted(text, redacted):
+    assert pii.redact(text, pii.find_pii(text)) == redacted
+
+
+def test_a_card_cut_across_messages_is_redacted_in_both():
+    texts = ["my card is 4111 1111", "1111 1111 thanks"]
+    found = pii.find_in_messages(texts)
+    assert [pii.redact(t, m) for t, m in zip(texts, found, strict=True)] == ["my card is [CARD]", "[CARD] thanks"]

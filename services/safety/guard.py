@@ -1,0 +1,85 @@
+"""The input guard over a whole conversation: every message, and all of them joined in order
+(system included), so that a term or an instruction cut across messages is seen too."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from llmesh.common.v1 import common_pb2
+from services.safety import injection, pii
+from services.safety.classifier import INJECTION, GuardClassifier
+from services.safety.deobfuscate import ALWAYS_DECODED, clean, reading_views
+from services.safety.lexicon import Lexicon, ReloadingLexicon
+from services.safety.verdicts import SafetyVerdict, blocked, lexicon_verdict
+
+# Joins messages for the conversation view: a line break, so that words stay apart.
+MESSAGE_JOINER = "\n"
+
+
+class InputGuard:
+    """Checks in order, the first that blocks wins: chat-template markers, the lexicon and
+    the injection rules over every reading of the conversation, the learned layer over each
+    message and the conversation, then PII (``block`` policy only)."""
+
+    name = "input"
+
+    def __init__(
+        self,
+        lexicon: Lexicon | ReloadingLexicon,
+        blocked_message: str,
+        injection_message: str | None,
+        pii_message: str | None = None,
+        classifier: GuardClassifier | None = None,
+    ) -> None:
+        self.lexicon = lexicon
+        self.blocked_message = blocked_message
+        # None turns the check off.
+        self.injection_message = injection_message
+        self.pii_message = pii_message
+        self.classifier = classifier
+
+    def scan(self, text: str) -> SafetyVerdict | None:
+        return self.scan_messages([text])
+
+    def scan_messages(self, texts: Sequence[str]) -> SafetyVerdict | None:
+        conversation = MESSAGE_JOINER.join(texts)
+        if self.injection_message is not None:
+            for text in texts:
+                marker = injection.find_template_marker(text)
+                if marker is not None:
+                    return blocked(common_pb2.SAFETY_CATEGORY_PROMPT_INJECTION, marker.rule, self.injection_message)
+        views = reading_views(conversation)
+        match = self.lexicon.current().find_in_views(views)
+        if match is not None:
+            return lexicon_verdict(match, self.blocked_message)
+        if self.injection_message is not None:
+            found = injection.find_in_views(views)
+            if found is not None:
+                return blocked(common_pb2.SAFETY_CATEGORY_PROMPT_INJECTION, found.rule, self.injection_message)
+        if self.classifier is not None:
+            verdict = self._learned(texts, views)
+            if verdict is not None:
+                return verdict
+        if self.pii_message is not None:
+            found_pii = [match for matches in pii.find_in_messages(list(texts)) for match in matches]
+            if found_pii:
+                kinds = ",".join(sorted({match.kind for match in found_pii}))
+                return blocked(common_pb2.SAFETY_CATEGORY_PII, f"pii:{kinds}", self.pii_message)
+        return None
+
+    def _learned(self, texts: Sequence[str], views: list[tuple[str, str]]) -> SafetyVerdict | None:
+        readings = [view for name, view in views if name not in ALWAYS_DECODED]
+        if len(texts) > 1:
+            # The conversation's reading is already there; each message is read on its own too.
+            readings += [clean(text) for text in texts]
+        found = self.classifier.verdict(readings)
+        if found is None:
+            return None
+        label, probability = found
+        if label == INJECTION:
+            if self.injection_message is None:
+                return None
+            return blocked(
+                common_pb2.SAFETY_CATEGORY_PROMPT_INJECTION, f"injection:classifier:{probability:.2f}", self.injection_message
+            )
+        return blocked(common_pb2.SAFETY_CATEGORY_SENSITIVE_WORD, f"lexicon:classifier:{probability:.2f}", self.blocked_message)

@@ -205,7 +205,11 @@ class _BodyLimit:
                 # runs: no timeout applies to that.
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.read_timeout_s)
+                # asyncio.timeout, not wait_for: wait_for reads in a task of its own, and then a
+                # request whose handling checks for a disconnect (a receive in an already
+                # cancelled scope) never completed.
+                async with asyncio.timeout(self.read_timeout_s):
+                    message = await receive()
             except TimeoutError:
                 # The rest of the body will never be read, so the connection cannot be reused.
                 raise HTTPException(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,12 +54,9 @@ def _written_stream(behavior, _request_streaming: bool, response_streaming: bool
         return behavior
 
     async def written(request, context) -> None:
-        responses = behavior(request, context)
-        try:
+        async with contextlib.aclosing(behavior(request, context)) as responses:
             async for response in responses:
                 await context.write(response)
-        finally:
-            await responses.aclose()
 
     return written
 
@@ -106,8 +104,9 @@ def _checking_requests(behavior, request_streaming: bool, response_streaming: bo
         if response_streaming:
 
             async def stream_stream(requests, context):
-                async for response in behavior(checked_iterator(requests, context), context):
-                    yield response
+                async with contextlib.aclosing(behavior(checked_iterator(requests, context), context)) as responses:
+                    async for response in responses:
+                        yield response
 
             return stream_stream
 
@@ -120,8 +119,9 @@ def _checking_requests(behavior, request_streaming: bool, response_streaming: bo
         async def unary_stream(request, context):
             if isinstance(request, _Undecodable):
                 await _refuse_undecodable(context, request)
-            async for response in behavior(request, context):
-                yield response
+            async with contextlib.aclosing(behavior(request, context)) as responses:
+                async for response in responses:
+                    yield response
 
         return unary_stream
 
@@ -149,11 +149,12 @@ def create_server(addr: str, settings: MeshSettings, *, mtls: bool = True) -> tu
     is for a public edge, whose TLS ends at the ingress in front of it.
     """
     server = grpc.aio.server(
-        # Outermost first: the stream closer must wrap the tracing interceptor's generator.
+        # Outermost first: the stream closer must wrap the tracing interceptor's generator
+        # directly, so that closing one closes the other in the same task.
         interceptors=[
             _StreamClosingInterceptor(),
-            _MalformedRequestInterceptor(),
             aio_server_interceptor(),
+            _MalformedRequestInterceptor(),
             DeadlineServerInterceptor(),
             MetricsServerInterceptor(),
         ],

@@ -255,9 +255,10 @@ def _unescape(escape: re.Match[str]) -> str:
 ALWAYS_DECODED = frozenset({"rot13", "reversed", "reversed-words"})
 
 
-def reading_views(text: str) -> list[tuple[str, str]]:
-    """``("plain", what text reads as)``, then ``(encoding, what a payload hidden in it reads as)``."""
-    plain = clean(text)
+def reading_views(text: str, plain: str | None = None) -> list[tuple[str, str]]:
+    """``("plain", what text reads as)``, then ``(encoding, what a payload hidden in it reads as)``;
+    ``plain`` is ``clean(text)`` when the caller has it already."""
+    plain = clean(text) if plain is None else plain
     payloads = [(name, clean(decoded)) for name, decoded in decodings(text, always=False)]
     # Reading and rot13 or reversal commute: derive those from the reading, already made.
     return [("plain", plain), *payloads, *always_decoded(plain)]

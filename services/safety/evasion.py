@@ -221,7 +221,7 @@ class EvasionMatcher:
         return None
 
     def _find_chinese(self, reading: str, deep: bool) -> Found | None:
-        if not any(chinese.is_han(char) for char in reading):
+        if chinese.HAN.search(reading) is None:
             return self._find_latin_pinyin(reading)
         simplified = chinese.to_simplified(reading)
         squeezed = chinese.squeeze(simplified)

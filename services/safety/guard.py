@@ -14,6 +14,8 @@ from services.safety.verdicts import SafetyVerdict, blocked, lexicon_verdict
 
 # Joins messages for the conversation view: a line break, so that words stay apart.
 MESSAGE_JOINER = "\n"
+# Conversations up to this long are also classified whole (see ``InputGuard._learned``).
+CONVERSATION_CLASSIFIED_CHARS = 600
 
 
 class InputGuard:
@@ -48,7 +50,10 @@ class InputGuard:
                 marker = injection.find_template_marker(text)
                 if marker is not None:
                     return blocked(common_pb2.SAFETY_CATEGORY_PROMPT_INJECTION, marker.rule, self.injection_message)
-        views = reading_views(conversation)
+        # Reading is done character by character, so the conversation's reading is the
+        # messages' readings joined (markup or an override cut across messages aside).
+        readings = [clean(text) for text in texts]
+        views = reading_views(conversation, MESSAGE_JOINER.join(readings))
         match = self.lexicon.current().find_in_views(views)
         if match is not None:
             return lexicon_verdict(match, self.blocked_message)
@@ -57,7 +62,7 @@ class InputGuard:
             if found is not None:
                 return blocked(common_pb2.SAFETY_CATEGORY_PROMPT_INJECTION, found.rule, self.injection_message)
         if self.classifier is not None:
-            verdict = self._learned(texts, views)
+            verdict = self._learned(readings, views)
             if verdict is not None:
                 return verdict
         if self.pii_message is not None:
@@ -67,11 +72,14 @@ class InputGuard:
                 return blocked(common_pb2.SAFETY_CATEGORY_PII, f"pii:{kinds}", self.pii_message)
         return None
 
-    def _learned(self, texts: Sequence[str], views: list[tuple[str, str]]) -> SafetyVerdict | None:
-        readings = [view for name, view in views if name not in ALWAYS_DECODED]
-        if len(texts) > 1:
-            # The conversation's reading is already there; each message is read on its own too.
-            readings += [clean(text) for text in texts]
+    def _learned(self, messages: list[str], views: list[tuple[str, str]]) -> SafetyVerdict | None:
+        # Each message's reading and each decoded payload; the conversation as a whole too
+        # while it is short, which is where a request split across turns hides (the
+        # classifier's cost grows with the characters it reads).
+        readings = list(messages)
+        if len(messages) > 1 and len(views[0][1]) <= CONVERSATION_CLASSIFIED_CHARS:
+            readings.append(views[0][1])
+        readings += [view for name, view in views[1:] if name not in ALWAYS_DECODED]
         found = self.classifier.verdict(readings)
         if found is None:
             return None

@@ -9,6 +9,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import ahocorasick
+
 from services.safety.deobfuscate import reading_views
 
 
@@ -51,11 +53,11 @@ _RULES = (
 )
 _TELL = (
     r"(?:reveal|print|show|repeat|output|leak|display|tell\s+me|write\s+(?:out|down)|dump|recite|echo|spell\s+out|give\s+me"
-    r"|list|paste|copy|quote|disclose|expose|share|provide|read\s+(?:back|out)|return|state|summari[sz]e|translate|type\s+out)"
+    r"|paste|copy|quote|disclose|expose|share|read\s+(?:back|out)|summari[sz]e|translate|type\s+out)"
 )
 _SECRET = (
     r"(?:system|hidden|initial|original|secret|internal|developer|pre-?|first|starting|confidential|private|full|exact|real)"
-    r"\s*(?:prompt|instructions?|message|rules|directives|configuration|guidelines|text)"
+    r"\s*(?:prompt|instructions?|message|rules|directives|guidelines|text)"
     # "the system message log" is a file, not the assistant's instructions.
     r"(?!\s*(?:logs?|files?|box(?:es)?|queues?|sounds?|tray|bar|cent(?:er|re)|folder|viewer|window|area|panel)\b)"
 )
@@ -70,7 +72,7 @@ RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     for name, pattern in (
         ("injection:ignore-instructions", rf"\b{_IGNORE}\b[\s\w,'\-]{{0,40}}?\b{_PRIOR}\b[\s\w,'\-]{{0,25}}?\b{_RULES}\b"),
         ("injection:ignore-instructions", rf"\b{_IGNORE}\s+(?:everything|all)\s+(?:(?:you\s+were|you've\s+been|i|we)\s+)?(?:told|said|written|given|above|before|so\s+far)"),
-        ("injection:new-instructions", r"\b(?:your|the|my)\s+new\s+(?:instructions?|rules?|task|role|persona|identity|directive|purpose)\s+(?:are|is|will\s+be)\b"),
+        ("injection:new-instructions", r"(?:(?<=your )|(?<=the )|(?<=my ))new\s+(?:instructions?|rules?|task|role|persona|identity|directive|purpose)\s+(?:are|is|will\s+be)\b"),
         ("injection:new-instructions", r"\b(?:new|updated|revised|real|actual|true)\s+(?:system\s+)?(?:instructions?|rules|prompt|directive)s?\s*:"),
         ("injection:reveal-prompt", rf"\b{_TELL}\b[\s\w,'\-]{{0,30}}?\b{_SECRET}\b"),
         ("injection:reveal-prompt", r"\b(?:what|which)\s+(?:are|were|is|was)\s+(?:your|the)\s+(?:\w+\s+){0,2}(?:instructions|system\s+prompt|rules\s+you\s+were\s+given|initial\s+prompt)"),
@@ -91,18 +93,42 @@ RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     )
 )
 
-# Every rule needs one of these words (or word beginnings): a view without any is skipped,
-# which spares the rules the rot13 and reversed views of ordinary text.
-_TRIGGERS = re.compile(
-    r"\b(?:instruction|prompt|rule|direction|guideline|context|message|constraint|programming|restriction|polic|filter"
-    r"|directive|order|command|training|guardrail|safeguard|limitation|setting|configuration|boundar|principle|ethic"
-    r"|conditioning|text|content|setup|told|said|written|given|above|before|prior|task|role|persona|identity|purpose"
-    r"|starting|beginning|unrestricted|unfiltered|uncensored|jailbr|amoral|immoral|unethical|evil|unlimited|unbounded"
-    r"|rogue|lawless|limit|moral|censor|safety|dan\b|anything|character|responses|answers|replies|mode|bound|refus"
-    r"|warning|disclaimer|matter|free|everything|all\b)"
-    r"|指令|指示|规则|提示|设定|要求|约束|限制|规定|命令|说明|条款|准则|守则|政策|规范|设置|内容|话|上文|什么|越狱|道德|审查|邪恶"
-    r"|底线|过滤|无所不能|什么都能|角色|出戏|模式|解除|拒绝|任何问题|不受",
+def _automaton(words: str) -> ahocorasick.Automaton:
+    automaton = ahocorasick.Automaton()
+    for word in words.split():
+        automaton.add_word(word, word)
+    automaton.make_automaton()
+    return automaton
+
+
+# Every rule needs one of these words (or word beginnings): a view without any is skipped.
+_TRIGGERS = _automaton(
+    "instruction prompt rule direction guideline context message constraint programming restriction polic filter"
+    " directive order command training guardrail safeguard limitation setting configuration boundar principle ethic"
+    " conditioning text content setup told said written given above before prior task role persona identity purpose"
+    " starting beginning unrestricted unfiltered uncensored jailbr amoral immoral unethical evil unlimited unbounded"
+    " rogue lawless limit moral censor safety dan anything character responses answers replies mode bound refus"
+    " warning disclaimer matter free everything all"
+    " 指令 指示 规则 提示 设定 要求 约束 限制 规定 命令 说明 条款 准则 守则 政策 规范 设置 内容 话 上文 什么 越狱 道德 审查 邪恶"
+    " 底线 过滤 无所不能 什么都能 角色 出戏 模式 解除 拒绝 任何问题 不受"
 )
+# A rot13 or reversed view of ordinary text is noise in which common words turn up by chance;
+# such a view has to hold one of these rarer ones before the rules run on it (rot13 leaves
+# Chinese as it is, so only the English ones count there).
+_STRONG_EN = (
+    "instruction prompt rule direction guideline constraint programming restrict polic filter directive command"
+    " training guardrail safeguard limitation configuration boundar principle ethic conditioning persona identity"
+    " purpose jailbr moral evil unlimited unbounded rogue lawless censor safety character refus disclaimer ignor"
+    " disregard pretend system developer reveal dan anything"
+)
+_STRONG = _automaton(_STRONG_EN + " 指令 规则 提示 设定 限制 约束 越狱 模式 拒绝 道德 角色")
+_STRONG_ENGLISH = _automaton(_STRONG_EN)
+
+
+def _has(automaton: ahocorasick.Automaton, text: str) -> bool:
+    return next(automaton.iter(text), None) is not None
+
+
 _LEET_TOKEN = re.compile(r"\b(?=\w*[a-z])(?=\w*[0-9@$])[a-z0-9@$]+\b")
 _INJECTION_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "@": "a", "5": "s", "$": "s", "7": "t", "8": "b", "9": "g"})
 
@@ -111,14 +137,34 @@ def _unleet(view: str) -> str:
     return _LEET_TOKEN.sub(lambda token: token.group().translate(_INJECTION_LEET), view)
 
 
-def find_in_view(view: str) -> tuple[str, int, int] | None:
-    """The first rule that matches one reading of a text."""
-    for text in (view, _unleet(view)) if _LEET_TOKEN.search(view) else (view,):
-        if _TRIGGERS.search(text) is None:
-            continue
-        for name, pattern in RULES:
-            found = pattern.search(text)
-            if found is not None:
+# A device's or program's mode ("developer mode on an Android phone", "手机开发者模式") or the
+# user's own earlier message ("disregard my previous message") is no attack on the assistant.
+_DEVICE = re.compile(
+    r"\b(?:android|phone|iphone|ios|chrome|browser|firefox|windows|mac|xbox|playstation|switch|router|bios|tv|app|edge)\b"
+    r"|手机|安卓|浏览器|电脑|系统设置|路由器|电视|小米|华为|苹果|应用"
+)
+_OWN = re.compile(r"\b(?:my|our)\s+(?:\w+\s+)?(?:messages?|questions?|requests?|prompts?|text|email|post|comments?)\b")
+
+
+def _harmless(name: str, text: str, start: int, end: int) -> bool:
+    if name == "injection:jailbreak" and re.search(r"mode|模式", text[start:end]):
+        return _DEVICE.search(text[max(0, start - 40) : end + 40]) is not None
+    if name == "injection:ignore-instructions":
+        return _OWN.search(text[start:end]) is not None
+    return False
+
+
+def find_in_view(view: str, encoding: str = "plain") -> tuple[str, int, int] | None:
+    """The first rule that matches one reading of a text (``encoding`` names the decoding
+    that made it)."""
+    # Leetspeak read back ("1gn0r3" -> "ignore"); no rule needs a word that mixes letters and digits.
+    text = _unleet(view) if _LEET_TOKEN.search(view) else view
+    triggers = {"rot13": _STRONG_ENGLISH, "reversed": _STRONG, "reversed-words": _STRONG}.get(encoding, _TRIGGERS)
+    if not _has(triggers, text):
+        return None
+    for name, pattern in RULES:
+        for found in pattern.finditer(text):
+            if not _harmless(name, text, *found.span()):
                 return name, *found.span()
     return None
 
@@ -127,7 +173,7 @@ def find_in_views(views: Iterable[tuple[str, str]]) -> InjectionMatch | None:
     """The first rule that matches any reading (``deobfuscate.reading_views``); a match in a
     decoded payload is reported as ``injection:encoded-payload``."""
     for encoding, view in views:
-        found = find_in_view(view)
+        found = find_in_view(view, encoding)
         if found is not None:
             rule, start, end = found
             return InjectionMatch(rule if encoding == "plain" else "injection:encoded-payload", start, end)

@@ -258,11 +258,12 @@ DETECTORS = (
         national_phone_valid,
     ),
     # Not after a letter ("v2.3.0.1") or a section sign, and not one part of a longer dotted number.
-    _Detector(IPV4, _compile(r"(?<![\w.§])(?<!§ )(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)"), ip_valid),
+    # A prefix length after it makes a network ("10.0.0.0/8"), not anyone's address.
+    _Detector(IPV4, _compile(r"(?<![\w.§])(?<!§ )(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d|/\d)"), ip_valid),
     _Detector(
         # The colon before may be a label's ("IP:fe80::1"; NFKC makes "：" one too).
         IPV6,
-        _compile(r"(?<![\w:\[])(?::(?!:))?((?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|:))(?![\w:])"),
+        _compile(r"(?<![\w:\[])(?::(?!:))?((?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|:))(?![\w:]|/\d)"),
         ipv6_valid,
     ),
 )
@@ -333,12 +334,17 @@ def unsafe_suffix_start(text: str) -> int:
     return index
 
 
+_DIGIT_END = re.compile(r"\d[\d \-.]{0,3}$")
+_DIGIT_START = re.compile(r"^[\d \-.]{0,3}\d")
+
+
 def find_in_messages(texts: list[str]) -> list[list[PiiMatch]]:
     """PII in each message, and values cut across messages (a card number sent in two
     parts): such a value is found in the messages joined, and each part is a match in the
     message that holds it."""
     found = [find_pii(text) for text in texts]
-    if len(texts) < 2:
+    # Only a boundary with digits on both sides can cut a number in two.
+    if not any(_DIGIT_END.search(a) and _DIGIT_START.search(b) for a, b in zip(texts, texts[1:])):
         return found
     joined, starts = "", []
     for text in texts:

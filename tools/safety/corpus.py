@@ -216,6 +216,24 @@ def docstrings(modules: tuple[str, ...], limit: int) -> list[Sample]:
     return out[:limit]
 
 
+def fragments(samples: list[Sample], rng: random.Random, n: int) -> list[Sample]:
+    """Short pieces of ordinary text (2 to 6 words, or a clause of Chinese): a short prompt
+    has few n-grams, and the classifier must not read risk into that."""
+    out = []
+    for _ in range(n):
+        sample = rng.choice(samples)
+        if sample.language == "zh":
+            clauses = [c for c in sample.text.replace("？", "，").replace("。", "，").split("，") if c]
+            text = rng.choice(clauses) if clauses else sample.text
+        else:
+            words = sample.text.split()
+            size = rng.randint(2, 6)
+            start = rng.randrange(max(1, len(words) - size))
+            text = " ".join(words[start : start + size])
+        out.append(Sample(text, "benign", sample.language, "ordinary"))
+    return out
+
+
 def ordinary_zh(rng: random.Random, n: int) -> list[Sample]:
     return [Sample(_fill(rng.choice(_ZH_ORDINARY), rng, zh=True), "benign", "zh", "ordinary") for _ in range(n)]
 
@@ -223,11 +241,12 @@ def ordinary_zh(rng: random.Random, n: int) -> list[Sample]:
 def build(seed: int = 7) -> list[Sample]:
     """The whole development set (the training script splits it, seeded)."""
     rng = random.Random(seed)
+    ordinary = docstrings(DEV_DOC_MODULES, 500) + ordinary_zh(rng, 200)
     return (
         injections(rng, 400)
         + encoded_injections(rng, 80)
         + sensitive(rng)
         + lookalike_benign(rng, 400)
-        + docstrings(DEV_DOC_MODULES, 500)
-        + ordinary_zh(rng, 200)
+        + ordinary
+        + fragments(ordinary, rng, 300)
     )

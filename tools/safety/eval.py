@@ -5,23 +5,32 @@ and code rewritten, and the guard's latency on a 2,000-character conversation.""
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
 
-from services.safety import evalset, pii
+from services.safety import pii
 from services.safety.classifier import GuardClassifier
 from services.safety.guard import InputGuard
 from services.safety.lexicon import DEFAULT_ALLOW, DEFAULT_EN, DEFAULT_ZH, Lexicon
 from services.safety.text import normalize
-from tools.safety import corpus, heldout
+from tools.safety import corpus, heldout, pii_values
 
+# Text with numbers shaped like PII that must be left as it is: code, versions, sections, ids.
 DEV_NEAR_MISSES = [
     "Version 2.10.3 fixed the bug from 2.9.1.", "Order number 1234567890123 has shipped.",
     "The test card 4111 1111 1111 1112 fails validation on purpose.", "Meeting at 12:30:45 in room 101.",
-    "a[::2] reverses nothing", "use localhost:8000", "版本号3.11.7和3.12.0有什么不同？",
+    "a[::2] reverses nothing", "use localhost:8000", "版本号3.11.7和3.12.0有什么不同？", "arr[1:10:2]", "df.iloc[::3, 1:]",
+    "x[::-1]", "numpy a[..., ::2]", "release 10.4.2.1 is out", "RFC 7230 section 3.2.6", "OID 1.3.6.1.4.1.311",
+    "semver 1.0.0-rc.1", "build 2024.01.15.3", "ISBN 978-3-16-148410-0", "uuid 123e4567-e89b-12d3-a456-426614174000",
+    "sha1 da39a3ee5e6b4b0d3255bfef95601890afd80709", "MAC 00:1A:2B:3C:4D:5E", "CIDR 10.0.0.0/8 in the docs",
+    "time 23:59:59.999", "ratio 16:9:4", "coordinates 51.5074, -0.1278", "price 1,234,567.89", "bind 0.0.0.0:80",
+    "localhost ::1 loopback", "the value 3.14159265358979", "chapter 12.3.4.5 covers it", "dates 2024/01/15 and 15.01.2024",
+    "file size 1048576 bytes", "timestamp 1700000000123", "frame 0x7ffee3b4a9c0", "prefix fe80::/10 is link-local",
+    "```python\nprint(a[1::2])\n```", "a::b::c in C++ namespaces", "std::vector<int>::iterator", "lst[2:4:1]",
 ]
 # The targets, judged on the held-out part (latency on the conversation).
 TARGETS = {
@@ -120,24 +129,30 @@ def evaluate(seed: int = 7, latency_runs: int = 300, progress: Callable[[int], N
     guard = make_guard()
     guard.scan_messages(["warm up 你好"])
     load_ms = (time.perf_counter() - started) * 1000
-    dev_samples = corpus.build(seed) + [
-        corpus.Sample(s.text, s.label, s.language, s.variant) for s in evalset.pii_samples(random.Random(seed))
-    ]
+    dev_samples = corpus.build(seed) + pii_values.pii_samples(random.Random(seed))
     report = {
         "development": evaluate_part(guard, dev_samples, DEV_NEAR_MISSES),
         "held_out": evaluate_part(guard, heldout.build(seed + 4), heldout.NEAR_MISSES),
     }
     progress(1)
     messages = conversation(2000, seed)
-    timings = []
+    timings, cpu = [], []
     for _ in range(latency_runs):
-        begin = time.perf_counter()
-        guard.scan_messages([normalize(m) for m in messages])
-        pii.find_in_messages(messages)
+        begin, begin_cpu = time.perf_counter(), time.thread_time()
+        # What preprocess does: normalise, guard, and find the PII it redacts.
+        normalised = [normalize(m) for m in messages]
+        guard.scan_messages(normalised)
+        pii.find_in_messages(normalised)
         timings.append((time.perf_counter() - begin) * 1000)
+        cpu.append((time.thread_time() - begin_cpu) * 1000)
         progress(1)
     report["input_p50_ms"] = round(_percentile(timings, 50), 3)
     report["input_p95_ms"] = round(_percentile(timings, 95), 3)
+    # CPU time of this thread alone: on a shared machine the wall-clock figures include the
+    # time other processes held the cores.
+    report["input_cpu_p50_ms"] = round(_percentile(cpu, 50), 3)
+    report["input_cpu_p95_ms"] = round(_percentile(cpu, 95), 3)
+    report["load_average_1m"] = round(os.getloadavg()[0], 2)
     report["conversation_chars"] = sum(map(len, messages))
     report["guard_load_ms"] = round(load_ms, 1)
     report["targets"] = {name: f"{op} {value}" for name, (op, value) in TARGETS.items()}

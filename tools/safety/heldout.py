@@ -17,7 +17,7 @@ import random
 import string
 import urllib.parse
 
-from services.safety import evalset
+from tools.safety import pii_values
 from services.safety.deobfuscate import MORSE
 from services.safety.lexicon import DEFAULT_EN, read_words
 from tools.safety.corpus import Sample, docstrings
@@ -206,9 +206,9 @@ def pii(rng: random.Random) -> list[Sample]:
         out.append(Sample(f"邮箱是 {last}(at)163(dot)com", "pii:email", "zh", "spelled-email"))
         out.append(Sample(f"mail {first}{last}@example.org", "pii:email", "en", "apostrophe-email"))
     for _ in range(8):
-        number = evalset.cn_id(rng)
+        number = pii_values.cn_id(rng)
         out.append(Sample(f"身份证 {number[:6]} {number[6:14]} {number[14:]}", "pii:cn_id", "zh", "spaced-id"))
-        card = evalset.card(rng).replace(" ", "")
+        card = pii_values.card(rng).replace(" ", "")
         out.append(Sample(card[8:], "pii:card", "en", "split-card", (f"card starts {card[:8]}", card[8:])))
         out.append(Sample(f"card {'.'.join(_chunks(card, 4))}", "pii:card", "en", "dotted-card"))
     return out

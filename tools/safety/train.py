@@ -15,8 +15,9 @@ from tools.safety.corpus import build
 
 # Share of look-alike and ordinary benign text the learned layer may flag on the dev split.
 MAX_DEV_FPR = 0.01
-# Short ordinary text ("the quick brown fox") has few n-grams and wobbles around 0.5.
-MIN_THRESHOLD = 0.85
+# Never below this, whatever the dev split allows: a short ordinary text has few n-grams and
+# its probabilities wobble.
+MIN_THRESHOLD = 0.7
 
 
 def train(seed: int = 7, out: Path = DEFAULT_MODEL) -> dict:
@@ -31,7 +32,7 @@ def train(seed: int = 7, out: Path = DEFAULT_MODEL) -> dict:
     cut = int(len(samples) * 0.75)
     fit, tune = samples[:cut], samples[cut:]
     pipeline = make_pipeline(
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), max_features=30000, sublinear_tf=True, dtype=np.float32),
+        TfidfVectorizer(analyzer="char", ngram_range=(2, 4), max_features=30000, sublinear_tf=True, dtype=np.float32),
         LogisticRegression(max_iter=2000, C=8.0, class_weight="balanced", random_state=seed),
     )
     pipeline.fit([clean(s.text) for s in fit], [s.label for s in fit])

@@ -23,8 +23,6 @@ class InputGuard:
     the injection rules over every reading of the conversation, the learned layer over each
     message and the conversation, then PII (``block`` policy only)."""
 
-    name = "input"
-
     def __init__(
         self,
         lexicon: Lexicon | ReloadingLexicon,
@@ -39,9 +37,6 @@ class InputGuard:
         self.injection_message = injection_message
         self.pii_message = pii_message
         self.classifier = classifier
-
-    def scan(self, text: str) -> SafetyVerdict | None:
-        return self.scan_messages([text])
 
     def scan_messages(self, texts: Sequence[str]) -> SafetyVerdict | None:
         conversation = MESSAGE_JOINER.join(texts)

@@ -1,5 +1,5 @@
-"""`llmesh safety eval`: recall, false positives and added latency of the input scanners over
-the labelled set in services/safety/evalset.py."""
+"""`llmesh safety eval`: the input guard over the development and held-out parts
+(tools/safety/eval.py), against the issue's targets."""
 
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ from mesh.settings import REPO_ROOT
 
 app = typer.Typer(help="input and output safety", no_args_is_help=True)
 console = Console(stderr=True)
+_RATES = (
+    "sensitive_recall",
+    "sensitive_fpr_lookalike",
+    "sensitive_fpr_ordinary",
+    "injection_recall",
+    "injection_fpr",
+    "pii_recall",
+    "pii_near_miss_redacted",
+)
 
 
 def _plot(report: dict, path: Path) -> None:
@@ -22,21 +31,14 @@ def _plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (rates, latency) = plt.subplots(1, 2, figsize=(11, 4))
-    names = ["sensitive_recall", "pii_recall", "injection_recall", "benign_fpr"]
-    rates.bar(names, [report[n] for n in names], color=["tab:green"] * 3 + ["tab:red"])
-    rates.set_ylim(0, 1.05)
-    rates.set_title(f"{report['samples']} labelled samples (zh + en)")
-    rates.tick_params(axis="x", rotation=20)
-    scanners = list(report["latency_ms"])
-    x = range(len(scanners))
-    latency.bar([i - 0.2 for i in x], [report["latency_ms"][s]["p50"] for s in scanners], 0.4, label="p50")
-    latency.bar([i + 0.2 for i in x], [report["latency_ms"][s]["p95"] for s in scanners], 0.4, label="p95")
-    latency.axhline(10, color="tab:red", linestyle="--", label="target p95 (all)")
-    latency.set_xticks(list(x), scanners)
-    latency.set_ylabel("ms")
-    latency.set_title(f"added latency, {report['prompt_chars']}-character prompt")
-    latency.legend()
+    fig, axis = plt.subplots(figsize=(11, 4))
+    x = range(len(_RATES))
+    for offset, part in ((-0.2, "development"), (0.2, "held_out")):
+        axis.bar([i + offset for i in x], [report[part][n] or 0 for n in _RATES], 0.4, label=part)
+    axis.set_xticks(list(x), _RATES, rotation=20)
+    axis.set_ylim(0, 1.05)
+    axis.set_title(f"input guard; p95 {report['input_p95_ms']} ms on a {report['conversation_chars']}-character conversation")
+    axis.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -46,35 +48,26 @@ def _plot(report: dict, path: Path) -> None:
 @app.command("eval")
 def evaluate(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-    runs: int = typer.Option(300, help="timed runs per scanner for the latency percentiles"),
+    runs: int = typer.Option(300, help="timed runs of the whole input guard for the latency percentiles"),
     seed: int = typer.Option(7),
     plot: Path = typer.Option(REPO_ROOT / ".run" / "safety-eval.png", help="where to write the PNG chart"),
 ) -> None:
-    """Evaluate the input scanners; exit 1 when a target of the issue is missed."""
+    """Evaluate the input guard; exit 1 when a target of the issue is missed on the held-out part."""
     from tqdm import tqdm
 
-    from services.safety.evalset import build, evaluate as run_eval
+    from tools.safety.eval import evaluate as run_eval
 
-    with tqdm(total=len(build(seed)) + runs, desc="safety eval", disable=as_json, file=None) as bar:
+    with tqdm(total=runs + 1, desc="safety eval", disable=as_json) as bar:
         report = run_eval(seed, runs, bar.update)
     _plot(report, plot)
     if as_json:
         print(json.dumps(report, ensure_ascii=False))
     else:
-        table = Table("metric", "value", "target")
-        for name, target in (
-            ("sensitive_recall", "≥ 0.99"), ("pii_recall", "≥ 0.95"), ("injection_recall", ""),
-            ("benign_fpr", "≤ 0.02"), ("input_p95_ms", "≤ 10"),
-        ):  # fmt: skip
-            table.add_row(name, str(report[name]), target)
-        for scanner, values in report["latency_ms"].items():
-            table.add_row(f"{scanner} p50 / p95 ms", f"{values['p50']} / {values['p95']}", "")
+        table = Table("metric", "development", "held out", "target", "met")
+        for name, target in report["targets"].items():
+            dev = report["development"].get(name, report.get(name))
+            held = report["held_out"].get(name, report.get(name))
+            table.add_row(name, str(dev), str(held), target, "yes" if report["met"][name] else "NO")
         console.print(table)
         console.print(f"chart: {plot}")
-    ok = (
-        report["sensitive_recall"] >= 0.99
-        and report["pii_recall"] >= 0.95
-        and report["benign_fpr"] <= 0.02
-        and report["input_p95_ms"] <= 10
-    )
-    raise typer.Exit(0 if ok else 1)
+    raise typer.Exit(0 if all(report["met"].values()) else 1)

@@ -5,6 +5,11 @@ forbid fields they do not declare (a 400 naming the field), and a declared field
 asks for something the platform cannot do (``echo: true``, ``best_of`` above ``n``) is refused
 by its validator. A parameter silently ignored would make the caller believe it got what it
 asked for.
+
+Types are strict: ``"stream": "yes"``, ``"max_tokens": "5"`` or ``"temperature": true`` are
+refused rather than coerced, since a client that sends them has a bug worth hearing about.
+Every string must be valid Unicode: JSON's ``\ud800`` escapes decode to lone surrogates, which
+no protobuf string (and no tokenizer) can carry.
 """
 
 from __future__ import annotations
@@ -43,10 +48,30 @@ _ROLES = {
 }
 
 
-class StrictModel(BaseModel):
-    """A request object that refuses fields it does not declare."""
+def _lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate in a string, or in the strings of a list or an object."""
+    if isinstance(value, str):
+        return next((f"U+{ord(c):04X} at character {i}" for i, c in enumerate(value) if "\ud800" <= c <= "\udfff"), None)
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list | tuple):
+        return next((found for item in value if (found := _lone_surrogate(item)) is not None), None)
+    return None
 
-    model_config = ConfigDict(extra="forbid")
+
+class StrictModel(BaseModel):
+    """A request object that refuses fields it does not declare, coerces no type and carries
+    only valid Unicode."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        found = _lone_surrogate(value)
+        if found is not None:
+            raise ValueError(f"the string has a lone surrogate ({found})")
+        return value
 
 
 def _text_of(content: Any) -> Any:

@@ -6,6 +6,7 @@ never FastAPI's default 422, so OpenAI's clients raise ``BadRequestError`` with 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -76,6 +77,7 @@ def create_app(
         _BodyLimit,
         max_bytes=settings.max_body_bytes,
         path_limits={"/v1/files": settings.files_max_bytes + MULTIPART_OVERHEAD_BYTES},
+        read_timeout_s=settings.body_read_timeout_s,
     )
     app.add_middleware(_Observe)
     _add_error_handlers(app)
@@ -302,15 +304,21 @@ def _too_large_message(max_bytes: int) -> str:
     return f"The request body is larger than {max_bytes} bytes."
 
 
+def _slow_body_message(timeout_s: float) -> str:
+    return f"The request body did not arrive in full within {timeout_s:g} s (is Content-Length larger than the body?)."
+
+
 class _BodyLimit:
     """413 for a body over the limit: from Content-Length before reading, and while reading
     for bodies that declare no length (chunked), so an oversized body is never held whole.
-    File uploads have a limit of their own (``path_limits``)."""
+    File uploads have a limit of their own (``path_limits``). 408 when the next part of the body
+    does not arrive within ``read_timeout_s``."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: Mapping[str, int]) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: Mapping[str, int], read_timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.path_limits = dict(path_limits)
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -323,10 +331,26 @@ class _BodyLimit:
             await JSONResponse(body, status_code=413)(scope, receive, send)
             return
         received = 0
+        body_complete = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_complete
+            if body_complete:
+                # After the body, receive() waits for the disconnect for as long as a stream
+                # runs: no timeout applies to that.
+                return await receive()
+            try:
+                # asyncio.timeout, not wait_for: wait_for reads in a task of its own, and then a
+                # request whose handling checks for a disconnect (a receive in an already
+                # cancelled scope) never completed.
+                async with asyncio.timeout(self.read_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                # The rest of the body will never be read, so the connection cannot be reused.
+                raise HTTPException(
+                    408, _slow_body_message(self.read_timeout_s), headers={"connection": "close"}
+                ) from None
+            body_complete = message["type"] != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > max_bytes:
                 # FastAPI passes an HTTPException met while reading the body on to the

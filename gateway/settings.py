@@ -18,6 +18,9 @@ class GatewaySettings(MeshSettings):
 
     # Requests with a larger body get 413 before the body is read in full.
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Longest wait for the next part of a request body; then 408 (a Content-Length larger than
+    # the body sent would otherwise hold the request open until the client gives up).
+    body_read_timeout_s: float = Field(default=10.0, gt=0)
     # max_tokens when the client sends none.
     default_max_tokens: int = Field(default=128, gt=0)
     # Every request is this tenant's until API keys map callers to tenants.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -15,7 +16,10 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from prometheus_client import start_http_server
 
-from mesh.deadlines import DeadlineServerInterceptor
+from google.protobuf.message import DecodeError
+
+from mesh.deadlines import DeadlineServerInterceptor, wrap_handler
+from mesh.errors import abort
 from mesh.metrics import MetricsServerInterceptor
 from mesh.logging import setup_logging
 from mesh.settings import MeshSettings
@@ -41,6 +45,103 @@ def transport_options(settings: MeshSettings) -> list[tuple[str, int]]:
     ]
 
 
+def _written_stream(behavior, _request_streaming: bool, response_streaming: bool):
+    """A response stream sent with ``context.write`` by one coroutine instead of returned as an
+    async generator. Works around grpc.aio leaving the generator of a call the client cancelled
+    suspended at a ``yield``, to be closed later by the event loop's finaliser in another task:
+    OpenTelemetry's server interceptor then fails to detach the span's context and logs
+    "Failed to detach context" with a traceback. Closed here, it unwinds in its own task."""
+    if not response_streaming:
+        return behavior
+
+    async def written(request, context) -> None:
+        async with contextlib.aclosing(behavior(request, context)) as responses:
+            async for response in responses:
+                await context.write(response)
+
+    return written
+
+
+class _StreamClosingInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, handler_call_details):
+        return wrap_handler(await continuation(handler_call_details), _written_stream)
+
+
+class _Undecodable:
+    """What a request that does not parse (invalid UTF-8 in a string field, truncated bytes)
+    becomes, so that the handler can answer INVALID_ARGUMENT: grpc.aio would answer UNKNOWN
+    and log the DecodeError's traceback at ERROR."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer):
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except DecodeError as error:
+            return _Undecodable(error)
+
+    return deserialize
+
+
+async def _refuse_undecodable(context, request: _Undecodable) -> None:
+    message = f"the request could not be parsed: {request.error}"
+    await abort(context, grpc.StatusCode.INVALID_ARGUMENT, message, "MALFORMED_REQUEST")
+
+
+def _checking_requests(behavior, request_streaming: bool, response_streaming: bool):
+    async def checked_iterator(requests, context):
+        async for request in requests:
+            if isinstance(request, _Undecodable):
+                await _refuse_undecodable(context, request)
+            yield request
+
+    if request_streaming:
+        if response_streaming:
+
+            async def stream_stream(requests, context):
+                async with contextlib.aclosing(behavior(checked_iterator(requests, context), context)) as responses:
+                    async for response in responses:
+                        yield response
+
+            return stream_stream
+
+        async def stream_unary(requests, context):
+            return await behavior(checked_iterator(requests, context), context)
+
+        return stream_unary
+    if response_streaming:
+
+        async def unary_stream(request, context):
+            if isinstance(request, _Undecodable):
+                await _refuse_undecodable(context, request)
+            async with contextlib.aclosing(behavior(request, context)) as responses:
+                async for response in responses:
+                    yield response
+
+        return unary_stream
+
+    async def unary_unary(request, context):
+        if isinstance(request, _Undecodable):
+            await _refuse_undecodable(context, request)
+        return await behavior(request, context)
+
+    return unary_unary
+
+
+class _MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = wrap_handler(await continuation(handler_call_details), _checking_requests)
+        if handler is None:
+            return None
+        return handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
+
+
 def create_server(addr: str, settings: MeshSettings, *, mtls: bool = True) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with tracing, deadline propagation and metrics, bound to ``addr``.
 
@@ -49,7 +150,15 @@ def create_server(addr: str, settings: MeshSettings, *, mtls: bool = True) -> tu
     is for a public edge, whose TLS ends at the ingress in front of it.
     """
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), DeadlineServerInterceptor(), MetricsServerInterceptor()],
+        # Outermost first: the stream closer must wrap the tracing interceptor's generator
+        # directly, so that closing one closes the other in the same task.
+        interceptors=[
+            _StreamClosingInterceptor(),
+            aio_server_interceptor(),
+            _MalformedRequestInterceptor(),
+            DeadlineServerInterceptor(),
+            MetricsServerInterceptor(),
+        ],
         options=transport_options(settings),
     )
     if settings.tls_enabled and mtls:

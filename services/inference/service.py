@@ -128,17 +128,17 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         )
 
     async def GenerateStream(self, request, context):
-        usage = _Usage()
-        pending: inference_pb2.GenerateStreamResponse | None = None
+        usage, finished = _Usage(), set()
+        answers = max(request.sampling.n, 1)
         async for model, chunk in self._generate(request, context, stream=True):
             usage.add(chunk)
-            # One message behind, so that the last one can carry the usage.
-            if pending is not None:
-                yield pending
-            pending = inference_pb2.GenerateStreamResponse(model=model, delta=_completion(chunk))
-        if pending is not None:
-            pending.usage.CopyFrom(usage.proto())
-            yield pending
+            response = inference_pb2.GenerateStreamResponse(model=model, delta=_completion(chunk))
+            if chunk.finish_reason:
+                finished.add(chunk.index)
+                # The stream's last message (every answer has ended) carries the engine's counts.
+                if len(finished) == answers:
+                    response.usage.CopyFrom(usage.proto())
+            yield response
 
     async def Score(self, request: inference_pb2.ScoreRequest, context) -> inference_pb2.ScoreResponse:
         model = request.model

@@ -13,6 +13,8 @@ from mesh.errors import abort
 from services.preprocess.settings import PreprocessSettings
 from services.safety import pii, scanners, verdicts
 from services.safety.injection import find_injection
+from services.safety.classifier import GuardClassifier
+from services.safety.guard import InputGuard
 from services.safety.lexicon import ReloadingLexicon
 from services.safety.text import normalize
 from textkit.tokenizers import ModelTokenizers, encode_user_text, render_chat, special_tokens_in
@@ -26,15 +28,17 @@ ROLES = {
 }
 
 
-def input_scanners(settings: PreprocessSettings, lexicon: ReloadingLexicon | None = None) -> list[verdicts.Scanner]:
-    """The blocking input scanners in the order they run (``llmesh safety eval`` times them)."""
-    lexicon = lexicon or ReloadingLexicon(en=settings.input_lexicon_en, zh=settings.input_lexicon_zh)
-    chosen: list[verdicts.Scanner] = [verdicts.LexiconScanner(lexicon, settings.input_blocked_message)]
-    if settings.input_injection_action == "block":
-        chosen.append(scanners.InjectionScanner(settings.input_injection_message))
-    if settings.input_pii_action == "block":
-        chosen.append(scanners.PiiScanner(settings.input_pii_message))
-    return chosen
+def input_guard(settings: PreprocessSettings) -> InputGuard:
+    """The input guard with the policies the settings choose (``llmesh safety eval`` runs it)."""
+    lexicon = ReloadingLexicon(en=settings.input_lexicon_en, zh=settings.input_lexicon_zh, allow=settings.input_lexicon_allow)
+    block = settings.input_injection_action == "block"
+    return InputGuard(
+        lexicon,
+        settings.input_blocked_message,
+        settings.input_injection_message if block else None,
+        settings.input_pii_message if settings.input_pii_action == "block" else None,
+        GuardClassifier.load(settings.input_classifier_path) if settings.input_classifier_path else None,
+    )
 
 
 class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
@@ -43,9 +47,8 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
     def __init__(self, settings: PreprocessSettings) -> None:
         self.settings = settings
         self.tokenizers = ModelTokenizers(settings.models)
-        self.lexicon = ReloadingLexicon(en=settings.input_lexicon_en, zh=settings.input_lexicon_zh)
-        # Run in order on every message; the first verdict wins.
-        self.scanners = input_scanners(settings, self.lexicon)
+        # Every message and the whole conversation; the first verdict wins.
+        self.guard = input_guard(settings)
 
     def register(self, server: grpc.aio.Server) -> None:
         preprocess_pb2_grpc.add_PreprocessServiceServicer_to_server(self, server)
@@ -64,12 +67,12 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
             for m in request.messages
         ]
         texts = [m["content"] for m in messages] if messages else [normalize(request.prompt)]
-        verdict = self._check_chars(texts) or verdicts.first_verdict(self.scanners, texts)
+        verdict = self._check_chars(texts) or self.guard.scan_messages(texts)
         if verdict is not None:
             return self._refuse(verdict)
         passed = verdicts.PASSED
         if self.settings.input_pii_action == "redact":
-            found = [pii.find_pii(text) for text in texts]
+            found = pii.find_in_messages(texts)
             if any(found):
                 passed = scanners.redaction_verdict([match for matches in found for match in matches])
                 texts = [pii.redact(text, matches) for text, matches in zip(texts, found, strict=True)]
@@ -97,7 +100,7 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
             found = pii.find_pii(text)
             profanity = await asyncio.to_thread(scanners.profanity_probability, text) if text.strip() else 0.0
             scores = {
-                "sensitive_word": float(self.lexicon.current().find_evasive(text) is not None),
+                "sensitive_word": float(self.guard.lexicon.current().find_evasive(text) is not None),
                 "prompt_injection": float(find_injection(text) is not None),
                 "pii": float(bool(found)),
                 "profanity": profanity,
@@ -106,7 +109,7 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
                 name: score >= (self.settings.moderation_profanity_threshold if name == "profanity" else 1.0)
                 for name, score in scores.items()
             }
-            verdict = verdicts.first_verdict(self.scanners, [text])
+            verdict = self.guard.scan_messages([text])
             passed = verdicts.PASSED
             if verdict is None and found and self.settings.input_pii_action == "redact":
                 text, passed = pii.redact(text, found), scanners.redaction_verdict(found)

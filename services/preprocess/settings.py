@@ -6,7 +6,8 @@ from typing import Literal
 from pydantic import Field
 
 from mesh.settings import MeshSettings
-from services.safety.lexicon import DEFAULT_EN, DEFAULT_ZH
+from services.safety.classifier import DEFAULT_MODEL
+from services.safety.lexicon import DEFAULT_ALLOW, DEFAULT_EN, DEFAULT_ZH
 from services.safety.scanners import PiiAction
 
 
@@ -16,6 +17,10 @@ class PreprocessSettings(MeshSettings):
     # Blocked-term lists for prompts (LLMESH_INPUT_LEXICON_EN='["/etc/llmesh/en.txt"]').
     input_lexicon_en: list[Path] = Field(default_factory=lambda: list(DEFAULT_EN))
     input_lexicon_zh: list[Path] = Field(default_factory=lambda: list(DEFAULT_ZH))
+    # Phrases in which a term is harmless ("bomb shelter"); an empty list blocks every occurrence.
+    input_lexicon_allow: list[Path] = Field(default_factory=lambda: list(DEFAULT_ALLOW))
+    # The learned layer (tools/safety/train.py); empty turns it off.
+    input_classifier_path: Path | None = DEFAULT_MODEL
     input_blocked_message: str = "The request contains content that is not allowed."
     # PII in prompts: replaced by placeholders such as [EMAIL] (redact), refused (block) or let through (off).
     input_pii_action: PiiAction = "redact"

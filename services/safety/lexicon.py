@@ -10,6 +10,8 @@ from pathlib import Path
 
 import ahocorasick
 
+from services.safety.deobfuscate import ALWAYS_DECODED, reading_views
+from services.safety.evasion import EvasionMatcher
 from services.safety.text import fold, is_word_char
 
 log = logging.getLogger(__name__)
@@ -17,6 +19,8 @@ log = logging.getLogger(__name__)
 LEXICON_DIR = Path(__file__).resolve().parent / "lexicons"
 DEFAULT_EN = [LEXICON_DIR / "en" / "default.txt"]
 DEFAULT_ZH = [LEXICON_DIR / "zh" / "default.txt"]
+# Phrases in which a term is harmless ("bomb shelter"): the allow-list policy.
+DEFAULT_ALLOW = [LEXICON_DIR / "allow" / "default.txt"]
 
 
 @dataclass(frozen=True)
@@ -43,42 +47,21 @@ def read_words(path: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-# Leetspeak: each look-alike class folds to one letter, in the terms and the text alike (so
-# "1", "l", "i" and "!" are one letter to the evasion matcher).
-_LEET = str.maketrans({
-    "0": "o", "1": "i", "l": "i", "!": "i", "|": "i", "3": "e", "4": "a", "@": "a",
-    "5": "s", "$": "s", "7": "t", "+": "t", "8": "b", "9": "g",
-})  # fmt: skip
-
-
-def squeeze(folded: str) -> tuple[str, list[int]]:
-    """The folded text with separators dropped and leetspeak undone, and for each character
-    the index in ``folded`` it came from: "f.0-r b 1 d" reads "forbid"."""
-    out: list[str] = []
-    index: list[int] = []
-    for position, char in enumerate(folded):
-        mapped = char.translate(_LEET)
-        if mapped.isalnum():
-            out.append(mapped)
-            index.append(position)
-    return "".join(out), index
-
-
 class Lexicon:
-    def __init__(self, entries: Iterable[Entry]) -> None:
+    def __init__(self, entries: Iterable[Entry], allowed: Iterable[str] = ()) -> None:
+        entries = [entry for entry in entries if entry.word]
         self._automaton = ahocorasick.Automaton()
-        # The same terms squeezed (see ``squeeze``), to see through separators and leetspeak.
-        self._squeezed = ahocorasick.Automaton()
         for entry in entries:
-            if entry.word:
-                self._automaton.add_word(entry.word, entry)
-                squeezed = squeeze(entry.word)[0]
-                if squeezed:
-                    self._squeezed.add_word(squeezed, (len(squeezed), entry))
+            self._automaton.add_word(entry.word, entry)
         self.max_word_len = max((len(word) for word in self._automaton.keys()), default=0)
         if self.max_word_len:
             self._automaton.make_automaton()
-            self._squeezed.make_automaton()
+        # The input guard's matcher, through evasions (see ``services.safety.evasion``).
+        self._evasive = EvasionMatcher(
+            english=[(entry.word, entry) for entry in entries if entry.whole_word],
+            chinese_terms=[(entry.word, entry) for entry in entries if not entry.whole_word],
+            allowed=[fold(phrase)[0] for phrase in allowed],
+        )
 
     def current(self) -> Lexicon:
         """Itself (a ``ReloadingLexicon`` answers its latest build): scanners take either."""
@@ -92,14 +75,17 @@ class Lexicon:
         return cls(Entry(fold(word)[0], rule, whole_word) for word in words)
 
     @classmethod
-    def from_files(cls, en: Sequence[Path] = (), zh: Sequence[Path] = ()) -> Lexicon:
-        """English (whole-word) and Chinese (substring) lists; a list's rule is named after
-        its language and file, e.g. ``lexicon:en:default``."""
+    def from_files(cls, en: Sequence[Path] = (), zh: Sequence[Path] = (), allow: Sequence[Path] = ()) -> Lexicon:
+        """English (whole-word) and Chinese (substring) lists, and allowed phrases; a list's
+        rule is named after its language and file, e.g. ``lexicon:en:default``."""
         return cls(
-            Entry(fold(word)[0], f"lexicon:{language}:{path.stem}", whole_word)
-            for language, paths, whole_word in (("en", en, True), ("zh", zh, False))
-            for path in paths
-            for word in read_words(path)
+            (
+                Entry(fold(word)[0], f"lexicon:{language}:{path.stem}", whole_word)
+                for language, paths, whole_word in (("en", en, True), ("zh", zh, False))
+                for path in paths
+                for word in read_words(path)
+            ),
+            allowed=[phrase for path in allow for phrase in read_words(path)],
         )
 
     def find(self, text: str, complete: bool = True, since: int = 0) -> Match | None:
@@ -123,21 +109,18 @@ class Lexicon:
         return None
 
     def find_evasive(self, text: str) -> Match | None:
-        """Like ``find`` over complete text, and also through separators and leetspeak
-        ("f.o.r.b.i.d", "f0rb1d"). A whole-word term must still stand alone in ``text``:
-        the characters around the evasive span may not continue a word."""
-        if not self.max_word_len:
-            return None
-        folded, offsets = fold(text)
-        match = self._find_folded(folded, offsets, True, 0)
-        if match is not None:
-            return match
-        squeezed, index = squeeze(folded)
-        for last, (length, entry) in self._squeezed.iter(squeezed):
-            first, end = index[last - length + 1], index[last]
-            if entry.whole_word and not _is_whole_word(folded, first, end, complete=True):
-                continue
-            return Match(entry.rule, entry.word, offsets[first], offsets[end] + 1)
+        """The first term in what ``text`` reads as, through evasions: look-alike letters,
+        fillers, markup, accents, leetspeak, spelled-out letters, encodings, Traditional
+        characters and pinyin (see ``services.safety.evasion``). The span is in the view of
+        the text where the term was found, which may be a decoding of it."""
+        return self.find_in_views(reading_views(text))
+
+    def find_in_views(self, views: Iterable[tuple[str, str]]) -> Match | None:
+        """Like ``find_evasive`` over readings already made (``deobfuscate.reading_views``)."""
+        for name, view in views:
+            found = self._evasive.find(view, deep=name not in ALWAYS_DECODED)
+            if found is not None:
+                return Match(found.entry.rule, found.entry.word, found.start, found.end)
         return None
 
     def unsafe_suffix_start(self, text: str) -> int:
@@ -165,15 +148,17 @@ class ReloadingLexicon:
     """A lexicon built from files that is rebuilt when one of them changes, checked at most
     every ``check_every_s``: operators edit the lists without restarting the service."""
 
-    def __init__(self, en: Sequence[Path] = (), zh: Sequence[Path] = (), check_every_s: float = 2.0) -> None:
-        self._en, self._zh = list(en), list(zh)
+    def __init__(
+        self, en: Sequence[Path] = (), zh: Sequence[Path] = (), allow: Sequence[Path] = (), check_every_s: float = 2.0
+    ) -> None:
+        self._en, self._zh, self._allow = list(en), list(zh), list(allow)
         self._check_every_s = check_every_s
         self._stamps = self._read_stamps()
         self._checked = time.monotonic()
-        self._lexicon = Lexicon.from_files(en=self._en, zh=self._zh)
+        self._lexicon = Lexicon.from_files(en=self._en, zh=self._zh, allow=self._allow)
 
     def _read_stamps(self) -> list[float]:
-        return [path.stat().st_mtime_ns if path.exists() else -1 for path in (*self._en, *self._zh)]
+        return [path.stat().st_mtime_ns if path.exists() else -1 for path in (*self._en, *self._zh, *self._allow)]
 
     def current(self) -> Lexicon:
         now = time.monotonic()
@@ -182,7 +167,7 @@ class ReloadingLexicon:
             stamps = self._read_stamps()
             if stamps != self._stamps:
                 try:
-                    self._lexicon = Lexicon.from_files(en=self._en, zh=self._zh)
+                    self._lexicon = Lexicon.from_files(en=self._en, zh=self._zh, allow=self._allow)
                 except OSError:
                     # A list being replaced may be missing for a moment: keep the old lexicon.
                     log.warning("lexicon reload failed; keeping the previous one", exc_info=True)

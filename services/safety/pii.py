@@ -47,7 +47,8 @@ def luhn_valid(number: str) -> bool:
 def card_valid(candidate: str) -> bool:
     number = digits(candidate)
     # All-same digits pass Luhn for some lengths but are never issued.
-    return 13 <= len(number) <= 19 and len(set(number)) > 1 and luhn_valid(number)
+    # No issuer number starts with 0 ("0086 138 ..." is a phone number that may pass Luhn).
+    return 13 <= len(number) <= 19 and number[0] != "0" and len(set(number)) > 1 and luhn_valid(number)
 
 
 # ISO 13616 lengths of the countries most seen; others are accepted on the checksum alone.
@@ -88,7 +89,9 @@ def cn_id_valid(candidate: str) -> bool:
 
 def phone_valid(candidate: str) -> bool:
     number = digits(candidate)
-    if candidate.lstrip().startswith("+"):
+    international = candidate.lstrip().lstrip("(").startswith("+") or candidate.lstrip().startswith("00")
+    if international:
+        number = number[2:] if candidate.lstrip().startswith("00") else number
         # E.164: at most 15 digits with the country code; 86 must be followed by a mainland number.
         if number.startswith("86"):
             return _cn_mobile(number[2:])
@@ -98,17 +101,49 @@ def phone_valid(candidate: str) -> bool:
     return _cn_mobile(number)
 
 
+# Regions whose national formats (with their trunk prefix 0, or North America's (NXX) NXX-XXXX)
+# are recognised without a country code; phonenumbers (Google's libphonenumber metadata)
+# decides whether a number is one that region can have.
+_DATE = re.compile(r"\d{1,2}[-./]\d{1,2}[-./]\d{2,4}|\d{4}[-./]\d{1,2}[-./]\d{1,2}")
+NATIONAL_REGIONS = ("CN", "GB", "DE", "FR", "IT", "JP", "IN", "AU", "NL", "US")
+
+
+def national_phone_valid(candidate: str) -> bool:
+    import phonenumbers
+
+    text = candidate.strip()
+    if _DATE.fullmatch(text):
+        return False
+    regions = ("US",) if not digits(text).startswith("0") else NATIONAL_REGIONS
+    for region in regions:
+        try:
+            number = phonenumbers.parse(text, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            return True
+    return False
+
+
 def _cn_mobile(number: str) -> bool:
     """Mainland mobile numbers: 11 digits, 1 then 3-9 (the carriers' allocated ranges)."""
     return len(number) == 11 and number[0] == "1" and number[1] in "3456789"
 
 
 def ip_valid(candidate: str) -> bool:
+    """An address that points at someone: loopback and unspecified addresses are code
+    (``127.0.0.1``, ``::1``, ``0.0.0.0``), not personal data."""
     try:
-        ipaddress.ip_address(candidate)
+        address = ipaddress.ip_address(candidate)
     except ValueError:
         return False
-    return True
+    return not (address.is_loopback or address.is_unspecified)
+
+
+def ipv6_valid(candidate: str) -> bool:
+    # "1::2" and "::2" are valid addresses but are what Python slices look like; an address
+    # worth redacting has at least three groups.
+    return candidate.count(":") >= 2 and len([g for g in candidate.split(":") if g]) >= 3 and ip_valid(candidate)
 
 
 def shannon_bits(text: str) -> float:
@@ -131,6 +166,26 @@ def always(candidate: str) -> bool:
     return True
 
 
+_TLDS = frozenset(
+    "com net org edu gov mil int io co cn uk de fr jp in au nl es it ru br ch se no dk fi be at pl cz kr tw hk sg"
+    " me info biz dev app ai us ca".split()
+)
+
+
+# Words that make "look at this dot com" read like an address.
+_NOT_NAMES = frozenset(
+    "this that these those it its the a an me you him her them us home work school all least most first last once"
+    " night noon lunch dinner which what who".split()
+)
+
+
+def obfuscated_email_valid(candidate: str) -> bool:
+    local, _, domain = re.split(r"\s*(?:[(\[{<]\s*)?(\bat\b|@|艾特)", candidate.lower(), maxsplit=1)
+    labels = re.split(r"\s*(?:[(\[{<]\s*)?(?:\bdot\b|\.|点)(?:\s*[)\]}>])?\s*", domain.strip(" )]}>"))
+    words = re.split(r"\W+", local.strip())
+    return len(labels) >= 2 and labels[-1] in _TLDS and labels[-2] not in _NOT_NAMES and words[-1] not in _NOT_NAMES
+
+
 @dataclass(frozen=True)
 class _Detector:
     kind: str
@@ -144,10 +199,21 @@ def _compile(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern, re.ASCII)
 
 
-_SEP = r"[ \-]?"
+_SEP = r"[ \-.]?"
+_AT = r"\s*(?:[(\[{<]\s*)?(?:\bat\b|@|艾特)(?:\s*[)\]}>])?\s*"
+_DOT = r"\s*(?:[(\[{<]\s*)?(?:\bdot\b|点)(?:\s*[)\]}>])?\s*"
 # Most specific first: on overlap the earlier detector wins (an ID number is not a card).
 DETECTORS = (
-    _Detector(EMAIL, _compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}\b"), always),
+    # The local part may hold any of RFC 5322's atext characters ("o'brien@...").
+    _Detector(
+        EMAIL, _compile(r"(?<![\w.%+'-])[A-Za-z0-9._%+'!#$&*/=?^`{|}~-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}\b"), always
+    ),
+    # Spelled out: "name dot surname at gmail dot com", "name(at)mail(dot)cn".
+    _Detector(
+        EMAIL,
+        _compile(rf"(?i:(?<![\w.])[a-z0-9_%+-]+(?:(?:{_DOT}|\.)[a-z0-9_%+-]+)*{_AT}[a-z0-9-]+(?:(?:{_DOT}|\.)[a-z0-9-]+)+\b)"),
+        obfuscated_email_valid,
+    ),
     # Vendor key formats are specific enough to need no validator.
     _Detector(
         SECRET,
@@ -166,30 +232,59 @@ DETECTORS = (
         ),
         secret_valid,
     ),
-    _Detector(CN_ID, _compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])"), cn_id_valid),
+    # Also written in groups ("110105 19491231 002X").
+    _Detector(CN_ID, _compile(r"(?<![0-9A-Za-z])\d(?:[ \-]?\d){16}[ \-]?[\dXx](?![0-9A-Za-z])"), lambda c: cn_id_valid(re.sub(r"[ \-]", "", c))),
     _Detector(IBAN, _compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"), iban_valid),
     # A full stop may end the sentence after a number, but not continue it ("1.5").
     _Detector(CARD, _compile(rf"(?<![\d.+])\d(?:{_SEP}\d){{12,18}}(?!\d|\.\d)"), card_valid),
+    # International (+, 00 or "(+86)" before the country code) and mainland mobiles; groups
+    # may be split by spaces, hyphens or dots.
     _Detector(
         PHONE,
         _compile(
-            r"(?<![\w+])(?:\+\d{1,3}[ \-]?(?:\(\d{1,4}\)[ \-]?)?\d{1,4}(?:[ \-]?\d{2,4}){1,4}"
-            r"|(?:86[ \-]?)?1[3-9]\d[ \-]?\d{4}[ \-]?\d{4})(?![\d])"
+            r"(?<![\w+(])(?:(?:\+|00|\(\+)\d{1,3}\)?[ \-.]?(?:\(\d{1,4}\)[ \-.]?)?\d{1,4}(?:[ \-.]?\d{2,4}){1,4}"
+            r"|(?:86[ \-.]?)?1[3-9]\d[ \-.]?\d{4}[ \-.]?\d{4})(?![\d]|\.\d)"
         ),
         phone_valid,
     ),
-    _Detector(IPV4, _compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)"), ip_valid),
+    # National formats: a trunk prefix 0 ("020 7946 0958", "(030) 1234567", "03-1234-5678") or
+    # North America's "(415) 555-2671" / "415-555-2671" / "415.555.2671".
+    _Detector(
+        PHONE,
+        _compile(
+            r"(?<![\w+.\-])(?:(?:\(0\d{1,4}\)|0\d{1,4})[ \-.]?\d{2,4}(?:[ \-.]?\d{2,4}){1,3}"
+            r"|(?:\(\d{3}\)[ ]?|\d{3}[\-.])\d{3}[\-.]\d{4})(?![\w]|[.\-]\d)"
+        ),
+        national_phone_valid,
+    ),
+    # Not after a letter ("v2.3.0.1") or a section sign, and not one part of a longer dotted number.
+    # A prefix length after it makes a network ("10.0.0.0/8"), not anyone's address.
+    _Detector(IPV4, _compile(r"(?<![\w.§])(?<!§ )(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d|/\d)"), ip_valid),
     _Detector(
         # The colon before may be a label's ("IP:fe80::1"; NFKC makes "：" one too).
         IPV6,
-        _compile(r"(?<![\w:])(?::(?!:))?((?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|:))(?![\w:])"),
-        ip_valid,
+        _compile(r"(?<![\w:\[])(?::(?!:))?((?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|:))(?![\w:]|/\d)"),
+        ipv6_valid,
     ),
 )
 
 
+# Code is the user's question, not their data: nothing inside a fenced block or an inline
+# span is redacted, nor a version, section or slice shaped like an address.
+_CODE = re.compile(r"```.*?(?:```|$)|~~~.*?(?:~~~|$)|`[^`\n]+`", re.DOTALL)
+_CODE_SHAPED = re.compile(
+    r"(?i:\b(?:version|ver|release|section|sect|chapter|clause|article|rule|step|figure|table|v)\.?\s*)(?:\d+\.){2,}\d+"
+    r"|\w\[[^\]\n]{0,40}\]"
+)
+
+
+def code_spans(text: str) -> list[tuple[int, int]]:
+    return [match.span() for pattern in (_CODE, _CODE_SHAPED) for match in pattern.finditer(text)]
+
+
 def find_pii(text: str, kinds: frozenset[str] | None = None) -> list[PiiMatch]:
-    """Validated PII in ``text``, sorted and without overlaps."""
+    """Validated PII in ``text`` outside code, sorted and without overlaps."""
+    code = code_spans(text) if ("`" in text or "[" in text or "~~~" in text or "." in text) else []
     found: list[PiiMatch] = []
     for detector in DETECTORS:
         if kinds is not None and detector.kind not in kinds:
@@ -199,6 +294,8 @@ def find_pii(text: str, kinds: frozenset[str] | None = None) -> list[PiiMatch]:
             group = 1 if detector.pattern.groups else 0
             start, end = candidate.span(group)
             if any(start < other.end and other.start < end for other in found):
+                continue
+            if any(a <= start and end <= b for a, b in code):
                 continue
             if detector.valid(candidate.group(group)):
                 found.append(PiiMatch(detector.kind, start, end))
@@ -235,3 +332,32 @@ def unsafe_suffix_start(text: str) -> int:
         else:
             break
     return index
+
+
+_DIGIT_END = re.compile(r"\d[\d \-.]{0,3}$")
+_DIGIT_START = re.compile(r"^[\d \-.]{0,3}\d")
+
+
+def find_in_messages(texts: list[str]) -> list[list[PiiMatch]]:
+    """PII in each message, and values cut across messages (a card number sent in two
+    parts): such a value is found in the messages joined, and each part is a match in the
+    message that holds it."""
+    found = [find_pii(text) for text in texts]
+    # Only a boundary with digits on both sides can cut a number in two.
+    if not any(_DIGIT_END.search(a) and _DIGIT_START.search(b) for a, b in zip(texts, texts[1:])):
+        return found
+    joined, starts = "", []
+    for text in texts:
+        starts.append(len(joined))
+        joined += text + " "
+    for match in find_pii(joined, frozenset({CARD, PHONE, CN_ID, IBAN})):
+        first = max(i for i, start in enumerate(starts) if start <= match.start)
+        last = max(i for i, start in enumerate(starts) if start < match.end)
+        if first == last:
+            continue
+        for index in range(first, last + 1):
+            start = max(match.start, starts[index]) - starts[index]
+            end = min(match.end, starts[index] + len(texts[index])) - starts[index]
+            if end > start and not any(start < m.end and m.start < end for m in found[index]):
+                found[index] = sorted([*found[index], PiiMatch(match.kind, start, end)], key=lambda m: m.start)
+    return found

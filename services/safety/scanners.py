@@ -1,5 +1,6 @@
-"""The scanners besides the lexicon's (``verdicts.LexiconScanner``): PII, prompt injection and
-the output moderation classifier, each a ``verdicts.Scanner``."""
+"""The scanners besides the lexicon's (``verdicts.LexiconScanner``): PII and the output
+moderation classifier, each a ``verdicts.Scanner``. The input side runs them all through
+``guard.InputGuard``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import Literal
 
 from llmesh.common.v1 import common_pb2
 from services.safety import pii
-from services.safety.injection import find_injection
 from services.safety.verdicts import SafetyVerdict, blocked
 
 PiiAction = Literal["redact", "block", "off"]
@@ -36,19 +36,6 @@ class PiiScanner:
     def scan(self, text: str) -> SafetyVerdict | None:
         matches = pii.find_pii(text)
         return blocked(common_pb2.SAFETY_CATEGORY_PII, pii_rule(matches), self.message) if matches else None
-
-
-class InjectionScanner:
-    name = "injection"
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-    def scan(self, text: str) -> SafetyVerdict | None:
-        match = find_injection(text)
-        if match is None:
-            return None
-        return blocked(common_pb2.SAFETY_CATEGORY_PROMPT_INJECTION, match.rule, self.message)
 
 
 @cache

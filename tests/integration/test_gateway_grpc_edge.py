@@ -1,5 +1,9 @@
 """Gateway gRPC edge (GatewayService) over in-process fake upstreams."""
 
+import asyncio
+import gc
+import logging
+
 import grpc
 import pytest
 
@@ -9,6 +13,7 @@ from support.fake_upstreams import (
     BLOCKED_WORD,
     FAIL_MID_STREAM,
     ROUTE_REASON,
+    SLOW_STREAM,
     ROUTED_MODEL,
     FakeUpstreams,
     gateway_settings,
@@ -35,11 +40,13 @@ async def upstreams():
     await running.stop(None)
 
 
-async def _edge(settings):
+async def _edge(settings, port_out=None):
     """The gateway's gRPC edge on a free port and a stub for it; returns (stub, stop)."""
     service = GatewayService(settings, Pipeline(settings))
     running = await start_service(service, settings, "127.0.0.1:0")
     channel = build_channel(f"127.0.0.1:{running.port}", settings)
+    if port_out is not None:
+        port_out.append(running.port)
 
     async def stop():
         await channel.close()
@@ -132,3 +139,68 @@ async def test_upstream_down_is_unavailable(upstreams):
         assert code == grpc.StatusCode.UNAVAILABLE
     finally:
         await stop()
+
+
+def _raw_call(port: int, method: str, streaming: bool):
+    """A call that sends bytes as they are, as a client in another language might."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    path = f"/llmesh.gateway.v1.GatewayService/{method}"
+    if streaming:
+        return channel, channel.unary_stream(path, request_serializer=None, response_deserializer=None)
+    return channel, channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+
+
+def _invalid_utf8_request() -> bytes:
+    # protobuf strings must be UTF-8; b"\xed\xa0\x80" is a UTF-8-encoded lone surrogate.
+    valid = gateway_pb2.ChatRequest(messages=_messages("ABC")).SerializeToString()
+    return valid.replace(b"ABC", b"\xed\xa0\x80")
+
+
+@pytest.fixture(scope="module")
+async def edge_port(upstreams):
+    ports: list[int] = []
+    _, stop = await _edge(gateway_settings(upstreams[1]), ports)
+    yield ports[0]
+    await stop()
+
+
+@pytest.mark.parametrize("method", ["Chat", "ChatStream"])
+@pytest.mark.parametrize("payload", [_invalid_utf8_request(), b"\x0a\x05\x08"], ids=["lone-surrogate", "truncated"])
+async def test_undecodable_requests_are_invalid_argument_without_a_traceback(edge_port, caplog, method, payload):
+    caplog.set_level(logging.INFO)
+    channel, call = _raw_call(edge_port, method, streaming=method == "ChatStream")
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            if method == "ChatStream":
+                async for _ in call(payload, timeout=5):
+                    pass
+            else:
+                await call(payload, timeout=5)
+    finally:
+        await channel.close()
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(raised.value).reason == "MALFORMED_REQUEST"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_client_closing_a_stream_early_leaves_no_error(stub, caplog):
+    caplog.set_level(logging.INFO)
+    call = stub.ChatStream(gateway_pb2.ChatStreamRequest(messages=_messages(SLOW_STREAM)))
+    first = await call.read()
+    assert first.text_delta or first.id
+    call.cancel()
+    for _ in range(10):
+        await asyncio.sleep(0.05)
+        gc.collect()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_client_abandoning_a_unary_call_leaves_no_error(stub, caplog):
+    caplog.set_level(logging.INFO)
+    call = stub.Chat(gateway_pb2.ChatRequest(messages=_messages(SLOW_STREAM)))
+    await asyncio.sleep(0.3)
+    call.cancel()
+    for _ in range(10):
+        await asyncio.sleep(0.05)
+        gc.collect()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

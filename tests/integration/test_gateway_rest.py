@@ -2,13 +2,15 @@
 
 import asyncio
 import json
+import logging
 
 import httpx
 import pytest
+import uvicorn
 from opentelemetry.trace import SpanKind
 
 from gateway.pipeline import Pipeline
-from gateway.rest import create_app
+from gateway.rest import RestServer, create_app
 from support.fake_upstreams import (
     BLOCKED_MESSAGE,
     BLOCKED_WORD,
@@ -21,6 +23,7 @@ from support.fake_upstreams import (
     unused_addr,
 )
 from mesh import semconv
+from mesh.net import free_port
 from mesh.server import start_service
 from mesh.settings import MeshSettings
 
@@ -197,6 +200,64 @@ async def test_bad_temperature_is_400_with_param(client):
     _assert_openai_error(response, 400, "invalid_request_error", param="n")
 
 
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ('{"messages": [{"role": "user", "content": "\\ud800"}]}', "messages[0].content"),
+        ('{"messages": [{"role": "user", "content": [{"type": "text", "text": "a\\udfffb"}]}]}', "messages[0].content"),
+        ('{"messages": [{"role": "user", "content": "hi", "name": "\\udc00"}]}', "messages[0].name"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\ud83d"]}', "stop"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "model": "\\ud800"}', "model"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "user": "\\ud800"}', "user"),
+    ],
+)
+async def test_lone_surrogates_are_400(client, caplog, body, param):
+    response = await client.post(CHAT, content=body.encode(), headers={"content-type": "application/json"})
+    _assert_openai_error(response, 400, "invalid_request_error", param=param)
+    assert "surrogate" in response.json()["error"]["message"]
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+async def test_lone_surrogate_in_a_completion_prompt_is_400(client):
+    body = b'{"prompt": "x\\ud800"}'
+    response = await client.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+    _assert_openai_error(response, 400, "invalid_request_error", param="prompt")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("stream", "yes"),
+        ("stream", 1),
+        ("max_tokens", "5"),
+        ("max_tokens", 5.0),
+        ("max_completion_tokens", "5"),
+        ("temperature", True),
+        ("temperature", "0.5"),
+        ("top_p", "1"),
+        ("seed", "42"),
+        ("n", "1"),
+        ("stream_options", {"include_usage": "true"}),
+    ],
+)
+async def test_wrong_types_are_400_not_coerced(client, field, value):
+    response = await client.post(CHAT, json={**HELLO, field: value})
+    expected = {"stream_options": "stream_options.include_usage"}
+    _assert_openai_error(response, 400, "invalid_request_error", param=expected.get(field, field))
+
+
+async def test_wrong_message_types_are_400(client):
+    response = await client.post(CHAT, json={"messages": [{"role": "user", "content": 5}]})
+    _assert_openai_error(response, 400, "invalid_request_error", param="messages[0].content")
+    response = await client.post(CHAT, json={"messages": [{"role": "user", "content": "hi", "name": 7}]})
+    _assert_openai_error(response, 400, "invalid_request_error", param="messages[0].name")
+
+
+async def test_integer_temperature_is_still_a_number(client):
+    response = await client.post(CHAT, json={**HELLO, "temperature": 1})
+    assert response.status_code == 200, response.text
+
+
 async def test_unknown_model_is_404(client):
     response = await client.post(CHAT, json={**HELLO, "model": "gpt-4o"})
     _assert_openai_error(response, 404, "invalid_request_error", param="model", code="model_not_found")
@@ -226,6 +287,44 @@ async def test_oversize_chunked_body_is_413_before_it_is_read(client):
     response = await client.post(CHAT, content=body(), headers={"content-type": "application/json"})
     _assert_openai_error(response, 413, "invalid_request_error")
     assert sent < 10
+
+
+async def _raw_http(port: int, request: bytes, wait_s: float) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), wait_s)
+    finally:
+        writer.close()
+
+
+async def test_body_shorter_than_content_length_is_408_not_a_hang(upstreams):
+    """A real uvicorn server on a socket: the client declares 500 bytes, sends 20 and waits."""
+    settings = gateway_settings(upstreams[1], body_read_timeout_s=0.5)
+    pipeline = Pipeline(settings)
+    port = free_port()
+    server = RestServer(uvicorn.Config(create_app(settings, pipeline), host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        head = f"POST {CHAT} HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n"
+        answer = await _raw_http(port, head.encode() + b'{"messages": [{"rol', wait_s=5)
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert status_line.split()[1] == b"408", answer
+        headers, _, body = rest.partition(b"\r\n\r\n")
+        assert b"connection: close" in headers.lower()
+        assert json.loads(body)["error"]["type"] == "invalid_request_error"
+        # A complete body on a new connection is still answered.
+        body = json.dumps(HELLO).encode()
+        head = f"POST {CHAT} HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        answer = await _raw_http(port, head.encode() + body, wait_s=5)
+        assert answer.split()[1] == b"200", answer
+    finally:
+        server.should_exit = True
+        await serving
+        await pipeline.close()
 
 
 async def test_mid_stream_failure_is_an_error_event(client):

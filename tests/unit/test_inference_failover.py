@@ -80,7 +80,7 @@ async def test_stream_ends_with_the_error_once_a_chunk_was_sent():
     with pytest.raises(Aborted) as raised:
         async for response in service.GenerateStream(request(), FakeContext()):
             received.append(list(response.delta.token_ids))
-    assert received == [[7]]  # the next one was held back to carry the usage, then the error came
+    assert received == [[7], [8]]
     assert raised.value.args[0] == grpc.StatusCode.UNAVAILABLE
     assert [model for model, _, _ in triton.calls] == [LARGE]
 

@@ -1,4 +1,4 @@
-"""`llmesh safety eval --json` prints one JSON object with the issue's metrics."""
+"""`llmesh safety eval --json` prints both parts of the evaluation against the issue's targets."""
 
 import json
 
@@ -6,12 +6,19 @@ from typer.testing import CliRunner
 
 from cli.main import app
 
+PART_METRICS = {  # what each part reports
+    "sensitive_recall", "sensitive_fpr_lookalike", "sensitive_fpr_ordinary", "injection_recall", "injection_fpr",
+    "pii_recall", "pii_near_miss_redacted", "code_rewritten", "recall_by_family",
+}
 
-def test_eval_json(tmp_path):
+
+def test_eval_json_reports_both_parts(tmp_path):
     result = CliRunner().invoke(app, ["safety", "eval", "--json", "--runs", "5", "--plot", str(tmp_path / "e.png")])
     report = json.loads(result.stdout)
-    assert {"sensitive_recall", "pii_recall", "injection_recall", "benign_fpr", "input_p95_ms"} <= set(report)
-    assert set(report["latency_ms"]) == {"normalize", "lexicon", "pii", "injection", "all_input"}
-    assert report["counts"]["benign"] > 100 and (tmp_path / "e.png").exists()
-    assert result.exit_code == (0 if report["sensitive_recall"] >= 0.99 and report["pii_recall"] >= 0.95
-                                and report["benign_fpr"] <= 0.02 and report["input_p95_ms"] <= 10 else 1)  # fmt: skip
+    for part in ("development", "held_out"):
+        assert PART_METRICS <= set(report[part])
+        assert report[part]["counts"]["benign_ordinary"] > 100
+    assert any(family.startswith("sensitive:pinyin") for family in report["held_out"]["recall_by_family"])
+    assert report["conversation_chars"] == 2000 and report["input_p95_ms"] > 0
+    assert (tmp_path / "e.png").exists()
+    assert result.exit_code == (0 if all(report["met"].values()) else 1)

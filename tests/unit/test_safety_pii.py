@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from services.safety import evalset, pii
+from services.safety import pii
+from tools.safety import pii_values
 
 
 @pytest.mark.parametrize(
@@ -55,10 +56,10 @@ def test_look_alikes_are_rejected(text):
 def test_validators_agree_with_generated_values():
     rng = random.Random(1)
     for _ in range(50):
-        assert pii.card_valid(evalset.card(rng))
-        assert pii.iban_valid(evalset.iban(rng))
-        assert pii.cn_id_valid(evalset.cn_id(rng))
-        assert pii.phone_valid(evalset.cn_phone(rng))
+        assert pii.card_valid(pii_values.card(rng))
+        assert pii.iban_valid(pii_values.iban(rng))
+        assert pii.cn_id_valid(pii_values.cn_id(rng))
+        assert pii.phone_valid(pii_values.cn_phone(rng))
 
 
 def test_redact_names_the_kind_and_keeps_the_rest():
@@ -78,3 +79,35 @@ def test_redact_names_the_kind_and_keeps_the_rest():
 )
 def test_unsafe_suffix_is_what_pii_could_still_continue(text, held):
     assert text[pii.unsafe_suffix_start(text) :] == held
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x[1::2] and lst[::2]", "upgrade to v2.3.0.1", "see section 1.2.3.4", "listen on 127.0.0.1 and ::1",
+     "```\nip = '10.1.2.3'\n```", "run `ping 192.168.1.1`", "look at this dot com bubble", "on 01-02-2023"],
+)
+def test_code_and_near_misses_are_left_alone(text):
+    assert pii.find_pii(text) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        ("mail o'brien@example.com now", "mail [EMAIL] now"),
+        ("call (+86) 138 1234 5678", "call [PHONE]"),
+        ("call 0086 138 1234 5678", "call [PHONE]"),
+        ("write john dot smith at gmail dot com", "write [EMAIL]"),
+        ("phone 138.1234.5678", "phone [PHONE]"),
+        ("ring 020 7946 0958", "ring [PHONE]"),
+        ("ring (415) 555-2671", "ring [PHONE]"),
+        ("id 110105 19491231 002X", "id [CN_ID]"),
+    ],
+)
+def test_whole_values_and_obfuscated_forms_are_redacted(text, redacted):
+    assert pii.redact(text, pii.find_pii(text)) == redacted
+
+
+def test_a_card_cut_across_messages_is_redacted_in_both():
+    texts = ["my card is 4111 1111", "1111 1111 thanks"]
+    found = pii.find_in_messages(texts)
+    assert [pii.redact(t, m) for t, m in zip(texts, found, strict=True)] == ["my card is [CARD]", "[CARD] thanks"]

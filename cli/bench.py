@@ -94,3 +94,30 @@ def engine(
     for name, entry in result["summary"].items():
         console.print(f"{name}: {json.dumps(entry)}")
     console.print(f"report {out / 'engine.json'}, plot {plot}")
+
+
+@app.command()
+def batch(
+    lines: int = typer.Option(1000, min=1, help="requests in each batch"),
+    clients: int = typer.Option(2, min=1, help="closed-loop interactive clients"),
+    seconds: float = typer.Option(30.0, min=1, help="how long interactive requests run alone"),
+    max_tokens: int = typer.Option(16, min=1, help="max_tokens of every request"),
+    out: Path = typer.Option(REPO_ROOT / ".run" / "bench", help="where batch.json and batch.png go"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON report on stdout"),
+) -> None:
+    """Batch lines per second alone and under interactive load, and the interactive p50/p99 with
+    and without a batch running (docs/BATCH.md)."""
+    from tools.bench import batch as bench
+
+    settings = load_settings(MeshSettings)
+    with _stack(settings, out / "stack") as (url, _, key):
+        result = asyncio.run(bench.measure(f"{url}/v1", key, lines, clients, seconds, max_tokens))
+    out.mkdir(parents=True, exist_ok=True)
+    bench.plot(result, out / "batch.png")
+    del result["latencies_ms"]
+    (out / "batch.json").write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        print(json.dumps(result))
+        return
+    Console().print(bench.table(result))
+    err.print(f"report {out / 'batch.json'}, plot {out / 'batch.png'}")

@@ -19,7 +19,7 @@ from pydantic import BeforeValidator, Field
 from gateway.errors import GatewayError, log_failure
 from gateway.openai_format import EventStream
 from gateway.openai_schema import StrictModel
-from gateway.pipeline import ChatInput, ChatStream
+from gateway.records import ChatInput, ChatStream
 from llmesh.common.v1 import common_pb2
 from mesh.sampling import MAX_STOP_SEQUENCES, MAX_TOKENS_LIMIT
 

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from gateway.settings import GatewaySettings
 from llmesh.common.v1 import common_pb2
-from services.safety import pii
+from textkit.safety import pii
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from gateway.experiments.api import assignment_headers
 from gateway.guard import Guard
 from gateway.load import InteractiveLoad
 from gateway.models import catalog_entries
-from gateway.pipeline import ChatInput, Pipeline
+from gateway.pipeline import Pipeline
+from gateway.records import ChatInput
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey
 from llmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc

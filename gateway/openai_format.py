@@ -15,7 +15,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError, log_failure
-from gateway.pipeline import ChatResult, ChatStream, StreamChunk, finish_reason_name
+from gateway.records import ChatResult, ChatStream, StreamChunk, finish_reason_name
 from llmesh.common.v1 import common_pb2
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from gateway.errors import InvalidRequest
 from gateway.openai_format import ChatFormat, CompletionFormat
-from gateway.pipeline import ChatInput
+from gateway.records import ChatInput
 from llmesh.common.v1 import common_pb2
 from mesh.catalog import AUTO_MODEL
 from mesh.sampling import (

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 from opentelemetry import trace
@@ -24,6 +24,16 @@ from gateway import cascade, tools
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamError, from_rpc_error
 from gateway.experiments.runtime import Answer, Experiments, Trial
 from gateway.metrics import TTFT
+from gateway.records import (
+    ChatInput,
+    ChatResult,
+    ChatStream,
+    ChoiceResult,
+    EmbedResult,
+    ModerationResult,
+    StreamChunk,
+    finish_reason_name,
+)
 from gateway.settings import GatewaySettings
 from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
@@ -37,131 +47,6 @@ from mesh.sampling import SamplingError, check_budget, check_sampling
 from mesh.telemetry import tracer
 
 _tracer = tracer(__name__)
-
-_FINISH_REASON_NAMES = {
-    common_pb2.FINISH_REASON_STOP: "stop",
-    common_pb2.FINISH_REASON_LENGTH: "length",
-    common_pb2.FINISH_REASON_CONTENT_FILTER: "content_filter",
-    common_pb2.FINISH_REASON_ERROR: "error",
-    common_pb2.FINISH_REASON_TOOL_CALLS: "tool_calls",
-}
-
-
-def finish_reason_name(reason: int) -> str:
-    """OpenAI's name for a finish reason; an unset one reads as a normal stop."""
-    return _FINISH_REASON_NAMES.get(reason, "stop")
-
-
-@dataclass(frozen=True)
-class ChatInput:
-    """One request as every edge hands it to the pipeline."""
-
-    messages: Sequence[common_pb2.ChatMessage] = ()
-    # /v1/completions: a raw prompt that gets no chat template; messages stay empty.
-    prompt: str | None = None
-    # "auto" (or empty) lets the router choose.
-    model: str = AUTO_MODEL
-    sampling: common_pb2.SamplingParams = field(default_factory=common_pb2.SamplingParams)
-    user: str = ""
-    # The caller's tenant (from its API key); empty means settings.default_tenant.
-    tenant: str = ""
-    # A/B tests: the id of the session unit, and variants the caller forces (for testing).
-    session_id: str = ""
-    forced_variants: Mapping[str, str] = field(default_factory=dict)
-    # Functions the model may call (gateway/tools.py).
-    tools: Sequence[common_pb2.Tool] = ()
-    tool_choice: common_pb2.ToolChoice = field(default_factory=common_pb2.ToolChoice)
-
-    @property
-    def operation(self) -> str:
-        """The GenAI operation name, which also picks the OpenAI id prefix."""
-        return "chat" if self.prompt is None else "text_completion"
-
-
-@dataclass(frozen=True)
-class ChoiceResult:
-    """One of a request's answers, as released."""
-
-    index: int
-    text: str
-    finish_reason: int  # common_pb2.FinishReason
-    # Explains a content_filter finish when blocked; empty otherwise.
-    verdict: common_pb2.SafetyVerdict = field(default_factory=common_pb2.SafetyVerdict)
-    # With logprobs: entries that spell `text` exactly.
-    logprobs: Sequence[common_pb2.TokenLogprob] = ()
-    tool_calls: Sequence[common_pb2.ToolCall] = ()
-    # The stop string that ended the text, if one did.
-    stop_sequence: str = ""
-
-
-@dataclass(frozen=True)
-class ChatResult:
-    id: str
-    created: int
-    # The model that answered (differs from the routed one after failover).
-    model: str
-    choices: Sequence[ChoiceResult]
-    # Summed over every answer.
-    usage: common_pb2.Usage
-    route_reason: str
-    # experiment name -> variant that served this request.
-    experiments: dict[str, str] = field(default_factory=dict)
-
-    # The first answer's, for callers that ask for one answer.
-    @property
-    def text(self) -> str:
-        return self.choices[0].text
-
-    @property
-    def finish_reason(self) -> int:
-        return self.choices[0].finish_reason
-
-    @property
-    def verdict(self) -> common_pb2.SafetyVerdict:
-        """The first blocking verdict of any answer, else the first answer's."""
-        return next((c.verdict for c in self.choices if c.verdict.blocked), self.choices[0].verdict)
-
-
-@dataclass(frozen=True)
-class StreamChunk:
-    """Text released for one answer (``index``); each answer's last chunk has its finish
-    reason, and the stream's last chunk also the usage of all answers."""
-
-    text: str = ""
-    finish_reason: int = common_pb2.FINISH_REASON_UNSPECIFIED
-    usage: common_pb2.Usage | None = None
-    verdict: common_pb2.SafetyVerdict | None = None
-    index: int = 0
-    logprobs: Sequence[common_pb2.TokenLogprob] = ()
-    tool_calls: Sequence[common_pb2.ToolCall] = ()
-    stop_sequence: str = ""
-
-
-@dataclass
-class ChatStream:
-    """A streaming answer whose id, model and route are known before its first chunk is read,
-    so an edge can send them as headers; an error before that is a plain error response."""
-
-    id: str
-    created: int
-    model: str
-    route_reason: str
-    chunks: AsyncGenerator[StreamChunk, None]
-    # Cancels the upstream calls and ends the span; runs at most once.
-    close: Callable[[], None]
-    experiments: dict[str, str] = field(default_factory=dict)
-    # How many answers (n) the chunks belong to.
-    answers: int = 1
-
-    def __aiter__(self) -> AsyncIterator[StreamChunk]:
-        return self.chunks
-
-    async def aclose(self) -> None:
-        """Release everything, read to the end or not (the caller may have gone away)."""
-        await self.chunks.aclose()
-        # A generator closed before its first step never runs its own clean-up.
-        self.close()
-
 
 @dataclass(frozen=True)
 class _Stubs:
@@ -240,20 +125,6 @@ class _Plan:
         if not calls:
             return dataclasses.replace(choice, text=content)
         return dataclasses.replace(choice, text="", tool_calls=calls, finish_reason=common_pb2.FINISH_REASON_TOOL_CALLS)
-
-
-@dataclass(frozen=True)
-class EmbedResult:
-    id: str
-    model: str
-    vectors: Sequence[Sequence[float]]
-    usage: common_pb2.Usage
-
-
-@dataclass(frozen=True)
-class ModerationResult:
-    id: str
-    results: Sequence[preprocess_pb2.ModerationResult]
 
 
 class Pipeline:

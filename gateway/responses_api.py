@@ -24,7 +24,7 @@ from gateway.errors import GatewayError, InvalidRequest, UpstreamUnavailable, lo
 from gateway.keys_api import api_key
 from gateway.openai_format import EventStream
 from gateway.openai_schema import StrictModel
-from gateway.pipeline import ChatInput, ChatResult, ChatStream
+from gateway.records import ChatInput, ChatResult, ChatStream
 from gateway.tenancy import ApiKey
 from llmesh.common.v1 import common_pb2
 from mesh.catalog import AUTO_MODEL

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from gateway.errors import InvalidRequest
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, describe_validation_error
-from gateway.pipeline import ChatInput
+from gateway.records import ChatInput
 from mesh.catalog import AUTO_MODEL, ModelSpec, find_model
 
 ENDPOINTS: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]] = {

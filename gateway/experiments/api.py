@@ -22,7 +22,7 @@ from gateway.experiments.runtime import Experiments
 from gateway.experiments.stats import experiment_report
 from gateway.keys_api import api_key
 from gateway.tenancy import ApiKey
-from gateway.pipeline import ChatInput
+from gateway.records import ChatInput
 
 SESSION_HEADER = "x-llmesh-session"
 EXPERIMENT_HEADER_PREFIX = "x-llmesh-experiment-"

@@ -32,7 +32,7 @@ from mesh.catalog import AUTO_MODEL, find_model
 from mesh.discovery import PRIMARY, ChannelPool
 
 if TYPE_CHECKING:
-    from gateway.pipeline import ChatInput, ChatResult
+    from gateway.records import ChatInput, ChatResult
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llmesh.common.v1 import common_pb2
-from services.safety.lexicon import Lexicon
+from textkit.safety.lexicon import Lexicon
 from textkit.tokenizers import TokenBytes
 
 # An alternative whose text (stripped) is at least this long and occurs in redacted text is

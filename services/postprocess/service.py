@@ -13,8 +13,8 @@ from mesh.errors import abort
 from services.postprocess.logprobs import LogprobAligner, Span
 from services.postprocess.settings import PostprocessSettings
 from services.postprocess.stream import IncrementalDetokenizer, ModeratedDecoder, StopStrings, detokenize_each
-from services.safety import pii, scanners, verdicts
-from services.safety.lexicon import ReloadingLexicon
+from textkit.safety import pii, scanners, verdicts
+from textkit.safety.lexicon import ReloadingLexicon
 from textkit.tokenizers import ModelTokenizers, TokenBytes
 
 # Released text the moderation classifier sees when a sentence ends: the sentence and some context.

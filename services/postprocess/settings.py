@@ -5,8 +5,8 @@ from pathlib import Path
 from pydantic import Field
 
 from mesh.settings import MeshSettings
-from services.safety.lexicon import DEFAULT_EN, DEFAULT_ZH
-from services.safety.scanners import PiiAction
+from textkit.safety.lexicon import DEFAULT_EN, DEFAULT_ZH
+from textkit.safety.scanners import PiiAction
 
 
 class PostprocessSettings(MeshSettings):

@@ -8,9 +8,9 @@ from transformers import PreTrainedTokenizerBase
 
 from llmesh.common.v1 import common_pb2
 from services.postprocess.logprobs import LogprobAligner, Span
-from services.safety import pii
-from services.safety.lexicon import Lexicon, Match
-from services.safety.scanners import PiiAction
+from textkit.safety import pii
+from textkit.safety.lexicon import Lexicon, Match
+from textkit.safety.scanners import PiiAction
 from textkit.tokenizers import TokenBytes
 
 REPLACEMENT_CHAR = "\ufffd"

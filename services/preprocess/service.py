@@ -11,12 +11,12 @@ from llmesh.common.v1 import common_pb2
 from llmesh.preprocess.v1 import preprocess_pb2, preprocess_pb2_grpc
 from mesh.errors import abort
 from services.preprocess.settings import PreprocessSettings
-from services.safety import pii, scanners, verdicts
-from services.safety.injection import find_injection
-from services.safety.classifier import GuardClassifier
-from services.safety.guard import InputGuard
-from services.safety.lexicon import ReloadingLexicon
-from services.safety.text import normalize
+from textkit.safety import pii, scanners, verdicts
+from textkit.safety.injection import find_injection
+from textkit.safety.classifier import GuardClassifier
+from textkit.safety.guard import InputGuard
+from textkit.safety.lexicon import ReloadingLexicon
+from textkit.safety.text import normalize
 from textkit.tokenizers import ModelTokenizers, encode_user_text, render_chat, special_tokens_in
 
 # The role names chat templates expect.

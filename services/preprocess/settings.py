@@ -6,9 +6,9 @@ from typing import Literal
 from pydantic import Field
 
 from mesh.settings import MeshSettings
-from services.safety.classifier import DEFAULT_MODEL
-from services.safety.lexicon import DEFAULT_ALLOW, DEFAULT_EN, DEFAULT_ZH
-from services.safety.scanners import PiiAction
+from textkit.safety.classifier import DEFAULT_MODEL
+from textkit.safety.lexicon import DEFAULT_ALLOW, DEFAULT_EN, DEFAULT_ZH
+from textkit.safety.scanners import PiiAction
 
 
 class PreprocessSettings(MeshSettings):

@@ -6,7 +6,7 @@ import secrets
 import pytest
 
 from cli.stack import Deployment, Ports, Stack
-from services.safety.lexicon import DEFAULT_EN
+from textkit.safety.lexicon import DEFAULT_EN
 
 # A second router deployment, the B of the e2e A/B test (tests/e2e/test_experiments.py): a
 # threshold no prompt's perplexity reaches, so its route reasons are recognisable.

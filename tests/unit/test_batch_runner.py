@@ -12,7 +12,7 @@ from gateway.batch.runner import BatchRunner, Deferred, LoadGate, _TaskState
 from gateway.batch.settings import BatchSettings
 from gateway.batch.store import ERROR, OUTPUT, BatchRecord
 from gateway.errors import InvalidRequest, UpstreamError, UpstreamUnavailable
-from gateway.pipeline import ChatResult, ChoiceResult
+from gateway.records import ChatResult, ChoiceResult
 from gateway.tenancy import RateLimited
 from llmesh.common.v1 import common_pb2
 from mesh.catalog import default_models

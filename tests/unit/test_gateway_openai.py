@@ -18,7 +18,7 @@ from gateway.errors import (
 )
 from gateway.openai_format import ChatFormat, CompletionFormat, sse_events
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, describe_validation_error
-from gateway.pipeline import ChatStream, StreamChunk
+from gateway.records import ChatStream, StreamChunk
 from llmesh.common.v1 import common_pb2
 
 USER = {"role": "user", "content": "hi"}

@@ -6,7 +6,7 @@ from transformers import AutoTokenizer
 
 from llmesh.common.v1 import common_pb2
 from services.postprocess.stream import ModeratedDecoder
-from services.safety.lexicon import Lexicon
+from textkit.safety.lexicon import Lexicon
 from mesh.catalog import REPO_ROOT
 
 # "string" is one token of the small vocabulary, so an alternative can spell the whole term.

@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 from mesh.catalog import default_models, find_model
 from services.postprocess.stream import HoldBackBuffer, IncrementalDetokenizer, ModeratedDecoder, StopStrings
 from support.tokenizer import build_tokenizer
-from services.safety.lexicon import Entry, Lexicon
+from textkit.safety.lexicon import Entry, Lexicon
 
 LEXICON = Lexicon(
     [

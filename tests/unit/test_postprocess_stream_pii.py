@@ -6,7 +6,7 @@ import itertools
 import pytest
 
 from services.postprocess.stream import HoldBackBuffer
-from services.safety.lexicon import Lexicon
+from textkit.safety.lexicon import Lexicon
 
 EMPTY = Lexicon([])
 SECRETS = ("john.doe@example.com", "13812345678", "4111 1111 1111 1111")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from services.safety.lexicon import DEFAULT_EN, DEFAULT_ZH, Lexicon, read_words
+from textkit.safety.lexicon import DEFAULT_EN, DEFAULT_ZH, Lexicon, read_words
 
 EN = Lexicon.from_words(["forbiddenword", "bad phrase"], "lexicon:en:test", whole_word=True)
 ZH = Lexicon.from_words(["违禁词"], "lexicon:zh:test", whole_word=False)

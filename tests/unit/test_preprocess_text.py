@@ -1,6 +1,6 @@
 """Normalisation and the folded view that safety rules match against."""
 
-from services.safety.text import fold, is_word_char, normalize
+from textkit.safety.text import fold, is_word_char, normalize
 
 
 def test_nfkc_turns_full_width_and_compatibility_forms_into_plain_ones():

@@ -3,8 +3,8 @@ through, chat-template markers refused, and terms or instructions cut across mes
 
 import pytest
 
-from services.safety.guard import InputGuard
-from services.safety.lexicon import DEFAULT_ALLOW, DEFAULT_EN, DEFAULT_ZH, Lexicon
+from textkit.safety.guard import InputGuard
+from textkit.safety.lexicon import DEFAULT_ALLOW, DEFAULT_EN, DEFAULT_ZH, Lexicon
 
 GUARD = InputGuard(Lexicon.from_files(en=DEFAULT_EN, zh=DEFAULT_ZH, allow=DEFAULT_ALLOW), "blocked", "injection")
 

@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from services.safety.injection import find_injection
+from textkit.safety.injection import find_injection
 
 
 @pytest.mark.parametrize(

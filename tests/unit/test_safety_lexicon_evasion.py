@@ -7,8 +7,8 @@ import time
 import pytest
 
 from llmesh.common.v1 import common_pb2
-from services.safety.lexicon import DEFAULT_EN, DEFAULT_ZH, Lexicon, ReloadingLexicon
-from services.safety.verdicts import LexiconScanner
+from textkit.safety.lexicon import DEFAULT_EN, DEFAULT_ZH, Lexicon, ReloadingLexicon
+from textkit.safety.verdicts import LexiconScanner
 
 LEXICON = Lexicon.from_files(en=DEFAULT_EN, zh=DEFAULT_ZH)
 

@@ -1,7 +1,7 @@
 """The output moderation classifier (alt-profanity-check, offline)."""
 
 from llmesh.common.v1 import common_pb2
-from services.safety.scanners import ModerationScanner
+from textkit.safety.scanners import ModerationScanner
 
 
 def test_profanity_blocks_and_clean_text_passes():

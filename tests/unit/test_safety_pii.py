@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from services.safety import pii
+from textkit.safety import pii
 from tools.safety import pii_values
 
 

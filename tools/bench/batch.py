@@ -1,7 +1,7 @@
 """Batch throughput, and what a running batch does to interactive latency.
 
-``python -m tools.bench.batch`` starts the real stack (Triton, every service, the gateway, one
-batch worker) on free ports, or uses a running one (``--base-url`` and ``--api-key``), then:
+``llmesh bench batch`` starts the real stack (Triton, every service, the gateway, one batch
+worker) on free ports, or uses a running one, then:
 
 1. interactive requests alone: their latency (p50, p99);
 2. a batch of ``--lines`` requests alone: lines per second;
@@ -9,23 +9,20 @@ batch worker) on free ports, or uses a running one (``--base-url`` and ``--api-k
    interactive p99 against the one of step 1 (the target is at most 1.5x).
 
 Interactive load is ``--clients`` closed-loop clients (each sends its next request when the last
-one is answered). Figures go to stdout as a table (``--json``: one JSON object); ``--plot``
-writes the latency distributions as a PNG.
+one is answered). Figures go to stdout as a table (``--json``: one JSON object), and the
+latency distributions to a PNG.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-import typer
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
@@ -101,7 +98,7 @@ def _percentiles(latencies: list[float]) -> dict:
     }
 
 
-async def _measure(base_url: str, api_key: str, lines: int, clients: int, seconds: float, max_tokens: int) -> dict:
+async def measure(base_url: str, api_key: str, lines: int, clients: int, seconds: float, max_tokens: int) -> dict:
     headers = {"Authorization": f"Bearer {api_key}"}
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=120) as http:
         err.print("warming up ...")
@@ -135,7 +132,7 @@ async def _interactive_for(http: httpx.AsyncClient, clients: int, seconds: float
     return await _interactive(http, clients, stop, max_tokens)
 
 
-def _table(result: dict) -> Table:
+def table(result: dict) -> Table:
     table = Table(title=f"batch of {result['lines']} lines, {result['interactive_clients']} interactive clients")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -149,7 +146,7 @@ def _table(result: dict) -> Table:
     return table
 
 
-def _plot(result: dict, path: Path) -> None:
+def plot(result: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,43 +164,3 @@ def _plot(result: dict, path: Path) -> None:
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
-
-
-def main(
-    lines: int = typer.Option(1000, min=1, help="requests in each batch"),
-    clients: int = typer.Option(2, min=1, help="closed-loop interactive clients"),
-    seconds: float = typer.Option(30.0, min=1, help="how long interactive requests run alone"),
-    max_tokens: int = typer.Option(16, min=1, help="max_tokens of every request"),
-    base_url: str = typer.Option(None, help="a running gateway's API (e.g. http://127.0.0.1:8080/v1); default: start one"),
-    api_key: str = typer.Option(None, envvar="LLMESH_API_KEY", help="with --base-url: a key with room for the load"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
-    plot: Path = typer.Option(None, help="write the latency distributions to this PNG"),
-) -> None:
-    with contextlib.ExitStack() as cleanup:
-        if base_url is None:
-            from cli.keys import create_key
-            from cli.stack import Ports, Stack
-
-            run_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="llmesh-bench-batch-")))
-            err.print(f"starting the stack (logs in {run_dir / 'logs'}) ...")
-            stack = cleanup.enter_context(
-                Stack(ports=Ports.free(), run_dir=run_dir, on_ready=lambda name, s: err.print(f"  ready {name} {s:.1f}s"))
-            )
-            base_url = f"{stack.gateway_url}/v1"
-            # Limits the load never reaches: this measures the tiers, not the quotas.
-            api_key = create_key(stack.env["LLMESH_REDIS_URL"], "bench", "batch bench", rpm=10**6, tpm=10**9)[0]
-        elif not api_key:
-            raise typer.BadParameter("--base-url needs --api-key (or LLMESH_API_KEY)")
-        result = asyncio.run(_measure(base_url, api_key, lines, clients, seconds, max_tokens))
-    if plot is not None:
-        _plot(result, plot)
-        err.print(f"plot: {plot}")
-    del result["latencies_ms"]
-    if as_json:
-        print(json.dumps(result, indent=2))
-    else:
-        Console().print(_table(result))
-
-
-if __name__ == "__main__":
-    typer.run(main)

@@ -13,7 +13,7 @@ import codecs
 import random
 from dataclasses import dataclass
 
-from services.safety.lexicon import DEFAULT_EN, DEFAULT_ZH, read_words
+from textkit.safety.lexicon import DEFAULT_EN, DEFAULT_ZH, read_words
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-from services.safety import pii
-from services.safety.classifier import GuardClassifier
-from services.safety.guard import InputGuard
-from services.safety.lexicon import DEFAULT_ALLOW, DEFAULT_EN, DEFAULT_ZH, Lexicon
-from services.safety.text import normalize
+from textkit.safety import pii
+from textkit.safety.classifier import GuardClassifier
+from textkit.safety.guard import InputGuard
+from textkit.safety.lexicon import DEFAULT_ALLOW, DEFAULT_EN, DEFAULT_ZH, Lexicon
+from textkit.safety.text import normalize
 from tools.safety import corpus, heldout, pii_values
 
 # Text with numbers shaped like PII that must be left as it is: code, versions, sections, ids.

@@ -18,8 +18,8 @@ import string
 import urllib.parse
 
 from tools.safety import pii_values
-from services.safety.deobfuscate import MORSE
-from services.safety.lexicon import DEFAULT_EN, read_words
+from textkit.safety.deobfuscate import MORSE
+from textkit.safety.lexicon import DEFAULT_EN, read_words
 from tools.safety.corpus import Sample, docstrings
 
 _EN_CARRIERS = [

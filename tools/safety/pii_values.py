@@ -8,7 +8,7 @@ import random
 import string
 from collections.abc import Callable
 
-from services.safety import pii
+from textkit.safety import pii
 from tools.safety.corpus import Sample
 
 def _luhn_complete(prefix: str, length: int, rng: random.Random) -> str:

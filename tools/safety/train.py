@@ -1,4 +1,4 @@
-"""Train the input guard's classifier (``services.safety.classifier``) on the development data
+"""Train the input guard's classifier (``textkit.safety.classifier``) on the development data
 (``tools.safety.corpus``), seeded: ``python -m tools.safety.train``. Thresholds are set on the
 development split held back from training so that look-alike benign text stays under the
 false-positive targets; the held-out part of the eval is never read here."""
@@ -9,8 +9,8 @@ import argparse
 import random
 from pathlib import Path
 
-from services.safety.classifier import DEFAULT_MODEL
-from services.safety.deobfuscate import clean
+from textkit.safety.classifier import DEFAULT_MODEL
+from textkit.safety.deobfuscate import clean
 from tools.safety.corpus import build
 
 # Share of look-alike and ordinary benign text the learned layer may flag on the dev split.

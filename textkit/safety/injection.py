@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import ahocorasick
 
-from services.safety.deobfuscate import reading_views
+from textkit.safety.deobfuscate import reading_views
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import ahocorasick
 
-from services.safety.deobfuscate import ALWAYS_DECODED, reading_views
-from services.safety.evasion import EvasionMatcher
-from services.safety.text import fold, is_word_char
+from textkit.safety.deobfuscate import ALWAYS_DECODED, reading_views
+from textkit.safety.evasion import EvasionMatcher
+from textkit.safety.text import fold, is_word_char
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Lexicon:
         self.max_word_len = max((len(word) for word in self._automaton.keys()), default=0)
         if self.max_word_len:
             self._automaton.make_automaton()
-        # The input guard's matcher, through evasions (see ``services.safety.evasion``).
+        # The input guard's matcher, through evasions (see ``textkit.safety.evasion``).
         self._evasive = EvasionMatcher(
             english=[(entry.word, entry) for entry in entries if entry.whole_word],
             chinese_terms=[(entry.word, entry) for entry in entries if not entry.whole_word],
@@ -111,7 +111,7 @@ class Lexicon:
     def find_evasive(self, text: str) -> Match | None:
         """The first term in what ``text`` reads as, through evasions: look-alike letters,
         fillers, markup, accents, leetspeak, spelled-out letters, encodings, Traditional
-        characters and pinyin (see ``services.safety.evasion``). The span is in the view of
+        characters and pinyin (see ``textkit.safety.evasion``). The span is in the view of
         the text where the term was found, which may be a decoding of it."""
         return self.find_in_views(reading_views(text))
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import ahocorasick
 
-from services.safety import chinese
+from textkit.safety import chinese
 
 _TOKEN = re.compile(r"[a-z0-9@$]+(?:[!|+]+[a-z0-9@$]+)*")
 # Leetspeak, and the letters that look alike folded together (so 1, l, i, ! and | are one).

@@ -8,8 +8,8 @@ from functools import cache
 from typing import Literal
 
 from llmesh.common.v1 import common_pb2
-from services.safety import pii
-from services.safety.verdicts import SafetyVerdict, blocked
+from textkit.safety import pii
+from textkit.safety.verdicts import SafetyVerdict, blocked
 
 PiiAction = Literal["redact", "block", "off"]
 

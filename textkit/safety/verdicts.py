@@ -11,7 +11,7 @@ from prometheus_client import Counter
 
 from llmesh.common.v1 import common_pb2
 from mesh import semconv
-from services.safety.lexicon import Lexicon, Match, ReloadingLexicon
+from textkit.safety.lexicon import Lexicon, Match, ReloadingLexicon
 
 log = logging.getLogger(__name__)
 

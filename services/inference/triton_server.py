@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
-DEFAULT_MODELS = ("llmesh-small", "smollm2-135m-instruct", "all-minilm-l6-v2")
+DEFAULT_MODELS = ("smollm2-student", "smollm2-135m-instruct", "llmesh-small", "all-minilm-l6-v2")
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "tritonserver"
 # The engine's own environment (vLLM's CPU build, numpy 2), made by `make engine`; in NVIDIA's
 # vLLM image the engine is in the image's Python and no such environment exists.

@@ -26,6 +26,7 @@ from llmesh.router.v1 import router_pb2
 if TYPE_CHECKING:
     from services.router.learned import LearnedRouter
     from services.router.load import LoadMonitor
+    from services.router.ppo import PPORouter
     from services.router.settings import RouterSettings
 
 PERPLEXITY = "perplexity"
@@ -62,6 +63,9 @@ def perplexity(logprobs: np.ndarray) -> float:
     return float(np.exp(-np.mean(logprobs, dtype=np.float64)))
 
 
+CODE_MARKS = frozenset("`()[]{}=_'\"")
+
+
 def lexical_features(prompt_text: str) -> dict[str, float]:
     """Cheap text features of the (chat-templated) prompt, the same online and offline."""
     words = prompt_text.split()
@@ -74,6 +78,9 @@ def lexical_features(prompt_text: str) -> dict[str, float]:
         "underscores": float(prompt_text.count("_")),
         "uppercase_share": sum(c.isupper() for c in prompt_text) / size,
         "digit_share": sum(c.isdigit() for c in prompt_text) / size,
+        # Chinese text and code are where a small model falls behind a larger one first.
+        "cjk_share": sum("\u4e00" <= c <= "\u9fff" for c in prompt_text) / size,
+        "code_marks": float(sum(c in CODE_MARKS for c in prompt_text)),
     }
 
 
@@ -306,6 +313,36 @@ class CostAwarePolicy(ThresholdPolicy):
         return f"{value:.3g}"
 
 
+class PPOPolicy(ThresholdPolicy):
+    """A policy network trained with PPO on reward = judged quality − λ · cost (services/router/ppo.py).
+
+    The score is the request's indifference price of quality, the threshold the configured λ
+    (``LLMESH_PPO_LAMBDA``): the large model when the network would still pay for it at that price.
+    """
+
+    name = "ppo"
+    label = "indifference λ"
+
+    def __init__(self, settings: RouterSettings, model: PPORouter | None = None) -> None:
+        from services.router.learned import feature_vector
+        from services.router.ppo import load_ppo
+
+        super().__init__(settings, settings.ppo_lambda)
+        self.model = model or load_ppo(settings.ppo_router_path)
+        self._features = feature_vector
+
+    async def score(self, request: router_pb2.RouteRequest, signals: Signals) -> float:
+        values = {"perplexity": await signals.perplexity(), "prompt_tokens": signals.prompt_tokens()}
+        return self.model.indifference_lambda(self._features({**values, **signals.lexical()}))
+
+    def describe(self, value: float) -> str:
+        return f"{value:.3g}"
+
+    async def decide(self, request: router_pb2.RouteRequest, signals: Signals) -> Decision:
+        decision = await super().decide(request, signals)
+        return Decision(decision.model, f"{decision.reason} (ppo {self.model.version})")
+
+
 POLICIES: dict[str, Callable[[RouterSettings], Policy]] = {
     PerplexityPolicy.name: PerplexityPolicy,
     RandomPolicy.name: RandomPolicy,
@@ -313,6 +350,7 @@ POLICIES: dict[str, Callable[[RouterSettings], Policy]] = {
     CascadePolicy.name: CascadePolicy,
     LearnedPolicy.name: LearnedPolicy,
     CostAwarePolicy.name: CostAwarePolicy,
+    PPOPolicy.name: PPOPolicy,
 }
 
 

@@ -12,8 +12,9 @@ from services.router.policies import POLICIES
 
 class RouterSettings(MeshSettings):
     service_name: str = "router"
-    # The catalog model whose perplexity of a prompt is the router's signal (InferenceService.Score).
-    scoring_model: str = "llmesh-small"
+    # The catalog model whose perplexity of a prompt is the router's signal (InferenceService.Score):
+    # the cheap tier, so scoring costs little and the signal is how familiar the prompt is to it.
+    scoring_model: str = "smollm2-student"
     # Which entry of services.router.policies.POLICIES decides.
     route_policy: str = "perplexity"
     # Overrides of route_policy: per tenant (tenant id -> policy), and per A/B variant
@@ -21,21 +22,25 @@ class RouterSettings(MeshSettings):
     tenant_policies: dict[str, str] = Field(default_factory=dict)
     experiment_policies: dict[str, str] = Field(default_factory=dict)
     # perplexity policy: above this perplexity under the small model, use the large model.
-    # Threshold defaults send about 30% of the eval questions to the large model; recompute them
+    # Threshold defaults send 30% of the eval's fit split to the large model; recompute them
     # with `llmesh router calibrate --share S --policy P` (docs/ROUTER.md).
-    perplexity_threshold: float = Field(default=6.04, gt=0)
+    perplexity_threshold: float = Field(default=6725.96, gt=0)
     # random policy: the share of requests sent to the large model.
     random_large_share: float = Field(default=0.5, ge=0, le=1)
     # fixed policy: the one model.
-    fixed_model: str = "llmesh-small"
+    fixed_model: str = "smollm2-student"
     # cascade policy: escalate when the small answer's mean token log-prob is below this.
-    cascade_min_logprob: float = -2.11
+    cascade_min_logprob: float = -1.4872
     # learned policy: the artifact (file, or directory = newest version) and p(large better) cut.
     learned_router_path: str = "models/artifacts/router/learned"
-    learned_threshold: float = Field(default=0.907, ge=0, le=1)
+    learned_threshold: float = Field(default=0.991917, ge=0, le=1)
+    # ppo policy: the artifact (file, or directory = newest version) and the price of quality λ
+    # (reward = quality - λ · cost, cost in units of the large model's mean request cost).
+    ppo_router_path: str = "models/artifacts/router/ppo"
+    ppo_lambda: float = Field(default=1.37401, gt=0)
     # cost-aware policy: the large model is chosen when the quality it is predicted to add (mean
     # log-prob per token) per extra currency unit of effective cost exceeds this.
-    cost_min_gain_per_currency: float = Field(default=1180.0, gt=0)
+    cost_min_gain_per_currency: float = Field(default=4463.58, gt=0)
     # Output tokens assumed when pricing a request before it is answered.
     expected_output_tokens: int = Field(default=64, ge=0)
     # Engine load (Triton's metrics endpoint): re-read at most this often; a model's price doubles
@@ -46,10 +51,10 @@ class RouterSettings(MeshSettings):
     # Per-tenant budgets in currency per UTC day (Redis); what happens when one is spent.
     tenant_budgets: dict[str, float] = Field(default_factory=dict)
     budget_exhausted_action: Literal["degrade", "refuse"] = "degrade"
-    small_model: str = "llmesh-small"
+    small_model: str = "smollm2-student"
     large_model: str = "smollm2-135m-instruct"
     # Used when a signal the policy needs cannot be computed (scoring model down or slow).
-    degraded_model: str = "llmesh-small"
+    degraded_model: str = "smollm2-student"
     # Only the last tokens of a prompt are scored.
     max_score_tokens: int = Field(default=128, ge=2)
     # Scoring gives up after this long (and the router degrades) rather than eat the request's deadline.

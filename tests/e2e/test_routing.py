@@ -29,6 +29,6 @@ def test_prompts_of_very_different_perplexity_take_different_routes(base_url, he
     easy_model, easy = route(base_url, headers, FAMILIAR)
     hard_model, hard = route(base_url, headers, GIBBERISH)
     assert float(hard["value"]) > 5 * float(easy["value"])
-    assert (easy_model, easy["op"]) == ("llmesh-small", "<=")
+    assert (easy_model, easy["op"]) == ("smollm2-student", "<=")
     assert (hard_model, hard["op"]) == ("smollm2-135m-instruct", ">")
     assert easy["threshold"] == hard["threshold"]

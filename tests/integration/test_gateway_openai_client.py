@@ -92,7 +92,7 @@ async def test_completions(client):
 
 async def test_models(client):
     ids = [model.id async for model in client.models.list()]
-    assert ids == ["llmesh-small", "smollm2-135m-instruct", "all-minilm-l6-v2", "auto"]
+    assert ids == ["smollm2-student", "smollm2-135m-instruct", "llmesh-small", "all-minilm-l6-v2", "auto"]
     model = await client.models.retrieve("llmesh-small")
     assert model.owned_by == "llmesh" and model.model_extra["context_length"] == 256
     with pytest.raises(openai.NotFoundError):

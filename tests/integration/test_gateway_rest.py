@@ -139,7 +139,7 @@ async def test_completions(client):
 async def test_models_list(client):
     body = (await client.get("/v1/models")).json()
     assert body["object"] == "list"
-    assert [model["id"] for model in body["data"]] == ["llmesh-small", "smollm2-135m-instruct", "all-minilm-l6-v2", "auto"]
+    assert [model["id"] for model in body["data"]] == ["smollm2-student", "smollm2-135m-instruct", "llmesh-small", "all-minilm-l6-v2", "auto"]
     assert {model["object"] for model in body["data"]} == {"model"}
     by_id = {model["id"]: model for model in body["data"]}
     smol = by_id["smollm2-135m-instruct"]

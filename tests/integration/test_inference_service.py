@@ -33,7 +33,8 @@ ANSWER = [
 
 @pytest.fixture
 async def triton():
-    return FakeTriton({SMALL: ANSWER, LARGE: ANSWER})
+    # Every catalog model is loaded (readiness needs all); the tests call SMALL and LARGE.
+    return FakeTriton({SMALL: ANSWER, LARGE: ANSWER, "smollm2-student": ANSWER})
 
 
 @pytest.fixture

@@ -160,8 +160,9 @@ async def test_router_scores_through_the_inference_service(router, prompts):
     response = await router.Route(router_pb2.RouteRequest(prompts=prompts))
     perplexity = response.signals["perplexity"]
     assert math.isfinite(perplexity) and perplexity > 1
-    threshold = RouterSettings().perplexity_threshold
-    assert response.model == (SMOL if perplexity > threshold else SMALL)
+    settings = RouterSettings()
+    tiers = (settings.large_model, settings.small_model)
+    assert response.model == (tiers[0] if perplexity > settings.perplexity_threshold else tiers[1])
     assert response.reason.startswith(f"perplexity {perplexity:.1f}")
 
 

@@ -23,7 +23,9 @@ from services.router.service import RouterService
 from services.router.settings import RouterSettings
 from support.fake_redis import FakeRedis
 
-SMALL, LARGE = "llmesh-small", "smollm2-135m-instruct"
+SMALL, LARGE = "smollm2-student", "smollm2-135m-instruct"
+# The third catalog model (its own vocabulary): last in every fallback chain.
+OTHER = "llmesh-small"
 SETTINGS = RouterSettings(default_deadline_s=5.0, perplexity_threshold=30.0, degraded_model=SMALL)
 
 
@@ -86,7 +88,7 @@ async def test_low_perplexity_goes_to_the_small_model(stub, scorer, spans):
     spans.clear()
     before = decisions(SMALL)
     response = await stub.Route(route_request())
-    assert (response.model, list(response.fallback_models)) == (SMALL, [LARGE])
+    assert (response.model, list(response.fallback_models)) == (SMALL, [LARGE, OTHER])
     assert (response.policy, response.reason) == ("perplexity", "perplexity 2.7 <= 30.0")
     assert dict(response.signals) == {"perplexity": pytest.approx(math.e)}
     assert scorer.calls == [[5, 6, 7, 8]]
@@ -94,21 +96,21 @@ async def test_low_perplexity_goes_to_the_small_model(stub, scorer, spans):
     (span,) = [s for s in spans.get_finished_spans() if s.kind is trace.SpanKind.SERVER]
     assert span.attributes[semconv.LLMESH_ROUTE_POLICY] == "perplexity"
     assert span.attributes[semconv.LLMESH_ROUTE_REASON] == response.reason
-    assert span.attributes[semconv.LLMESH_ROUTE_FALLBACKS] == (LARGE,)
+    assert span.attributes[semconv.LLMESH_ROUTE_FALLBACKS] == (LARGE, OTHER)
     assert span.attributes[semconv.LLMESH_ROUTE_SIGNAL_PREFIX + "perplexity"] == pytest.approx(math.e)
 
 
 async def test_high_perplexity_goes_to_the_large_model(stub, scorer):
     scorer.logprob = -math.log(41.2)
     response = await stub.Route(route_request("auto"))
-    assert (response.model, list(response.fallback_models)) == (LARGE, [SMALL])
+    assert (response.model, list(response.fallback_models)) == (LARGE, [SMALL, OTHER])
     assert response.reason == "perplexity 41.2 > 30.0"
 
 
 async def test_a_named_model_is_honoured_without_scoring(stub, scorer):
     response = await stub.Route(route_request(LARGE))
     assert (response.model, response.reason, response.policy) == (LARGE, "requested", "requested")
-    assert list(response.fallback_models) == [SMALL]
+    assert list(response.fallback_models) == [SMALL, OTHER]
     assert dict(response.signals) == {}
     assert scorer.calls == []
 

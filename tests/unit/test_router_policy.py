@@ -81,8 +81,8 @@ async def test_signals_unavailable(scorer, prompt, why):
 @pytest.mark.parametrize(
     ("logprob", "decision"),
     [
-        (-1.0, Decision("llmesh-small", "perplexity 2.7 <= 30.0")),
-        (-math.log(29.9), Decision("llmesh-small", "perplexity 29.9 <= 30.0")),
+        (-1.0, Decision("smollm2-student", "perplexity 2.7 <= 30.0")),
+        (-math.log(29.9), Decision("smollm2-student", "perplexity 29.9 <= 30.0")),
         (-math.log(41.2), Decision("smollm2-135m-instruct", "perplexity 41.2 > 30.0")),
     ],
     ids=["easy", "just-under", "hard"],
@@ -149,10 +149,10 @@ async def test_fixed_policy():
 async def test_cascade_starts_small_and_names_the_escalation():
     policy = CascadePolicy(SETTINGS.model_copy(update={"cascade_min_logprob": -2.0}))
     decision = await policy.decide(router_pb2.RouteRequest(), signals_for(50))
-    assert (decision.model, decision.escalate_to, decision.escalate_below) == ("llmesh-small", "smollm2-135m-instruct", -2.0)
+    assert (decision.model, decision.escalate_to, decision.escalate_below) == ("smollm2-student", "smollm2-135m-instruct", -2.0)
 
 
-@pytest.mark.parametrize(("ppl", "model"), [(50.0, "smollm2-135m-instruct"), (5.0, "llmesh-small")])
+@pytest.mark.parametrize(("ppl", "model"), [(50.0, "smollm2-135m-instruct"), (5.0, "smollm2-student")])
 async def test_cascade_routes_streams_up_front_and_never_escalates_them(ppl, model):
     policy = CascadePolicy(SETTINGS)
     decision = await policy.decide(router_pb2.RouteRequest(stream=True), signals_for(ppl))
@@ -170,9 +170,10 @@ async def test_cascade_offline_score_is_the_small_answers_confidence():
         await policy.score(router_pb2.RouteRequest(), signals_for(5))
 
 
-@pytest.mark.parametrize(("ppl", "model"), [(40.0, "smollm2-135m-instruct"), (2.5, "llmesh-small")])
+@pytest.mark.parametrize(("ppl", "model"), [(40.0, "smollm2-135m-instruct"), (2.5, "smollm2-student")])
 async def test_learned_policy(ppl, model):
-    policy = LearnedPolicy(SETTINGS, learned_router(weight_on_log_ppl=3.0, gain_per_log_ppl=0.1))
+    settings = SETTINGS.model_copy(update={"learned_threshold": 0.5})
+    policy = LearnedPolicy(settings, learned_router(weight_on_log_ppl=3.0, gain_per_log_ppl=0.1))
     decision = await policy.decide(router_pb2.RouteRequest(), signals_for(ppl))
     assert decision.model == model
     assert decision.reason.startswith("p(large better)") and decision.reason.endswith("(v-test)")
@@ -198,8 +199,8 @@ async def test_cost_aware_weighs_predicted_gain_against_extra_cost():
     # A gain of 0.5 per extra 0.0000207 is ~24000 per currency unit.
     request = router_pb2.RouteRequest()
     assert (await cost_aware(NoLoad(), 1e4).decide(request, signals_for(5))).model == "smollm2-135m-instruct"
-    assert (await cost_aware(NoLoad(), 1e5).decide(request, signals_for(5))).model == "llmesh-small"
-    assert (await cost_aware(NoLoad(), 1e4, gain_bias=-0.1).decide(request, signals_for(5))).model == "llmesh-small"
+    assert (await cost_aware(NoLoad(), 1e5).decide(request, signals_for(5))).model == "smollm2-student"
+    assert (await cost_aware(NoLoad(), 1e4, gain_bias=-0.1).decide(request, signals_for(5))).model == "smollm2-student"
 
 
 async def test_a_saturated_model_gets_dearer():
@@ -207,10 +208,10 @@ async def test_a_saturated_model_gets_dearer():
     assert (await cost_aware(FixedLoad({"smollm2-135m-instruct": 1.0})).decide(request, signals_for(5))).model == "smollm2-135m-instruct"
     saturated = cost_aware(FixedLoad({"smollm2-135m-instruct": 4.0}))
     decision = await saturated.decide(request, signals_for(5))
-    assert decision.model == "llmesh-small" and decision.reason.startswith("gain per extra cost")
+    assert decision.model == "smollm2-student" and decision.reason.startswith("gain per extra cost")
     # And a saturated small model makes the large one the cheaper choice.
     assert (
-        await cost_aware(FixedLoad({"llmesh-small": 20.0}), 1e6).decide(request, signals_for(5))
+        await cost_aware(FixedLoad({"smollm2-student": 20.0}), 1e6).decide(request, signals_for(5))
     ).model == "smollm2-135m-instruct"
 
 

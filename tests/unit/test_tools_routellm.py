@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from services.router import routellm
+from tools.router import routellm
 
 # Four queries; the strong model is better on queries 0 and 1 only.
 WEAK = np.array([0.0, 0.0, 1.0, 1.0])

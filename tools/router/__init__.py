@@ -1,0 +1,1 @@
+"""The router's offline side: eval set, judge, answer collection, metrics, training, evaluation."""

@@ -25,7 +25,7 @@ def _stack(settings: MeshSettings, run_dir: Path):
     import httpx
 
     from cli.keys import create_key
-    from cli.stack import Ports, Stack
+    from tools.stack import Ports, Stack
 
     url = f"http://{settings.gateway_http_addr}"
     try:

@@ -44,7 +44,7 @@ def up(
     ),
 ) -> None:
     """Start the whole stack (Redis, collector, Triton, services, gateway) until Ctrl-C."""
-    from cli.stack import Deployment, Ports, Stack, StackError
+    from tools.stack import Deployment, Ports, Stack, StackError
 
     try:
         deployments = [Deployment.parse(spec) for spec in deployment]

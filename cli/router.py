@@ -326,7 +326,7 @@ async def _route_latencies(stub, model: str, prompts: list[list[int]], concurren
 @contextlib.contextmanager
 def _running_stack(settings: RouterSettings):
     """The running stack (`make run`), else a whole stack of its own on free ports."""
-    from cli.stack import Ports, Stack
+    from tools.stack import Ports, Stack
     from mesh.probe import grpc_serving
 
     if grpc_serving(settings.router_addr)():

@@ -25,7 +25,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from mesh.catalog import REPO_ROOT
-from services.router.policies import Signals, lexical_features
+from services.router.signals import Signals, lexical_features
 
 LEARNED_DIR = REPO_ROOT / "models/artifacts/router/learned"
 FEATURES = ["log_perplexity", "log_prompt_tokens", *lexical_features("")]

@@ -15,7 +15,8 @@ from mesh.catalog import AUTO_MODEL, find_model
 from mesh.channel import build_channel
 from mesh.errors import abort
 from services.router.budget import Budgets
-from services.router.policies import Decision, Policy, Scorer, Signals, SignalUnavailable, build_policy, cost
+from services.router.policies import Decision, Policy, build_policy, cost
+from services.router.signals import Scorer, Signals, SignalUnavailable
 from services.router.scoring import InferenceScorer
 from services.router.settings import RouterSettings
 

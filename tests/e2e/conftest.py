@@ -5,7 +5,7 @@ import secrets
 
 import pytest
 
-from cli.stack import Deployment, Ports, Stack
+from tools.stack import Deployment, Ports, Stack
 from textkit.safety.lexicon import DEFAULT_EN
 
 # A second router deployment, the B of the e2e A/B test (tests/e2e/test_experiments.py): a

@@ -5,7 +5,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cli.certs import generate, tls_env
+from tools.certs import generate, tls_env
 from mesh.channel import build_channel
 from mesh.server import Health, create_server
 from mesh.settings import MeshSettings

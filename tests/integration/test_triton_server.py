@@ -270,7 +270,7 @@ def test_opentelemetry_trace_joins_callers_trace(triton, tokenizers, otlp_sink):
 
 def test_an_engine_that_cannot_start_fails_the_stack_with_the_cause(tmp_path, monkeypatch):
     """What `make run` prints when an engine cannot start: the cause, from Triton's log."""
-    from cli.stack import Ports, Stack, StackError
+    from tools.stack import Ports, Stack, StackError
 
     monkeypatch.setenv("LLMESH_SMOLLM2_MODEL_DIR", str(tmp_path / "no-such-model"))
     with pytest.raises(StackError) as raised:

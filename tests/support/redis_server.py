@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from cli.stack import redis_argv
+from tools.stack import redis_argv
 from mesh.net import free_port
 
 

@@ -14,7 +14,6 @@ from services.router.budget import Budgets, seconds_to_reset
 from services.router.learned import FEATURES, LearnedRouter, feature_vector
 from services.router.load import NoLoad
 from services.router.policies import (
-    ScoringFailed,
     CascadePolicy,
     CostAwarePolicy,
     Decision,
@@ -22,11 +21,9 @@ from services.router.policies import (
     LearnedPolicy,
     PerplexityPolicy,
     RandomPolicy,
-    Signals,
-    SignalUnavailable,
     build_policy,
-    perplexity,
 )
+from services.router.signals import ScoringFailed, Signals, SignalUnavailable, perplexity
 from services.router.settings import RouterSettings
 from support.fake_redis import FakeRedis
 

@@ -78,7 +78,7 @@ def save(header: dict, rows: list[dict], path: Path = ANSWERS_PATH) -> None:
 def triton_if_needed(settings, models: list[str]) -> Iterator[str | None]:
     """None when an inference service is already serving (it has its Triton); else the gRPC
     address of a tritonserver started here with ``models``, on free ports."""
-    from cli.stack import grpc_serving
+    from tools.stack import grpc_serving
 
     if grpc_serving(settings.inference_addr)():
         yield None
@@ -120,7 +120,7 @@ async def _collect(items: list[dict], settings, address: str, progress: Callable
     from llmesh.common.v1 import common_pb2
     from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
     from mesh.channel import build_channel
-    from services.router.policies import PERPLEXITY, PROMPT_TOKENS, SMALL_ANSWER_LOGPROB, lexical_features
+    from services.router.signals import PERPLEXITY, PROMPT_TOKENS, SMALL_ANSWER_LOGPROB, lexical_features
     from textkit.tokenizers import render_chat
 
     tiers = [settings.small_model, settings.large_model]

@@ -31,10 +31,10 @@ from services.router.policies import (
     PerplexityPolicy,
     PPOPolicy,
     RandomPolicy,
-    Signals,
     ThresholdPolicy,
     cost,
 )
+from services.router.signals import Signals
 from services.router.ppo import PPORouter
 from services.router.settings import RouterSettings
 from tools.router import judge, routellm

@@ -7,6 +7,7 @@ is checked with a real health probe before the next tier starts.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import grpc
 import httpx
 import redis
 
-from cli import certs
+from tools import certs
 from mesh.net import free_port, free_ports
 from mesh.probe import grpc_serving
 from mesh.settings import REPO_ROOT
@@ -245,9 +246,18 @@ class Stack:
 
     def create_key(self, tenant: str, name: str = "") -> str:
         """A new API key for ``tenant`` in this stack's Redis (as `llmesh keys create` makes it)."""
-        from cli.keys import create_key
+        from gateway.settings import GatewaySettings
+        from gateway.tenancy import Tenancy
+        from mesh.settings import load_settings
 
-        return create_key(self.env["LLMESH_REDIS_URL"], tenant, name)[0]
+        async def create() -> str:
+            tenancy = Tenancy(load_settings(GatewaySettings, redis_url=self.env["LLMESH_REDIS_URL"]))
+            try:
+                return (await tenancy.create_key(tenant, name, None, None))[0]
+            finally:
+                await tenancy.close()
+
+        return asyncio.run(create())
 
     def _spawn(self, child: Child) -> None:
         logs = self.run_dir / "logs"

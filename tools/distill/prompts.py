@@ -4,7 +4,7 @@ Sources: the standard library's own documentation (``models.corpus``: docstrings
 reference topics, train split only) and templates filled from small word lists kept here. The
 teacher answers them (``tools.distill.teacher``); the student learns from those answers. Nothing
 here is an eval item: the eval set (``tools.router.evalset``) draws its questions from its own
-tables, and ``tests/unit/test_tools_evalset.py`` checks that no training prompt is an eval prompt.
+tables, and ``tests/unit/tools/router/test_evalset.py`` checks that no training prompt is an eval prompt.
 
 Families (the share of each is ``FAMILY_WEIGHTS``): questions about the standard library,
 arithmetic and small word problems, Python expressions, short instructions, rewriting, open

@@ -10,8 +10,6 @@ from gateway.rest import create_app
 from llmesh.inference.v1 import inference_pb2
 from llmesh.router.v1 import router_pb2
 from mesh.errors import abort
-from mesh.server import start_service
-from mesh.settings import MeshSettings
 from support.fake_upstreams import FakeUpstreams, gateway_settings
 
 CHAT = "/v1/chat/completions"
@@ -48,11 +46,8 @@ class RoutingUpstreams(FakeUpstreams):
 
 
 @pytest.fixture(scope="module")
-async def upstreams():
-    fakes = RoutingUpstreams()
-    running = await start_service(fakes, MeshSettings(), "127.0.0.1:0")
-    yield fakes, f"127.0.0.1:{running.port}"
-    await running.stop(None)
+def fake_upstreams():
+    return RoutingUpstreams()
 
 
 @pytest.fixture(scope="module")

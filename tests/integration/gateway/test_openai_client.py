@@ -16,22 +16,13 @@ from support.fake_upstreams import (
     ROUTE_REASON,
     ROUTED_MODEL,
     SLOW_STREAM,
-    FakeUpstreams,
     gateway_settings,
     reply_for,
 )
-from mesh.server import start_service
-from mesh.settings import MeshSettings
 
 HELLO = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture(scope="module")
-async def upstreams():
-    fakes = FakeUpstreams()
-    running = await start_service(fakes, MeshSettings(), "127.0.0.1:0")
-    yield fakes, f"127.0.0.1:{running.port}"
-    await running.stop(None)
 
 
 @pytest.fixture(scope="module")

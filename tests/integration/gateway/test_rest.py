@@ -11,21 +11,19 @@ from opentelemetry.trace import SpanKind
 
 from gateway.pipeline import Pipeline
 from gateway.rest import RestServer, create_app
+from mesh import semconv
+from mesh.net import free_port
+from mesh.server import start_service
 from support.fake_upstreams import (
     BLOCKED_MESSAGE,
     BLOCKED_WORD,
     FAIL_MID_STREAM,
     ROUTE_REASON,
     ROUTED_MODEL,
-    FakeUpstreams,
     gateway_settings,
     reply_for,
     unused_addr,
 )
-from mesh import semconv
-from mesh.net import free_port
-from mesh.server import start_service
-from mesh.settings import MeshSettings
 
 MAX_BODY = 4096
 CHAT = "/v1/chat/completions"
@@ -34,12 +32,6 @@ HELLO = {"messages": [{"role": "user", "content": "hi"}]}
 
 
 
-@pytest.fixture(scope="module")
-async def upstreams():
-    fakes = FakeUpstreams()
-    running = await start_service(fakes, MeshSettings(), "127.0.0.1:0")
-    yield fakes, f"127.0.0.1:{running.port}"
-    await running.stop(None)
 
 
 async def _client(settings):
@@ -415,10 +407,9 @@ async def test_readyz_ready_with_redis(upstreams, redis_url):
 
 async def test_readyz_says_which_model_is_still_loading(upstreams, redis_url):
     """A real inference service whose Triton has one model loaded and the other still loading."""
-    from support.fake_triton import FakeTriton, answer
-
     from services.inference.service import InferenceService
     from services.inference.settings import InferenceSettings
+    from support.fake_triton import FakeTriton, answer
 
     settings = InferenceSettings()
     triton = FakeTriton({"llmesh-small": answer(1)})  # smollm2-135m-instruct: not ready yet

@@ -1,5 +1,5 @@
 """The Files and Batch APIs through the official openai client, on a real gateway with real
-Redis (no workers here: tests/integration/test_batch_workers.py runs batches): every bad file
+Redis (no workers here: tests/integration/gateway/batch/test_workers.py runs batches): every bad file
 and bad request is a 4xx in OpenAI's shape, and every object is its tenant's alone."""
 
 import json

@@ -291,7 +291,7 @@ class TritonServer:
             return "\n".join(tail)
         return "\n".join(["errors in the log:", *errors[-n:], "", "end of the log:", *tail[-10:]])
 
-    def wait_ready(self, timeout: float = 180.0) -> float:
+    def wait_ready(self, timeout: float = 300.0) -> float:
         """Block until the server is live and every model is ready; returns seconds since start."""
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException

@@ -274,7 +274,7 @@ def test_an_engine_that_cannot_start_fails_the_stack_with_the_cause(tmp_path, mo
 
     monkeypatch.setenv("LLMESH_SMOLLM2_MODEL_DIR", str(tmp_path / "no-such-model"))
     with pytest.raises(StackError) as raised:
-        Stack(ports=Ports.free(), run_dir=tmp_path / "run").start(triton_timeout_s=120)
+        Stack(ports=Ports.free(), run_dir=tmp_path / "run").start(triton_timeout_s=300)
     message = str(raised.value)
     assert message.startswith("triton: tritonserver exited")
     assert "no-such-model is not a Hugging Face model directory" in message

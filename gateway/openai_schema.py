@@ -191,7 +191,7 @@ class ResponseFormat(StrictModel):
     def to_proto(self) -> common_pb2.StructuredOutput:
         if self.type == "json_object":
             return common_pb2.StructuredOutput(json_object=True)
-        if self.type == "json_schema":
+        if self.type == "json_schema" and self.json_schema is not None:  # the validator pairs them
             schema = self.json_schema.schema_
             if schema is None:
                 return common_pb2.StructuredOutput(json_object=True)
@@ -444,7 +444,7 @@ def describe_validation_error(errors: Sequence[dict[str, Any]]) -> tuple[str, st
     param = _param(loc)
     if error["type"] == "missing":
         return f"Missing required parameter: '{param}'.", param
-    if error["type"] == "extra_forbidden":
+    if error["type"] == "extra_forbidden" and param:
         return unsupported_parameter(param), param
     message = error["msg"].removeprefix("Value error, ")
     return (f"Invalid value for '{param}': {message}." if param else f"{message}."), param

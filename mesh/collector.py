@@ -15,6 +15,7 @@ import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from google.protobuf.json_format import MessageToDict
@@ -42,7 +43,7 @@ class Span:
     start_ns: int
     end_ns: int
     status: str = ""
-    attributes: dict = field(default_factory=dict)
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 def _hex_id(value: str) -> str:
@@ -54,7 +55,7 @@ def _hex_id(value: str) -> str:
     return base64.b64decode(value).hex()
 
 
-def _any_value(value: dict):
+def _any_value(value: dict[str, Any]) -> Any:
     for kind in ("stringValue", "boolValue", "doubleValue"):
         if kind in value:
             return value[kind]
@@ -65,11 +66,11 @@ def _any_value(value: dict):
     return str(value)
 
 
-def _attributes(items: list[dict]) -> dict:
+def _attributes(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {item["key"]: _any_value(item.get("value", {})) for item in items or []}
 
 
-def spans_from_otlp(payload: dict) -> list[Span]:
+def spans_from_otlp(payload: dict[str, Any]) -> list[Span]:
     """Flatten an OTLP ExportTraceServiceRequest (in its JSON form) into spans."""
     spans = []
     for resource_spans in payload.get("resourceSpans", []):
@@ -141,11 +142,11 @@ def create_app(settings: CollectorSettings) -> FastAPI:
         return Response(content=b"" if "json" not in content_type else b"{}", media_type=content_type)
 
     @app.get("/v1/traces/{trace_id}")
-    async def get_trace(trace_id: str) -> dict:
+    async def get_trace(trace_id: str) -> dict[str, Any]:
         return {"trace_id": trace_id, "spans": [asdict(span) for span in store.trace(trace_id)]}
 
     @app.get("/healthz")
-    async def healthz() -> dict:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     return app

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextvars
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
@@ -24,9 +25,13 @@ def remaining_s() -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
+# A method handler's behaviour: (request or request iterator, context) -> response or iterator.
+Behavior = Callable[..., Any]
+
+
 def wrap_handler(
     handler: grpc.RpcMethodHandler | None,
-    wrap: Callable[[Callable, bool, bool], Callable],
+    wrap: Callable[[Behavior, bool, bool], Behavior],
 ) -> grpc.RpcMethodHandler | None:
     """Return a copy of an aio method handler whose behaviour is ``wrap(behaviour, ...)``."""
     if handler is None:
@@ -46,24 +51,24 @@ def wrap_handler(
     )
 
 
-def _with_deadline(behavior, _request_streaming: bool, response_streaming: bool):
+def _with_deadline(behavior: Behavior, _request_streaming: bool, response_streaming: bool) -> Behavior:
     # grpc.aio runs every RPC in its own task, whose context is a copy: setting the variable
     # there needs no reset (a reset would fail when a cancelled stream is closed from
     # another task).
-    def enter(context) -> None:
+    def enter(context: grpc.aio.ServicerContext[Any, Any]) -> None:
         remaining = context.time_remaining()
         _inbound_deadline.set(None if remaining is None else time.monotonic() + remaining)
 
     if response_streaming:
 
-        async def stream_behavior(request, context):
+        async def stream_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             enter(context)
             async for response in behavior(request, context):
                 yield response
 
         return stream_behavior
 
-    async def unary_behavior(request, context):
+    async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         enter(context)
         return await behavior(request, context)
 
@@ -71,8 +76,16 @@ def _with_deadline(behavior, _request_streaming: bool, response_streaming: bool)
 
 
 class DeadlineServerInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         return wrap_handler(await continuation(handler_call_details), _with_deadline)
+
+
+# What a client interceptor calls on: (call details, request) -> the call.
+Continuation = Callable[..., Any]
 
 
 class DetailsClientInterceptor:
@@ -81,20 +94,24 @@ class DetailsClientInterceptor:
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         raise NotImplementedError
 
-    async def intercept_unary_unary(self, continuation, details, request):
+    async def intercept_unary_unary(self, continuation: Continuation, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
-    async def intercept_unary_stream(self, continuation, details, request):
+    async def intercept_unary_stream(self, continuation: Continuation, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
-    async def intercept_stream_unary(self, continuation, details, request_iterator):
+    async def intercept_stream_unary(
+        self, continuation: Continuation, details: grpc.aio.ClientCallDetails, request_iterator: Any
+    ) -> Any:
         return await continuation(self._details(details), request_iterator)
 
-    async def intercept_stream_stream(self, continuation, details, request_iterator):
+    async def intercept_stream_stream(
+        self, continuation: Continuation, details: grpc.aio.ClientCallDetails, request_iterator: Any
+    ) -> Any:
         return await continuation(self._details(details), request_iterator)
 
 
-def for_every_call_kind(base: type[DetailsClientInterceptor], *args) -> list:
+def for_every_call_kind(base: type[DetailsClientInterceptor], *args: Any) -> list[grpc.aio.ClientInterceptor]:
     """One instance per aio call kind: grpc.aio picks interceptors by their base class."""
     kinds = (
         grpc.aio.UnaryUnaryClientInterceptor,
@@ -123,5 +140,5 @@ class DeadlineClientInterceptor(DetailsClientInterceptor):
         )
 
 
-def client_interceptors(default_deadline_s: float) -> list:
+def client_interceptors(default_deadline_s: float) -> list[grpc.aio.ClientInterceptor]:
     return for_every_call_kind(DeadlineClientInterceptor, default_deadline_s)

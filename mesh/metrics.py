@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeAlias
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from mesh import semconv
-from mesh.deadlines import wrap_handler
+from mesh.deadlines import Behavior, wrap_handler
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 RPC_DURATION = Histogram(
     semconv.METRIC_RPC_SERVER_DURATION,
@@ -21,29 +25,33 @@ RPC_REQUESTS = Counter(semconv.METRIC_RPC_SERVER_REQUESTS, "gRPC server calls", 
 RPC_IN_FLIGHT = Gauge(semconv.METRIC_RPC_SERVER_IN_FLIGHT, "gRPC server calls in progress")
 
 
-def _code_name(context, failed: bool) -> str:
+def _code_name(context: Context, failed: bool) -> str:
     code = context.code()
     if code is None:
         return "UNKNOWN" if failed else "OK"
     # aio contexts report the code as a grpc.StatusCode or as its integer value.
     if isinstance(code, grpc.StatusCode):
-        return code.name
+        return str(code.name)
     return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
 
 
 class MetricsServerInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
 
-        def observe(started: float, context, failed: bool) -> None:
+        def observe(started: float, context: Context, failed: bool) -> None:
             RPC_IN_FLIGHT.dec()
             RPC_DURATION.labels(method).observe(time.perf_counter() - started)
             RPC_REQUESTS.labels(method, _code_name(context, failed)).inc()
 
-        def wrap(behavior, _request_streaming, response_streaming):
+        def wrap(behavior: Behavior, _request_streaming: bool, response_streaming: bool) -> Behavior:
             if response_streaming:
 
-                async def stream_behavior(request, context):
+                async def stream_behavior(request: Any, context: Context) -> AsyncIterator[Any]:
                     started, failed = time.perf_counter(), True
                     RPC_IN_FLIGHT.inc()
                     try:
@@ -55,7 +63,7 @@ class MetricsServerInterceptor(grpc.aio.ServerInterceptor):
 
                 return stream_behavior
 
-            async def unary_behavior(request, context):
+            async def unary_behavior(request: Any, context: Context) -> Any:
                 started, failed = time.perf_counter(), True
                 RPC_IN_FLIGHT.inc()
                 try:

@@ -28,7 +28,7 @@ def grpc_serving(target: str, credentials: grpc.ChannelCredentials | None = None
                 response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
             except grpc.RpcError:
                 return False
-        return response.status == health_pb2.HealthCheckResponse.SERVING
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
     return check
 
@@ -36,7 +36,7 @@ def grpc_serving(target: str, credentials: grpc.ChannelCredentials | None = None
 def http_ok(url: str, timeout_s: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
 

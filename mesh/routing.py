@@ -49,5 +49,5 @@ class AssignmentClientInterceptor(DetailsClientInterceptor):
         )
 
 
-def client_interceptors() -> list:
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     return for_every_call_kind(AssignmentClientInterceptor)

@@ -27,7 +27,8 @@ def render(report: dict) -> bytes:
     figure, axes = plt.subplots(2, 4, figsize=(16, 7))
     panels = list(zip(axes.flat, _PANELS, strict=False))
     for axis, (metric, title, scale, unit) in panels:
-        means, errors = [], [[], []]
+        means: list[float] = []
+        errors: list[list[float]] = [[], []]
         for variant in variants:
             summary = variant["metrics"][metric]
             mean = summary.get("mean", summary.get("rate"))

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from gateway.experiments.definitions import BUCKETS, Experiment
+from gateway.experiments.definitions import BUCKETS, Experiment, Shadow
 from gateway.experiments.store import CONTINUOUS, RATES, SAMPLED, shadow_key
 
 ALPHA = 0.05
@@ -174,19 +174,19 @@ def report(experiment: Experiment, figures: Mapping[str, Mapping]) -> dict:
         "shadow": None,
     }
     if experiment.shadow is not None:
-        result["shadow"] = _shadow_report(experiment, figures.get(shadow_key(experiment.shadow.name), {}))
+        result["shadow"] = _shadow_report(experiment.shadow, figures.get(shadow_key(experiment.shadow.name), {}))
     return result
 
 
-def _shadow_report(experiment: Experiment, figures: Mapping) -> dict:
+def _shadow_report(shadow: Shadow, figures: Mapping) -> dict:
     counters = figures.get("counters", {})
     n = int(counters.get("requests", 0))
     compared = n - int(counters.get("errors", 0))
     return {
-        "name": experiment.shadow.name,
-        "deployment": experiment.shadow.deployment,
-        "model": experiment.shadow.model,
-        "share_bp": experiment.shadow.share,
+        "name": shadow.name,
+        "deployment": shadow.deployment,
+        "model": shadow.model,
+        "share_bp": shadow.share,
         "mirrored": n,
         "errors": rate_summary(int(counters.get("errors", 0)), n),
         "same_text": rate_summary(int(counters.get("same_text", 0)), compared),

@@ -15,7 +15,7 @@ no protobuf string (and no tokenizer) can carry.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -432,7 +432,7 @@ def unsupported_parameter(param: str) -> str:
     return f"Unsupported parameter: '{param}' is not supported by this server."
 
 
-def describe_validation_error(errors: Sequence[dict[str, Any]]) -> tuple[str, str | None]:
+def describe_validation_error(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
     """OpenAI-style message and ``param`` (e.g. ``messages[0].role``) for the first problem."""
     error = errors[0]
     if error["type"] == "json_invalid":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -59,7 +60,7 @@ def default_models() -> list[ModelSpec]:
     ]
 
 
-def find_model(models: list[ModelSpec], name: str) -> ModelSpec | None:
+def find_model(models: Sequence[ModelSpec], name: str) -> ModelSpec | None:
     return next((model for model in models if model.name == name), None)
 
 

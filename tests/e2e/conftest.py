@@ -27,6 +27,10 @@ def stack(tmp_path_factory, triton, otlp_sink):
         "LLMESH_ADMIN_KEY": ADMIN_KEY,
         "LLMESH_OUTPUT_LEXICON_EN": json.dumps([*map(str, DEFAULT_EN), str(lexicon)]),
         "LLMESH_AUDIT_INCLUDE_TEXT": "true",
+        # Four engines share two cores here, and a first token can take seconds while another
+        # test's batch runs: the default 5 s would open a breaker on the test machine's load and
+        # fail requests over (the breaker's slowness rule has its own unit tests).
+        "LLMESH_BREAKER_SLOW_TTFT_S": "60",
     }
     # With mutual TLS on every hop between the gateway and the services, so every e2e test
     # goes through it.

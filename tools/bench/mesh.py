@@ -17,6 +17,7 @@ import math
 import sqlite3
 import statistics
 import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -279,9 +280,14 @@ def hops_from_traces(trace_db: Path, trace_ids: Sequence[str]) -> list[dict[str,
 def profile(pid: int, seconds: float, out: Path) -> dict[str, Any]:
     """py-spy samples of the gateway process for ``seconds`` (run while load is on): the raw
     collapsed stacks to ``out`` and the functions holding the most samples, own and inclusive."""
-    command = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
+    # The venv's own py-spy (its bin/ need not be on PATH).
+    beside = Path(sys.executable).parent / "py-spy"
+    command = [str(beside) if beside.exists() else "py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
                "--format", "raw", "--output", str(out), "--nonblocking"]  # fmt: skip
-    finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return {"error": "py-spy is not installed (pip install py-spy; it is in the dev extras)"}
     if finished.returncode != 0 or not out.exists():
         return {"error": (finished.stderr or finished.stdout).strip()[-500:]}
     own: Counter[str] = Counter()

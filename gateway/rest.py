@@ -38,6 +38,7 @@ from gateway.metrics import DURATION, IN_FLIGHT, REQUESTS
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.openai_format import (
     EventStream,
+    FastJSONResponse,
     ResponseFormat,
     error_object,
     gateway_error_object,
@@ -255,7 +256,7 @@ async def _answer(
     if not body.stream:
         result = await guard.chat(key, chat_input)
         headers = _llmesh_headers(result.id, result.model, result.route_reason, result.experiments)
-        return JSONResponse(fmt.result(result), headers=headers)
+        return FastJSONResponse(fmt.result(result), headers=headers)
     stream = await guard.stream(key, chat_input)
     headers = _llmesh_headers(stream.id, stream.model, stream.route_reason, stream.experiments)
     return EventStream(stream, sse_events(stream, fmt, body.include_usage), headers)

@@ -22,9 +22,11 @@ log = logging.getLogger(__name__)
 
 
 class Accounting:
-    def __init__(self, tenancy: Tenancy, audit: AuditLog, max_pending: int) -> None:
+    def __init__(self, tenancy: Tenancy, audit: AuditLog, max_pending: int, charge_cache_hits: bool = True) -> None:
         self.tenancy = tenancy
         self.audit = audit
+        # Whether an answer from the response cache costs the tenant its tokens (it is audited either way).
+        self.charge_cache_hits = charge_cache_hits
         self._queue: asyncio.Queue[Outcome] = asyncio.Queue(maxsize=max_pending)
         self._worker: asyncio.Task | None = None
 
@@ -61,8 +63,9 @@ class Accounting:
                 self._queue.task_done()
 
     async def _account(self, outcome: Outcome) -> None:
+        free = outcome.cache == "hit" and not self.charge_cache_hits
         try:
-            await self.tenancy.debit(outcome.tenant, outcome.prompt_tokens + outcome.completion_tokens)
+            await self.tenancy.debit(outcome.tenant, 0 if free else outcome.prompt_tokens + outcome.completion_tokens)
         except RedisError:
             log.warning("could not charge tokens", extra={"tenant": outcome.tenant}, exc_info=True)
         try:

@@ -88,6 +88,8 @@ class Outcome:
     experiments: dict[str, str] = field(default_factory=dict)
     prompt: str = ""
     output: str = ""
+    # The response cache's status (gateway/response_cache.py): "hit" when it answered.
+    cache: str = ""
 
 
 def build_record(outcome: Outcome, include_text: bool) -> dict:
@@ -106,6 +108,8 @@ def build_record(outcome: Outcome, include_text: bool) -> dict:
         "latency_ms": round(outcome.latency_ms, 1),
         "experiments": dict(outcome.experiments),
     }
+    if outcome.cache:
+        record["cache"] = outcome.cache
     if include_text:
         # Redacted here whatever the services' PII policy: the trail outlives the request.
         record["prompt"] = pii.redact(outcome.prompt, pii.find_pii(outcome.prompt))

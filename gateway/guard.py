@@ -46,7 +46,9 @@ class Guard:
         self.quota_reserve = quota_reserve
         self.tenancy = Tenancy(settings)
         self.audit = AuditLog(settings)
-        self.accounting = Accounting(self.tenancy, self.audit, settings.accounting_max_pending)
+        self.accounting = Accounting(
+            self.tenancy, self.audit, settings.accounting_max_pending, settings.response_cache_charge_hits
+        )
 
     async def close(self) -> None:
         # Every finished request is charged and audited before Redis is let go.
@@ -80,6 +82,7 @@ class Guard:
                 experiments=dict(result.experiments),
                 prompt=_prompt_text(request),
                 output=result.text,
+                cache=result.cache,
             )
         )
         if self.settings.safety_block_as_error and result.verdict.blocked:
@@ -175,6 +178,7 @@ class Guard:
                             experiments=dict(stream.experiments),
                             prompt=_prompt_text(request),
                             output="".join(text),
+                            cache=stream.cache,
                         )
                     )
                 yield chunk

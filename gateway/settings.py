@@ -55,6 +55,13 @@ class GatewaySettings(MeshSettings):
     # Finished requests waiting to be charged and audited in the background (gateway/accounting.py);
     # when this many wait, the next finished request waits for room (none is dropped).
     accounting_max_pending: int = Field(default=10_000, gt=0)
+    # Exact response cache (gateway/response_cache.py), off unless enabled: answers to
+    # deterministic requests (temperature 0 or a seed) kept in Redis per tenant for a TTL, at
+    # most this many entries; a hit is charged its tokens unless response_cache_charge_hits is off.
+    response_cache_enabled: bool = False
+    response_cache_ttl_s: int = Field(default=3600, gt=0)
+    response_cache_max_entries: int = Field(default=10_000, gt=0)
+    response_cache_charge_hits: bool = True
     # A/B tests (gateway/experiments): a YAML file of experiments applied to Redis at start and
     # whenever it changes; how often a gateway looks for changed definitions in Redis.
     experiments_file: Path | None = None

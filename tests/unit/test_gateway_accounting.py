@@ -66,3 +66,13 @@ async def test_a_failing_store_is_logged_and_the_rest_is_still_written(caplog):
     await accounting.close()
     assert store.audited == ["r0", "r2"] and len(store.debited) == 3
     assert "could not append the audit record" in caplog.text
+
+
+async def test_cache_hits_cost_nothing_when_the_operator_says_so():
+    store = SlowStore(delay_s=0)
+    accounting = Accounting(store, store, max_pending=10, charge_cache_hits=False)
+    hit = Outcome(request_id="h", tenant="t", requested_model="auto", prompt_tokens=5, completion_tokens=3, cache="hit")
+    await accounting.record(hit)
+    await accounting.record(outcome(1))
+    await accounting.close()
+    assert store.debited == [("t", 0), ("t", 2)] and store.audited == ["h", "r1"]

@@ -177,7 +177,8 @@ def mesh(
                 progress.update(task, advance=1, description=name)
 
             for phase, full in phases:
-                env = {} if full else {"LLMESH_OTLP_ENDPOINT": ""}
+                # The cache levels need the response cache; every other level says no-cache.
+                env = {"LLMESH_RESPONSE_CACHE_ENABLED": "true", **({} if full else {"LLMESH_OTLP_ENDPOINT": ""})}
                 # Triton's trace mode follows the phase (its trace settings API, no restart).
                 trace_level = ["TIMESTAMPS"] if full else ["OFF"]
                 setting = f"http://127.0.0.1:{ports.triton_http}/v2/trace/setting"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -12,6 +13,9 @@ from mesh.settings import REPO_ROOT, MeshSettings, check_host_port
 class GatewaySettings(MeshSettings):
     service_name: str = "gateway"
 
+    # The gateway's event loop: "uvloop" (libuv, as uvicorn picks when it runs the loop itself)
+    # or Python's own "asyncio".
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Where the REST edge listens; empty means gateway_http_addr. The gRPC edge follows the
     # mesh-wide LLMESH_LISTEN_ADDR, so k8s sets both (the gateway is the one two-port process).
     http_listen_addr: str = ""

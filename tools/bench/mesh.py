@@ -306,6 +306,7 @@ def profile(pid: int, seconds: float, out: Path) -> dict[str, Any]:
     share = lambda n: round(100 * n / total, 1) if total else 0.0  # noqa: E731
     return {
         "samples": total,
+        "breakdown": breakdown(out),
         "own_top": [{"frame": f, "pct": share(n)} for f, n in own.most_common(25)],
         "inclusive_top": [{"frame": f, "pct": share(n)} for f, n in inclusive.most_common(40)],
     }
@@ -329,6 +330,45 @@ async def profile_under_load(pid: int, seconds: float, endpoints: Endpoints, out
     finally:
         await rest.close()
     return await sampling
+
+
+# What a gateway sample was doing: the component of the innermost frame that belongs to one of
+# these (py-spy names files by their last two path parts).
+_ACTIVITIES = (
+    ("span export (OTLP thread)", ("BatchProcessor", "OTLPSpanExporter", "trace_encoder/")),
+    ("Redis client (tenancy, audit)", ("Redis.", "RESP", "AbstractConnection", "Script.", "redis/")),
+    ("audit records and files, accounting", ("gateway/audit.py", "gateway/accounting.py")),
+    ("gRPC client calls to the services", ("aio/_call.py", "aio/_interceptor.py", "aio/_channel.py", "_cython")),
+    ("gRPC edge (server)", ("aio/_server.py", "gateway/grpc_edge.py")),
+    ("OpenTelemetry spans in the request", ("trace/__init__.py", "asgi/__init__.py", "grpc/_client.py", "_asgi.py")),
+    ("protobuf messages", ("protobuf/", "message.py", "_pb2")),
+    ("request validation (pydantic)", ("pydantic", "openai_schema.py")),
+    ("HTTP server and framework (uvicorn, Starlette, FastAPI)",
+     ("uvicorn/", "starlette/", "fastapi/", "httptools", "middleware/", "routing.py")),
+    ("gateway code (pipeline, guard, formats, edges)", ("gateway/",)),
+    ("JSON", ("json/",)),
+    ("event loop and sockets", ("selectors.py", "selector_events.py", "base_events.py", "events.py", "socket.py")),
+)  # fmt: skip
+
+
+def breakdown(raw: Path) -> list[dict[str, Any]]:
+    """py-spy's collapsed stacks grouped by activity (see _ACTIVITIES), largest first."""
+    counts: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        counts[_activity(stack.split(";"))] += int(count)
+    total = sum(counts.values())
+    return [{"activity": name, "pct": round(100 * n / total, 1)} for name, n in counts.most_common()] if total else []
+
+
+def _activity(frames: Sequence[str]) -> str:
+    for frame in reversed(frames):
+        for name, marks in _ACTIVITIES:
+            if any(mark in frame for mark in marks):
+                return name
+    return "other"
 
 
 def _frame(frame: str) -> str:
@@ -438,7 +478,9 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [f"| {h['service']} | {h['span']} | {h['count']} | {h['p50_ms']} |" for h in result["hops"]]
     if result.get("profile", {}).get("inclusive_top"):
         lines += ["", f"## Gateway profile (py-spy, {result['profile']['samples']} samples, REST unary load)", "",
-                  "| frame | inclusive % |", "| --- | --- |"]  # fmt: skip
+                  "| activity | share of samples % |", "| --- | --- |"]  # fmt: skip
+        lines += [f"| {row['activity']} | {row['pct']} |" for row in result["profile"].get("breakdown", [])]
+        lines += ["", "| frame | inclusive % |", "| --- | --- |"]
         lines += [f"| `{row['frame']}` | {row['pct']} |" for row in result["profile"]["inclusive_top"]]
         lines += ["", "| frame | own % |", "| --- | --- |"]
         lines += [f"| `{row['frame']}` | {row['pct']} |" for row in result["profile"]["own_top"]]

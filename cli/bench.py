@@ -186,16 +186,20 @@ def mesh(
                 with Stack(ports=ports, run_dir=run_dir, extra_env=env, external_triton=triton) as stack:
                     key = create_key(stack.env["LLMESH_REDIS_URL"], "bench", "llmesh bench", rpm=10**8, tpm=10**10)[0]
                     endpoints = bench.Endpoints(
-                        stack.gateway_url, stack.env["LLMESH_GATEWAY_GRPC_ADDR"], stack.env["LLMESH_TRITON_GRPC_ADDR"], key
+                        stack.gateway_url, stack.env["LLMESH_GATEWAY_GRPC_ADDR"],
+                        stack.env["LLMESH_TRITON_GRPC_ADDR"], key,
+                    )  # fmt: skip
+                    measured, trace_ids = asyncio.run(
+                        bench.measure_phase(phase, endpoints, settings.models, plan, full, step)
                     )
-                    measured, trace_ids = asyncio.run(bench.measure_phase(phase, endpoints, settings.models, plan, full, step))
                     levels += measured
                     if full:
                         gateway = next(child for child in stack.children if child.name == "gateway")
                         if profile_s:
                             progress.update(task, description=f"{phase}: py-spy on the gateway for {profile_s:.0f}s")
+                            raw = out / "gateway.pyspy.txt"
                             extra["profile"] = asyncio.run(
-                                bench.profile_under_load(gateway.proc.pid, profile_s, endpoints, out / "gateway.pyspy.txt")
+                                bench.profile_under_load(gateway.proc.pid, profile_s, endpoints, raw)
                             )
                         # Spans reach the collector within a second (the exporters' batch delay).
                         time.sleep(2)
@@ -212,11 +216,13 @@ def mesh(
         return
     table = Table(title="llmesh bench mesh: added over direct Triton (same run)")
     for column in ("phase", "path", "model", "kind", "conc.", "+p50 ms", "+p99 ms", "p99 ×", "thr. share", "+TTFT ms"):
-        table.add_column(column, justify="left" if column in ("phase", "path", "model", "kind") else "right", no_wrap=True)
+        left = column in ("phase", "path", "model", "kind")
+        table.add_column(column, justify="left" if left else "right", no_wrap=True)
     for row in result["summary"]["added"]:
         table.add_row(
-            row["phase"], row["path"], row["model"], row["kind"], str(row["concurrency"]), f"{row['added_p50_ms']:.1f}",
-            f"{row['added_p99_ms']:.1f}", str(row["p99_ratio"]), str(row["throughput_share"]), f"{row['added_ttft_p50_ms']:.1f}",
+            row["phase"], row["path"], row["model"], row["kind"], str(row["concurrency"]),
+            f"{row['added_p50_ms']:.1f}", f"{row['added_p99_ms']:.1f}", str(row["p99_ratio"]),
+            str(row["throughput_share"]), f"{row['added_ttft_p50_ms']:.1f}",
         )  # fmt: skip
     console = Console(width=max(Console().width, 120))
     console.print(table)

@@ -671,7 +671,8 @@ def _final_chunk(
 def _cacheable(finish_reason: int, verdict: common_pb2.SafetyVerdict | None) -> bool:
     """An answer worth answering again: finished normally, nothing blocked."""
     blocked = verdict is not None and verdict.blocked
-    return not blocked and finish_reason not in (common_pb2.FINISH_REASON_CONTENT_FILTER, common_pb2.FINISH_REASON_ERROR)
+    failed = (common_pb2.FINISH_REASON_CONTENT_FILTER, common_pb2.FINISH_REASON_ERROR)
+    return not blocked and finish_reason not in failed
 
 
 # A word and the spaces after it: a cached answer streams word by word.

@@ -61,7 +61,8 @@ async def gateway(settings):
     pipeline = Pipeline(settings)
     app = create_app(settings, pipeline)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw", headers={"authorization": f"Bearer {key}"}) as client:
+    headers = {"authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw", headers=headers) as client:
         client.app = app
         yield client
     await app.state.guard.close()

@@ -139,7 +139,8 @@ async def test_audit_appends_onto_a_remembered_head_rejoin_the_chain_another_rep
     first, second = audit.AuditLog(settings), audit.AuditLog(settings)
     # Each remembers the head it wrote; the other's appends move the real head meanwhile.
     for index in range(6):
-        await (first if index % 3 else second).append(audit.Outcome(request_id=f"r{index}", tenant="t", requested_model="auto"))
+        log = first if index % 3 else second
+        await log.append(audit.Outcome(request_id=f"r{index}", tenant="t", requested_model="auto"))
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     anchor, head = audit.redis_anchor_and_head(client)
     assert head[0] == 6 and audit.verify(audit.redis_entries(client), anchor, head) == (6, [])

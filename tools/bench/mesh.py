@@ -89,7 +89,8 @@ class RestUnary:
         self.cache_headers: Counter[str] = Counter()
 
     def call(self, model: str, max_tokens: int, headers: dict[str, str] | None = None) -> One:
-        body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens, "temperature": 0}
+        messages = [{"role": "user", "content": PROMPT}]
+        body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
 
         async def one(index: int) -> Stream:
             started = time.perf_counter()
@@ -171,7 +172,9 @@ async def closed_loop(one: One, concurrency: int, requests: int) -> tuple[list[S
     return done, errors, time.perf_counter() - started
 
 
-def level(phase: str, path: str, model: str, kind: str, concurrency: int, streams: list[Stream], errors: int, wall: float) -> Level:
+def level(
+    phase: str, path: str, model: str, kind: str, concurrency: int, streams: list[Stream], errors: int, wall: float
+) -> Level:
     latencies = [s.latency_s for s in streams]
     gaps = [gap for s in streams for gap in s.gaps_s]
     return Level(
@@ -242,8 +245,9 @@ async def measure_phase(
         if full:
             for concurrency in plan.stream_concurrencies:
                 count = max(plan.stream_requests, concurrency)
-                await run("direct", FIXED_MODEL, "stream", direct.stream(FIXED_MODEL, plan.stream_tokens), concurrency, count)
-                await run("rest-stream", FIXED_MODEL, "stream", sse.stream(FIXED_MODEL, plan.stream_tokens), concurrency, count)
+                tokens = plan.stream_tokens
+                await run("direct", FIXED_MODEL, "stream", direct.stream(FIXED_MODEL, tokens), concurrency, count)
+                await run("rest-stream", FIXED_MODEL, "stream", sse.stream(FIXED_MODEL, tokens), concurrency, count)
             # The same deterministic request again and again: after the first, the cache answers.
             await run("rest", FIXED_MODEL, "cache-hit", rest.call(FIXED_MODEL, 1), 1, plan.cache_requests)
             await run("rest", FIXED_MODEL, "cache-miss", rest.call(FIXED_MODEL, 1, NO_CACHE), 1, plan.cache_requests)
@@ -282,8 +286,9 @@ def profile(pid: int, seconds: float, out: Path) -> dict[str, Any]:
     collapsed stacks to ``out`` and the functions holding the most samples, own and inclusive."""
     # The venv's own py-spy (its bin/ need not be on PATH).
     beside = Path(sys.executable).parent / "py-spy"
-    command = [str(beside) if beside.exists() else "py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
-               "--format", "raw", "--output", str(out), "--nonblocking"]  # fmt: skip
+    command = [str(beside) if beside.exists() else "py-spy", "record", "--pid", str(pid),
+               "--duration", str(int(seconds)), "--rate", "200", "--format", "raw", "--output", str(out),
+               "--nonblocking"]  # fmt: skip
     try:
         finished = subprocess.run(command, capture_output=True, text=True, check=False)
     except FileNotFoundError:
@@ -312,7 +317,9 @@ def profile(pid: int, seconds: float, out: Path) -> dict[str, Any]:
     }
 
 
-async def profile_under_load(pid: int, seconds: float, endpoints: Endpoints, out: Path, concurrency: int = 8) -> dict[str, Any]:
+async def profile_under_load(
+    pid: int, seconds: float, endpoints: Endpoints, out: Path, concurrency: int = 8
+) -> dict[str, Any]:
     """:func:`profile` while ``concurrency`` clients send REST unary requests to the fixed model."""
     rest = RestUnary(endpoints.gateway_url, endpoints.api_key)
     one = rest.call(FIXED_MODEL, 1, NO_CACHE)
@@ -429,7 +436,9 @@ def summary(levels: Sequence[Level]) -> dict[str, Any]:
     hit = by.get(("tracing on", "rest", FIXED_MODEL, "cache-hit", 1))
     miss = by.get(("tracing on", "rest", FIXED_MODEL, "cache-miss", 1))
     if hit and miss:
-        cache = {"hit_p50_ms": hit.p50_ms, "hit_p99_ms": hit.p99_ms, "miss_p50_ms": miss.p50_ms, "miss_p99_ms": miss.p99_ms}
+        cache = {
+            "hit_p50_ms": hit.p50_ms, "hit_p99_ms": hit.p99_ms, "miss_p50_ms": miss.p50_ms, "miss_p99_ms": miss.p99_ms,
+        }  # fmt: skip
     return {"added": added, "tracing": tracing, "cache": cache}
 
 
@@ -443,9 +452,10 @@ def report(levels: Sequence[Level], meta: dict[str, Any]) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     """The report as markdown tables (docs/PERFORMANCE.md quotes them)."""
-    lines = ["# llmesh bench mesh", "", f"`{json.dumps({k: v for k, v in result.items() if k in ('plan', 'prompt')})}`", ""]
-    lines += ["## Levels", "", "| phase | path | model | kind | conc. | requests | errors | p50 ms | p90 ms | p99 ms | req/s"
-              " | TTFT p50 ms | gap p50 ms | tokens/s |", "|" + " --- |" * 14]  # fmt: skip
+    settings = {k: v for k, v in result.items() if k in ("plan", "prompt")}
+    lines = ["# llmesh bench mesh", "", f"`{json.dumps(settings)}`", ""]
+    lines += ["## Levels", "", "| phase | path | model | kind | conc. | requests | errors | p50 ms | p90 ms"
+              " | p99 ms | req/s | TTFT p50 ms | gap p50 ms | tokens/s |", "|" + " --- |" * 14]  # fmt: skip
     for lv in result["levels"]:
         lines.append(
             f"| {lv['phase']} | {lv['path']} | {lv['model']} | {lv['kind']} | {lv['concurrency']} | {lv['requests']} "
@@ -472,8 +482,10 @@ def markdown(result: dict[str, Any]) -> str:
             )
     if result["summary"]["cache"]:
         c = result["summary"]["cache"]
-        lines += ["", "## Response cache (REST unary, concurrency 1)", "", "| | p50 ms | p99 ms |", "| --- | --- | --- |",
-                  f"| hit | {c['hit_p50_ms']} | {c['hit_p99_ms']} |", f"| miss | {c['miss_p50_ms']} | {c['miss_p99_ms']} |"]  # fmt: skip
+        lines += ["", "## Response cache (REST unary, concurrency 1)", "", "| | p50 ms | p99 ms |",
+                  "| --- | --- | --- |",
+                  f"| hit | {c['hit_p50_ms']} | {c['hit_p99_ms']} |",
+                  f"| miss | {c['miss_p50_ms']} | {c['miss_p99_ms']} |"]  # fmt: skip
     if result.get("hops"):
         lines += ["", "## Where the time goes: spans of REST unary requests at concurrency 1 (median)", "",
                   "| process | span | count | p50 ms |", "| --- | --- | --- | --- |"]  # fmt: skip

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import time
 from pathlib import Path
 
 import typer
@@ -121,3 +123,107 @@ def batch(
         return
     Console().print(bench.table(result))
     err.print(f"report {out / 'batch.json'}, plot {out / 'batch.png'}")
+
+
+@app.command()
+def mesh(
+    concurrency: list[int] = typer.Option([1, 8, 32], help="numbers of concurrent requests (repeatable)"),
+    requests: int = typer.Option(160, min=8, help="requests per level (at least 4 per concurrent request)"),
+    stream_tokens: int = typer.Option(32, min=2, max=256, help="tokens per answer in the streaming levels"),
+    stream_requests: int = typer.Option(64, min=1, help="streams per streaming level"),
+    cache_requests: int = typer.Option(100, min=1, help="requests of the cache hit and miss levels"),
+    tracing_off: bool = typer.Option(True, help="a second stack with tracing off (Triton's trace mode too)"),
+    profile_s: float = typer.Option(15.0, min=0, help="seconds of py-spy samples of the gateway under load; 0: none"),
+    out: Path = typer.Option(REPO_ROOT / ".cache" / "bench" / "mesh", help="where mesh.json, mesh.md, mesh.png go"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON report on stdout"),
+) -> None:
+    """What the mesh adds to a request, against direct Triton in the same run: REST unary and
+    streaming, the gRPC edge, fixed model and `auto`, at 1, 8 and 32 concurrent requests;
+    streaming TTFT and gaps; tracing on vs off; the response cache; where the time goes."""
+    import os
+
+    import httpx
+
+    from cli.keys import create_key
+    from cli.stack import Ports, Stack
+    from services.inference.triton_server import TritonServer
+    from tools.bench import mesh as bench
+
+    settings = load_settings(MeshSettings)
+    plan = bench.Plan(
+        concurrencies=tuple(sorted(concurrency)), requests=requests, stream_tokens=stream_tokens,
+        stream_requests=stream_requests, cache_requests=cache_requests,
+    )  # fmt: skip
+    phases = [("tracing on", True), *([("tracing off", False)] if tracing_off else [])]
+    # One Triton for both stacks (its engines take a minute to load); the stacks, one after the
+    # other, reuse one set of free ports, so Triton's spans reach whichever collector is up.
+    ports = Ports.free()
+    run_dir = out / "stack"
+    levels: list = []
+    extra: dict = {}
+    err.print("starting Triton on free ports (the engines take a minute to load) ...")
+    # The catalog's models (LLMESH_MODELS), not every model of the repository.
+    served = [m.name for m in settings.models] + [m.name for m in settings.embedding_models]
+    triton = TritonServer(
+        models=served, http_port=ports.triton_http, grpc_port=ports.triton_grpc, metrics_port=ports.triton_metrics,
+        otlp_endpoint=f"http://127.0.0.1:{ports.collector}", log_file=run_dir / "logs" / "triton.log", env=os.environ,
+    ).start()  # fmt: skip
+    try:
+        err.print(f"  ready triton {triton.wait_ready(600):5.1f}s")
+        with Progress(console=err) as progress:
+            task = progress.add_task("bench mesh", total=sum(bench.steps(plan, full) for _, full in phases))
+
+            def step(name: str) -> None:
+                progress.update(task, advance=1, description=name)
+
+            for phase, full in phases:
+                # The cache levels need the response cache; every other level says no-cache.
+                env = {"LLMESH_RESPONSE_CACHE_ENABLED": "true", **({} if full else {"LLMESH_OTLP_ENDPOINT": ""})}
+                # Triton's trace mode follows the phase (its trace settings API, no restart).
+                trace_level = ["TIMESTAMPS"] if full else ["OFF"]
+                setting = f"http://127.0.0.1:{ports.triton_http}/v2/trace/setting"
+                httpx.post(setting, json={"trace_level": trace_level}).raise_for_status()
+                with Stack(ports=ports, run_dir=run_dir, extra_env=env, external_triton=triton) as stack:
+                    key = create_key(stack.env["LLMESH_REDIS_URL"], "bench", "llmesh bench", rpm=10**8, tpm=10**10)[0]
+                    endpoints = bench.Endpoints(
+                        stack.gateway_url, stack.env["LLMESH_GATEWAY_GRPC_ADDR"],
+                        stack.env["LLMESH_TRITON_GRPC_ADDR"], key,
+                    )  # fmt: skip
+                    measured, trace_ids = asyncio.run(
+                        bench.measure_phase(phase, endpoints, settings.models, plan, full, step)
+                    )
+                    levels += measured
+                    if full:
+                        gateway = next(child for child in stack.children if child.name == "gateway")
+                        if profile_s:
+                            progress.update(task, description=f"{phase}: py-spy on the gateway for {profile_s:.0f}s")
+                            raw = out / "gateway.pyspy.txt"
+                            extra["profile"] = asyncio.run(
+                                bench.profile_under_load(gateway.proc.pid, profile_s, endpoints, raw)
+                            )
+                        # Spans reach the collector within a second (the exporters' batch delay).
+                        time.sleep(2)
+                        extra["hops"] = bench.hops_from_traces(run_dir / "traces.db", trace_ids)
+    finally:
+        triton.stop()
+    result = bench.report(levels, {"prompt": bench.PROMPT, "plan": dataclasses.asdict(plan), **extra})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mesh.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "mesh.md").write_text(bench.markdown(result))
+    plot = bench.plot(levels, out / "mesh.png")
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title="llmesh bench mesh: added over direct Triton (same run)")
+    for column in ("phase", "path", "model", "kind", "conc.", "+p50 ms", "+p99 ms", "p99 ×", "thr. share", "+TTFT ms"):
+        left = column in ("phase", "path", "model", "kind")
+        table.add_column(column, justify="left" if left else "right", no_wrap=True)
+    for row in result["summary"]["added"]:
+        table.add_row(
+            row["phase"], row["path"], row["model"], row["kind"], str(row["concurrency"]),
+            f"{row['added_p50_ms']:.1f}", f"{row['added_p99_ms']:.1f}", str(row["p99_ratio"]),
+            str(row["throughput_share"]), f"{row['added_ttft_p50_ms']:.1f}",
+        )  # fmt: skip
+    console = Console(width=max(Console().width, 120))
+    console.print(table)
+    console.print(f"report {out / 'mesh.json'}, {out / 'mesh.md'}, plot {plot}")

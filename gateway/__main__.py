@@ -74,12 +74,21 @@ async def serve(settings: GatewaySettings) -> None:
     await load.close()
 
 
+def _loop_factory(name: str):
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
+
+
 def main() -> None:
     settings = load_settings(GatewaySettings)
     setup_logging(settings.service_name, settings.log_level)
     provider = setup_tracing(settings)
     try:
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+            runner.run(serve(settings))
     finally:
         provider.shutdown()
 

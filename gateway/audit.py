@@ -42,11 +42,13 @@ ANCHOR = "llmesh:audit:anchor"
 GENESIS = "0" * 64
 _APPEND_ATTEMPTS = 50
 
-# ARGV: expected head seq, new seq, record JSON, new hash, oldest stream id to keep.
+# ARGV: expected head seq, new seq, record JSON, new hash, oldest stream id to keep, expected
+# head hash ('' before the first record). Both seq and hash must match: a replica appends onto
+# the head it remembers without reading it first.
 _APPEND_LUA = """
 local head = redis.call('HMGET', KEYS[2], 'seq', 'hash')
 local seq = head[1] or '0'
-if seq ~= ARGV[1] then return {0, seq, head[2] or ''} end
+if seq ~= ARGV[1] or (head[2] or '') ~= ARGV[6] then return {0, seq, head[2] or ''} end
 redis.call('XADD', KEYS[1], '*', 'seq', ARGV[2], 'record', ARGV[3])
 redis.call('HSET', KEYS[2], 'seq', ARGV[2], 'hash', ARGV[4])
 local cut = redis.call('XREVRANGE', KEYS[1], '(' .. ARGV[5], '-', 'COUNT', 1)
@@ -86,6 +88,8 @@ class Outcome:
     experiments: dict[str, str] = field(default_factory=dict)
     prompt: str = ""
     output: str = ""
+    # The response cache's status (gateway/response_cache.py): "hit" when it answered.
+    cache: str = ""
 
 
 def build_record(outcome: Outcome, include_text: bool) -> dict:
@@ -104,6 +108,8 @@ def build_record(outcome: Outcome, include_text: bool) -> dict:
         "latency_ms": round(outcome.latency_ms, 1),
         "experiments": dict(outcome.experiments),
     }
+    if outcome.cache:
+        record["cache"] = outcome.cache
     if include_text:
         # Redacted here whatever the services' PII policy: the trail outlives the request.
         record["prompt"] = pii.redact(outcome.prompt, pii.find_pii(outcome.prompt))
@@ -158,6 +164,9 @@ class AuditLog:
         self.redis = client or aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
         self._append = self.redis.register_script(_APPEND_LUA)
         self.files = AuditFiles(settings.audit_dir, settings.audit_file_max_bytes, settings.audit_retention_days)
+        # The head this process last wrote or saw: the next append tries it without asking
+        # (one round trip), and the script answers the real head if another replica moved it.
+        self._head: tuple[int, str] | None = None
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -168,20 +177,27 @@ class AuditLog:
             return None
         content = build_record(outcome, self.settings.audit_include_text)
         keep_from_ms = int((time.time() - self.settings.audit_retention_days * 86400) * 1000)
-        head = await self.redis.hmget(HEAD, "seq", "hash")
-        seq, prev = int(head[0] or 0), head[1] or GENESIS
+        if self._head is None:
+            head = await self.redis.hmget(HEAD, "seq", "hash")
+            self._head = int(head[0] or 0), head[1] or GENESIS
+        seq, prev = self._head
         for _ in range(_APPEND_ATTEMPTS):
             record = {**content, "seq": seq + 1, "prev": prev}
             record["hash"] = record_hash(record)
             done, head_seq, head_hash = await self._append(
                 keys=[STREAM, HEAD, ANCHOR],
-                args=[str(seq), str(seq + 1), canonical(record).decode(), record["hash"], keep_from_ms],
+                args=[
+                    str(seq), str(seq + 1), canonical(record).decode(), record["hash"], keep_from_ms,
+                    prev if seq else "",
+                ],  # fmt: skip
             )
             if int(done):
+                self._head = seq + 1, record["hash"]
                 self.files.append(record)
                 return record
             # Another replica appended first: chain onto its record.
             seq, prev = int(head_seq), head_hash or GENESIS
+            self._head = seq, prev
         raise RedisError(f"audit append lost the race {_APPEND_ATTEMPTS} times")
 
 

@@ -15,6 +15,7 @@ from gateway.load import InteractiveLoad
 from gateway.models import catalog_entries
 from gateway.pipeline import Pipeline
 from gateway.records import ChatInput
+from gateway.response_cache import CACHE_HEADER
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey
 from llmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -62,10 +63,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.ChatResponse:
         try:
             with self._in_flight():
-                result = await self.guard.chat(await self._key(context), _input(request))
+                result = await self.guard.chat(await self._key(context), _input(request, context))
         except GatewayError as error:
             await _abort(context, error)
-        await _send_assignments(context, result.experiments)
+        await _send_assignments(context, result.experiments, result.cache)
         return gateway_pb2.ChatResponse(
             id=result.id,
             model=result.model,
@@ -92,9 +93,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> AsyncIterator[gateway_pb2.ChatStreamResponse]:
         try:
             with self._in_flight():
-                stream = await self.guard.stream(await self._key(context), _input(request))
+                stream = await self.guard.stream(await self._key(context), _input(request, context))
                 try:
-                    await _send_assignments(context, stream.experiments)
+                    await _send_assignments(context, stream.experiments, stream.cache)
                     async for chunk in stream:
                         yield gateway_pb2.ChatStreamResponse(
                             id=stream.id,
@@ -164,18 +165,25 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         )
 
 
-async def _send_assignments(context: grpc.aio.ServicerContext, experiments: dict[str, str]) -> None:
-    """The A/B assignments as initial metadata, named as the REST edge's headers."""
-    if experiments:
-        await context.send_initial_metadata(tuple(assignment_headers(experiments).items()))
+async def _send_assignments(context: grpc.aio.ServicerContext, experiments: dict[str, str], cache: str = "") -> None:
+    """The A/B assignments and the response cache's status as initial metadata, named as the
+    REST edge's headers."""
+    metadata = assignment_headers(experiments)
+    if cache:
+        metadata[CACHE_HEADER] = cache
+    if metadata:
+        await context.send_initial_metadata(tuple(metadata.items()))
 
 
 def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
     return next((value for key, value in context.invocation_metadata() or () if key == name), None)
 
 
-def _input(request: gateway_pb2.ChatRequest | gateway_pb2.ChatStreamRequest) -> ChatInput:
+def _input(
+    request: gateway_pb2.ChatRequest | gateway_pb2.ChatStreamRequest, context: grpc.aio.ServicerContext
+) -> ChatInput:
     return ChatInput(
+        use_cache="no-cache" not in (_metadata(context, "cache-control") or "").lower(),
         messages=list(request.messages),
         model=request.model or AUTO_MODEL,
         sampling=request.sampling,

@@ -6,13 +6,12 @@ neither billed nor audited."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
 
 import grpc
-from redis.exceptions import RedisError
 
+from gateway.accounting import Accounting
 from gateway.audit import AuditLog, Outcome
 from gateway.errors import GatewayError
 from gateway.metrics import observe_finished
@@ -21,8 +20,6 @@ from gateway.records import ChatInput, ChatResult, ChatStream, EmbedResult, Mode
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey, Tenancy
 from llmesh.common.v1 import common_pb2
-
-log = logging.getLogger(__name__)
 
 
 class ContentBlocked(GatewayError):
@@ -49,8 +46,13 @@ class Guard:
         self.quota_reserve = quota_reserve
         self.tenancy = Tenancy(settings)
         self.audit = AuditLog(settings)
+        self.accounting = Accounting(
+            self.tenancy, self.audit, settings.accounting_max_pending, settings.response_cache_charge_hits
+        )
 
     async def close(self) -> None:
+        # Every finished request is charged and audited before Redis is let go.
+        await self.accounting.close()
         await self.tenancy.close()
         await self.audit.close()
 
@@ -80,6 +82,7 @@ class Guard:
                 experiments=dict(result.experiments),
                 prompt=_prompt_text(request),
                 output=result.text,
+                cache=result.cache,
             )
         )
         if self.settings.safety_block_as_error and result.verdict.blocked:
@@ -175,6 +178,7 @@ class Guard:
                             experiments=dict(stream.experiments),
                             prompt=_prompt_text(request),
                             output="".join(text),
+                            cache=stream.cache,
                         )
                     )
                 yield chunk
@@ -185,17 +189,10 @@ class Guard:
             await chunks.aclose()
 
     async def _finished(self, outcome: Outcome) -> None:
-        # Charging and auditing must not turn an answered request into a failure; a failure
-        # here is logged loudly instead (the chain itself stays consistent).
+        # Charged and audited in the background (gateway/accounting.py): the answer does not
+        # wait for Redis, and a failure there never turns it into an error.
         observe_finished(outcome)
-        try:
-            await self.tenancy.debit(outcome.tenant, outcome.prompt_tokens + outcome.completion_tokens)
-        except RedisError:
-            log.warning("could not charge tokens", extra={"tenant": outcome.tenant}, exc_info=True)
-        try:
-            await self.audit.append(outcome)
-        except (RedisError, OSError):
-            log.exception("could not append the audit record", extra={"request_id": outcome.request_id})
+        await self.accounting.record(outcome)
 
 
 def _failed(request: ChatInput, error: GatewayError, started: float) -> Outcome:

@@ -6,12 +6,13 @@ generator drives both through a small format object.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.responses import StreamingResponse
+import orjson
+
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError, log_failure
@@ -43,8 +44,16 @@ def gateway_error_object(error: GatewayError) -> dict:
 
 
 def sse(data: dict | str) -> str:
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    payload = data if isinstance(data, str) else orjson.dumps(data).decode()
     return f"data: {payload}\n\n"
+
+
+class FastJSONResponse(JSONResponse):
+    """A JSON response encoded by orjson (compact, UTF-8, several times json's speed): the
+    answers of the generation endpoints, on every request's path."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 def _refusal(verdict: common_pb2.SafetyVerdict | None) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -24,6 +25,7 @@ from gateway import cascade, tools
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamError, from_rpc_error
 from gateway.experiments.runtime import Answer, Experiments, Trial
 from gateway.metrics import TTFT
+from gateway.response_cache import HIT, MISS, CachedAnswer, CachedResponse, ResponseCache, cache_key
 from gateway.records import (
     ChatInput,
     ChatResult,
@@ -80,6 +82,8 @@ class _Plan:
     stubs: _Stubs
     # With tools: how the answer is constrained and read (gateway/tools.py).
     tool_plan: tools.ToolPlan | None = None
+    # Where the answer goes in the response cache; empty when it is not cached.
+    cache_key: str = ""
 
     @property
     def answers(self) -> int:
@@ -139,6 +143,7 @@ class Pipeline:
             "postprocess": build_channel(settings.postprocess_addr, settings),
         }
         self.stubs = _Stubs.over(self.channels)
+        self.cache = ResponseCache(settings)
         self.experiments = Experiments(settings, self.channels)
         # Shadow requests run through this same pipeline, steered by their own trial.
         self.experiments.replay = self.chat
@@ -146,17 +151,22 @@ class Pipeline:
 
     async def close(self) -> None:
         await self.experiments.close()
+        await self.cache.close()
         for channel in self.channels.values():
             await channel.close()
 
     async def chat(self, request: ChatInput, trial: Trial | None = None) -> ChatResult:
         trial = trial or self.experiments.trial(request)
         with _tracer.start_as_current_span(semconv.SPAN_GATEWAY_CHAT) as span, _observed(trial):
-            plan = await self._plan(request, span, trial)
-            if plan.route is None:
-                result = plan.refusal(request.model)
+            cached, key, status = await self._cached(request)
+            if cached is not None:
+                result = await self._replay(request, cached, span)
             else:
-                result = await self._generate(plan)
+                plan = await self._plan(request, span, trial, cache_key=key)
+                if plan.route is None:
+                    result = plan.refusal(request.model)
+                else:
+                    result = dataclasses.replace(await self._generate(plan), cache=status)
             _record_result(span, result.model, result.finish_reason, result.usage, result.verdict)
             trial.finished(Answer(result.model, result.text, result.finish_reason, result.usage))
             return result
@@ -225,7 +235,15 @@ class Pipeline:
             # The span outlives this call; it is current only while calls are started here,
             # never across a yield to the edge.
             with trace.use_span(span), _observed(trial):
-                plan = await self._plan(request, span, trial, stream=True)
+                cached, key, status = await self._cached(request)
+                if cached is not None:
+                    result = await self._replay(request, cached, span)
+                    close = _closer(span)
+                    return ChatStream(
+                        result.id, result.created, result.model, result.route_reason,
+                        _replayed_chunks(result, span, close, trial), close, {}, len(result.choices), HIT,
+                    )  # fmt: skip
+                plan = await self._plan(request, span, trial, stream=True, cache_key=key)
                 if plan.route is None:
                     refusal = plan.refusal(request.model)
                     close = _closer(span)
@@ -246,7 +264,8 @@ class Pipeline:
             span.end()
             raise
         close = _closer(span, generation, released)
-        chunks = _release(released, feed, plan, model, span, started, close, trial)
+        remember = (lambda response: self.cache.store_later(key, response)) if plan.cache_key else None
+        chunks = _release(released, feed, plan, model, span, started, close, trial, remember)
         return ChatStream(
             plan.context.request_id,
             plan.created,
@@ -256,6 +275,69 @@ class Pipeline:
             close,
             dict(plan.context.experiments),
             plan.answers,
+            status,
+        )
+
+    async def _cached(self, request: ChatInput) -> tuple[CachedResponse | None, str, str]:
+        """The cached answer to this request if there is one, the key its answer goes under
+        (empty when it is not cached), and the request's cache status."""
+        sampling = self._sampling(request)
+        status = self.cache.status(request, sampling, bool(request.forced_variants or self.experiments.active))
+        if status != MISS:
+            return None, "", status
+        key = cache_key(request, sampling, request.tenant or self.settings.default_tenant)
+        cached = await self.cache.get(key)
+        return cached, key, HIT if cached is not None else MISS
+
+    async def _replay(self, request: ChatInput, cached: CachedResponse, span: Span) -> ChatResult:
+        """A cached answer released as a fresh one is: its tokens through postprocess, so the
+        output guard's current rules decide what leaves."""
+        sampling = self._sampling(request)
+        prefix = "chatcmpl-" if request.operation == "chat" else "cmpl-"
+        context = self._context(prefix, request.tenant, request.user)
+        span.set_attributes(
+            {
+                semconv.GEN_AI_SYSTEM: semconv.GEN_AI_SYSTEM_VALUE,
+                semconv.GEN_AI_OPERATION_NAME: request.operation,
+                semconv.GEN_AI_REQUEST_MODEL: request.model or AUTO_MODEL,
+                semconv.LLMESH_REQUEST_ID: context.request_id,
+                semconv.LLMESH_TENANT_ID: context.tenant_id,
+                semconv.LLMESH_CACHE: HIT,
+            }
+        )
+        with _calling("postprocess"):
+            posts = await asyncio.gather(
+                *(
+                    self.stubs.postprocess.Postprocess(
+                        postprocess_pb2.PostprocessRequest(
+                            context=context,
+                            token_ids=answer.token_ids,
+                            model=cached.model,
+                            finish_reason=answer.finish_reason,
+                            stop=sampling.stop,
+                        )
+                    )
+                    for answer in cached.answers
+                )
+            )
+        choices = [
+            ChoiceResult(
+                index=answer.index,
+                text=post.text,
+                finish_reason=post.finish_reason or answer.finish_reason,
+                verdict=post.verdict,
+                stop_sequence=post.stop_sequence,
+            )
+            for answer, post in zip(cached.answers, posts, strict=True)
+        ]
+        return ChatResult(
+            id=context.request_id,
+            created=int(time.time()),
+            model=cached.model,
+            choices=choices,
+            usage=cached.usage,
+            route_reason=f"cached answer ({cached.route_reason})" if cached.route_reason else "cached answer",
+            cache=HIT,
         )
 
     def _stubs(self, trial: Trial) -> _Stubs:
@@ -263,7 +345,9 @@ class Pipeline:
             return self.stubs
         return _Stubs.over(trial.channels(self.channels))
 
-    async def _plan(self, request: ChatInput, span: Span, trial: Trial, stream: bool = False) -> _Plan:
+    async def _plan(
+        self, request: ChatInput, span: Span, trial: Trial, stream: bool = False, cache_key: str = ""
+    ) -> _Plan:
         created = int(time.time())
         sampling = self._sampling(request)
         tool_plan = tools.plan(request.tools, request.tool_choice)
@@ -337,7 +421,7 @@ class Pipeline:
             _record_verdict(span, prompt.verdict)
             return _Plan(context, created, sampling, prompt, route=None, stubs=stubs, tool_plan=tool_plan)
         self._check_budget(route.model, prompt, sampling)
-        return _Plan(context, created, sampling, prompt, route, stubs, tool_plan)
+        return _Plan(context, created, sampling, prompt, route, stubs, tool_plan, cache_key)
 
     def _check_budget(
         self, model: str, prompt: preprocess_pb2.PreprocessResponse, sampling: common_pb2.SamplingParams
@@ -414,6 +498,9 @@ class Pipeline:
             )
             for answer, post in zip(answers, posts, strict=True)
         ]
+        if plan.cache_key and all(_cacheable(choice.finish_reason, choice.verdict) for choice in choices):
+            answers_kept = [CachedAnswer(a.index, list(a.token_ids), a.finish_reason) for a in answers]
+            self.cache.store_later(plan.cache_key, CachedResponse(model, route_reason, generated.usage, answers_kept))
         return ChatResult(
             id=plan.context.request_id,
             created=plan.created,
@@ -447,6 +534,9 @@ class _TokenFeed:
         # (e.g. blocked): no more of their tokens are sent.
         self.fed: set[int] = set()
         self.ended: set[int] = set()
+        # Every answer's tokens and the engine's finish reason (for the response cache).
+        self.tokens: dict[int, list[int]] = {}
+        self.finish_reasons: dict[int, int] = {}
 
     def end(self, index: int) -> None:
         self.ended.add(index)
@@ -455,8 +545,10 @@ class _TokenFeed:
         if response.HasField("usage"):
             self.usage = response.usage
         delta = response.delta
+        self.tokens.setdefault(delta.index, []).extend(delta.token_ids)
         if delta.finish_reason:
             self.fed.add(delta.index)
+            self.finish_reasons[delta.index] = delta.finish_reason
         request = postprocess_pb2.PostprocessStreamRequest(
             index=delta.index, token_ids=delta.token_ids, finish_reason=delta.finish_reason
         )
@@ -502,6 +594,7 @@ async def _release(
     started: float,
     close: Callable[[], None],
     trial: Trial,
+    remember: Callable[[CachedResponse], None] | None = None,
 ) -> AsyncGenerator[StreamChunk, None]:
     first_text = True
     # Under a tool plan an answer is read whole when it ends, so its text is held until then.
@@ -545,6 +638,10 @@ async def _release(
         verdict = next((c.verdict for c in finals.values() if c.verdict is not None and c.verdict.blocked), last.verdict)
         _record_result(span, model, last.finish_reason, last.usage, verdict)
         trial.finished(Answer(model, "".join(trial.text), finals.get(0, last).finish_reason, last.usage))
+        complete = len(feed.finish_reasons) == feed.answers and not missing
+        if remember is not None and complete and all(_cacheable(c.finish_reason, c.verdict) for c in finals.values()):
+            answers = [CachedAnswer(i, feed.tokens.get(i, []), feed.finish_reasons[i]) for i in range(feed.answers)]
+            remember(CachedResponse(model, plan.route.reason, feed.usage, answers))
         yield last
     except Exception:
         trial.failed()
@@ -569,6 +666,38 @@ def _final_chunk(
         return chunk
     choice = plan.read(ChoiceResult(response.index, held, response.finish_reason, response.verdict))
     return dataclasses.replace(chunk, text=choice.text, tool_calls=list(choice.tool_calls), finish_reason=choice.finish_reason)
+
+
+def _cacheable(finish_reason: int, verdict: common_pb2.SafetyVerdict | None) -> bool:
+    """An answer worth answering again: finished normally, nothing blocked."""
+    blocked = verdict is not None and verdict.blocked
+    failed = (common_pb2.FINISH_REASON_CONTENT_FILTER, common_pb2.FINISH_REASON_ERROR)
+    return not blocked and finish_reason not in failed
+
+
+# A word and the spaces after it: a cached answer streams word by word.
+_WORD = re.compile(r"\S+\s*|\s+")
+
+
+async def _replayed_chunks(
+    result: ChatResult, span: Span, close: Callable[[], None], trial: Trial
+) -> AsyncGenerator[StreamChunk, None]:
+    try:
+        _record_result(span, result.model, result.finish_reason, result.usage, result.verdict)
+        trial.finished(Answer(result.model, result.text, result.finish_reason, result.usage))
+        last = len(result.choices) - 1
+        for position, choice in enumerate(result.choices):
+            for word in _WORD.findall(choice.text):
+                yield StreamChunk(word, index=choice.index)
+            yield StreamChunk(
+                finish_reason=choice.finish_reason,
+                usage=result.usage if position == last else None,
+                verdict=choice.verdict,
+                index=choice.index,
+                stop_sequence=choice.stop_sequence,
+            )
+    finally:
+        close()
 
 
 async def _refusal_chunks(

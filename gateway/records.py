@@ -44,6 +44,8 @@ class ChatInput:
     # Functions the model may call (gateway/tools.py).
     tools: Sequence[common_pb2.Tool] = ()
     tool_choice: common_pb2.ToolChoice = field(default_factory=common_pb2.ToolChoice)
+    # False when the caller said `Cache-Control: no-cache`: never answered from the response cache.
+    use_cache: bool = True
 
     @property
     def operation(self) -> str:
@@ -79,6 +81,8 @@ class ChatResult:
     route_reason: str
     # experiment name -> variant that served this request.
     experiments: dict[str, str] = field(default_factory=dict)
+    # The response cache: "hit", "miss", "bypass" (the caller said no-cache), "" (not cacheable).
+    cache: str = ""
 
     # The first answer's, for callers that ask for one answer.
     @property
@@ -125,6 +129,8 @@ class ChatStream:
     experiments: dict[str, str] = field(default_factory=dict)
     # How many answers (n) the chunks belong to.
     answers: int = 1
+    # As ChatResult.cache.
+    cache: str = ""
 
     def __aiter__(self) -> AsyncIterator[StreamChunk]:
         return self.chunks

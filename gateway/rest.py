@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -38,6 +39,7 @@ from gateway.metrics import DURATION, IN_FLIGHT, REQUESTS
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.openai_format import (
     EventStream,
+    FastJSONResponse,
     ResponseFormat,
     error_object,
     gateway_error_object,
@@ -53,6 +55,7 @@ from gateway.openai_schema import (
 )
 from gateway.models import CatalogEntry, catalog_entries
 from gateway.pipeline import Pipeline
+from gateway.response_cache import CACHE_HEADER
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey
 
@@ -252,19 +255,23 @@ async def _answer(
     guard: Guard, key: ApiKey, body: ChatCompletionRequest | CompletionRequest, fmt: ResponseFormat, request: Request
 ) -> Response:
     chat_input = experiments_api.with_request_headers(body.to_input(), request.headers)
+    no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
+    chat_input = dataclasses.replace(chat_input, use_cache=not no_cache)
     if not body.stream:
         result = await guard.chat(key, chat_input)
-        headers = _llmesh_headers(result.id, result.model, result.route_reason, result.experiments)
-        return JSONResponse(fmt.result(result), headers=headers)
+        headers = _llmesh_headers(result.id, result.model, result.route_reason, result.experiments, result.cache)
+        return FastJSONResponse(fmt.result(result), headers=headers)
     stream = await guard.stream(key, chat_input)
-    headers = _llmesh_headers(stream.id, stream.model, stream.route_reason, stream.experiments)
+    headers = _llmesh_headers(stream.id, stream.model, stream.route_reason, stream.experiments, stream.cache)
     return EventStream(stream, sse_events(stream, fmt, body.include_usage), headers)
 
 
 def _llmesh_headers(
-    request_id: str, model: str, route_reason: str, experiments: Mapping[str, str]
+    request_id: str, model: str, route_reason: str, experiments: Mapping[str, str], cache: str = ""
 ) -> dict[str, str]:
     headers = {"x-request-id": request_id, "x-llmesh-model": model, **experiments_api.assignment_headers(experiments)}
+    if cache:
+        headers[CACHE_HEADER] = cache
     if route_reason:
         # Header values must be one line of latin-1; a reason is free text from the router.
         headers["x-llmesh-route-reason"] = " ".join(route_reason.split()).encode("ascii", "replace").decode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -12,6 +13,9 @@ from mesh.settings import REPO_ROOT, MeshSettings, check_host_port
 class GatewaySettings(MeshSettings):
     service_name: str = "gateway"
 
+    # The gateway's event loop: "uvloop" (libuv, as uvicorn picks when it runs the loop itself)
+    # or Python's own "asyncio".
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Where the REST edge listens; empty means gateway_http_addr. The gRPC edge follows the
     # mesh-wide LLMESH_LISTEN_ADDR, so k8s sets both (the gateway is the one two-port process).
     http_listen_addr: str = ""
@@ -39,6 +43,9 @@ class GatewaySettings(MeshSettings):
     rate_limits_enabled: bool = True
     tenant_requests_per_minute: int = Field(default=600, gt=0)
     tenant_tokens_per_minute: int = Field(default=200_000, gt=0)
+    # How long a gateway trusts a valid API key it looked up before asking Redis again: a
+    # revoked key stops working within this (at most a second); 0 asks Redis on every request.
+    api_key_cache_ttl_s: float = Field(default=1.0, ge=0, le=1)
     # A blocked prompt or answer: HTTP 200 with a refusal and finish_reason content_filter,
     # or (true) HTTP 400 / INVALID_ARGUMENT with an error object.
     safety_block_as_error: bool = False
@@ -49,6 +56,16 @@ class GatewaySettings(MeshSettings):
     audit_retention_days: int = Field(default=180, gt=0)
     audit_include_text: bool = False
     audit_file_max_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    # Finished requests waiting to be charged and audited in the background (gateway/accounting.py);
+    # when this many wait, the next finished request waits for room (none is dropped).
+    accounting_max_pending: int = Field(default=10_000, gt=0)
+    # Exact response cache (gateway/response_cache.py), off unless enabled: answers to
+    # deterministic requests (temperature 0 or a seed) kept in Redis per tenant for a TTL, at
+    # most this many entries; a hit is charged its tokens unless response_cache_charge_hits is off.
+    response_cache_enabled: bool = False
+    response_cache_ttl_s: int = Field(default=3600, gt=0)
+    response_cache_max_entries: int = Field(default=10_000, gt=0)
+    response_cache_charge_hits: bool = True
     # A/B tests (gateway/experiments): a YAML file of experiments applied to Redis at start and
     # whenever it changes; how often a gateway looks for changed definitions in Redis.
     experiments_file: Path | None = None

@@ -30,6 +30,9 @@ _BY_ID = "llmesh:apikey:id:"  # + key id -> sha256 hex
 _TENANT_KEYS = "llmesh:tenant:keys:"  # + tenant -> set of key ids
 _TENANT_LIMITS = "llmesh:tenant:limits:"  # + tenant -> hash rpm, tpm
 _BUCKET = "llmesh:ratelimit:"  # + tenant + ":requests" / ":tokens"
+# Valid keys remembered per process; past this many the memory starts over (a bound, not an LRU:
+# the next lookups simply go to Redis again).
+_KNOWN_KEYS_MAX = 10_000
 
 
 class RateLimited(GatewayError):
@@ -73,20 +76,24 @@ def parse_bearer(authorization: str | None) -> str | None:
     return presented.strip() if scheme.lower() == "bearer" and presented.strip() else None
 
 
-# Two buckets (requests, tokens) refilled continuously at capacity per minute. ARGV[3] is
+# Two buckets (requests, tokens) refilled continuously at capacity per minute, in one round
+# trip with the tenant's own limits (KEYS[3], else the defaults ARGV[1], ARGV[2]). ARGV[3] is
 # the mode: "admit" takes one request and needs a token level of at least one (the tokens a
 # request will use are not known yet); "debit" takes the tokens used, and may go below zero,
 # so a tenant that overspent waits until its bucket refills. ARGV[5] is the share of each
 # bucket an admission must leave (batch lines leave room for the tenant's interactive
 # requests). Redis's clock, not the replicas', so that every replica sees the same time.
+# Returns whether admitted, the wait in seconds, and the limits applied.
 _BUCKETS_LUA = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
 local mode = ARGV[3]
+local own = redis.call('HMGET', KEYS[3], 'rpm', 'tpm')
+local capacities = {tonumber(own[1]) or tonumber(ARGV[1]), tonumber(own[2]) or tonumber(ARGV[2])}
 local levels = {}
 local waits = {0, 0}
 for i = 1, 2 do
-  local capacity = tonumber(ARGV[i])
+  local capacity = capacities[i]
   local rate = capacity / 60
   local state = redis.call('HMGET', KEYS[i], 'level', 'ts')
   local level = tonumber(state[1]) or capacity
@@ -103,7 +110,7 @@ for i = 1, 2 do
   redis.call('HSET', KEYS[i], 'level', tostring(levels[i]), 'ts', tostring(now))
   redis.call('EXPIRE', KEYS[i], 120)
 end
-return {allowed, tostring(math.max(waits[1], waits[2]))}
+return {allowed, tostring(math.max(waits[1], waits[2])), capacities[1], capacities[2]}
 """
 
 
@@ -114,6 +121,9 @@ class Tenancy:
         self.settings = settings
         self.redis = client or aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
         self._buckets = self.redis.register_script(_BUCKETS_LUA)
+        # Key hash -> (record, monotonic time it was read): a valid key is looked up in Redis
+        # at most once per api_key_cache_ttl_s, so a revocation takes effect within that.
+        self._known: dict[str, tuple[ApiKey, float]] = {}
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -157,6 +167,8 @@ class Tenancy:
             pipe.delete(_BY_HASH + digest, _BY_ID + key_id)
             pipe.srem(_TENANT_KEYS + record.tenant, key_id)
             await pipe.execute()
+        # This process stops at once; other replicas within api_key_cache_ttl_s.
+        self._known.pop(digest, None)
         return record
 
     async def key_exists(self, key_id: str) -> bool:
@@ -176,22 +188,26 @@ class Tenancy:
             if not self.settings.auth_required:
                 return ApiKey("", self.settings.default_tenant, "", 0)
             raise Unauthorized("A valid API key is required (Authorization: Bearer <key>).")
+        digest = hash_key(key)
+        ttl = self.settings.api_key_cache_ttl_s
+        known = self._known.get(digest)
+        if known is not None and time.monotonic() - known[1] < ttl:
+            return known[0]
         try:
-            record = _record(await self.redis.hgetall(_BY_HASH + hash_key(key)))
+            record = _record(await self.redis.hgetall(_BY_HASH + digest))
         except RedisError as error:
             raise UpstreamUnavailable("The API key store is unavailable; please retry.") from error
         if record is None:
+            # Unknown keys are never remembered: a new key works at once, and guesses fill nothing.
+            self._known.pop(digest, None)
             raise Unauthorized("The API key is not valid (unknown or revoked).")
+        if ttl:
+            if len(self._known) >= _KNOWN_KEYS_MAX:
+                self._known.clear()
+            self._known[digest] = (record, time.monotonic())
         return record
 
     # -- rate limits -----------------------------------------------------------------------
-
-    async def limits(self, tenant: str) -> tuple[int, int]:
-        stored = await self.redis.hgetall(_TENANT_LIMITS + tenant)
-        return (
-            int(stored.get("rpm", self.settings.tenant_requests_per_minute)),
-            int(stored.get("tpm", self.settings.tenant_tokens_per_minute)),
-        )
 
     async def admit(self, tenant: str, reserve: float = 0.0) -> None:
         """Take one request from the tenant's bucket, or 429 with how long to wait; with
@@ -199,8 +215,9 @@ class Tenancy:
         if not self.settings.rate_limits_enabled:
             return
         try:
-            rpm, tpm = await self.limits(tenant)
-            allowed, wait = await self._buckets(keys=_bucket_keys(tenant), args=[rpm, tpm, "admit", 0, reserve])
+            allowed, wait, rpm, tpm = await self._buckets(
+                keys=self._bucket_keys(tenant), args=[*self._defaults, "admit", 0, reserve]
+            )
         except RedisError as error:
             raise UpstreamUnavailable("The rate limiter is unavailable; please retry.") from error
         if not int(allowed):
@@ -213,12 +230,15 @@ class Tenancy:
         """Charge the tokens a finished request used."""
         if tokens <= 0 or not self.settings.rate_limits_enabled:
             return
-        rpm, tpm = await self.limits(tenant)
-        await self._buckets(keys=_bucket_keys(tenant), args=[rpm, tpm, "debit", tokens, 0])
+        await self._buckets(keys=self._bucket_keys(tenant), args=[*self._defaults, "debit", tokens, 0])
 
+    @property
+    def _defaults(self) -> list[int]:
+        return [self.settings.tenant_requests_per_minute, self.settings.tenant_tokens_per_minute]
 
-def _bucket_keys(tenant: str) -> list[str]:
-    return [f"{_BUCKET}{tenant}:requests", f"{_BUCKET}{tenant}:tokens"]
+    @staticmethod
+    def _bucket_keys(tenant: str) -> list[str]:
+        return [f"{_BUCKET}{tenant}:requests", f"{_BUCKET}{tenant}:tokens", _TENANT_LIMITS + tenant]
 
 
 def _record(fields: dict[str, str]) -> ApiKey | None:

@@ -66,6 +66,9 @@ class MeshSettings(BaseSettings):
 
     # OTLP/HTTP base URL (e.g. http://127.0.0.1:4318); empty disables span export.
     otlp_endpoint: str = ""
+    # Share of the traces a process starts that are recorded (a client's sampled traceparent is
+    # always followed); 1 records every request, as `llmesh trace <x-trace-id>` expects.
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
 
     # gRPC transport.
     grpc_max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)

@@ -7,21 +7,33 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from mesh.settings import MeshSettings
 
 
 def setup_tracing(settings: MeshSettings) -> TracerProvider:
-    """Install the global tracer provider; spans go to OTLP/HTTP when an endpoint is set.
+    """Install the global tracer provider (:func:`tracer_provider`)."""
+    provider = tracer_provider(settings)
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def tracer_provider(settings: MeshSettings) -> TracerProvider:
+    """A tracer provider whose spans go to OTLP/HTTP when an endpoint is set.
 
     W3C trace context is OpenTelemetry's default propagator, which is what Triton reads too.
+    A request is recorded or not as a whole: the process that starts its trace samples it at
+    ``trace_sample_ratio``, and every process after follows the sampled flag it was sent.
     """
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: settings.service_name}))
+    provider = TracerProvider(
+        resource=Resource.create({SERVICE_NAME: settings.service_name}),
+        sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)),
+    )
     if settings.otlp_endpoint:
         exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint.rstrip("/") + "/v1/traces")
         # A short delay keeps local traces readable within a second of the request.
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
-    trace.set_tracer_provider(provider)
     return provider
 
 

@@ -243,6 +243,8 @@ class BatchRunner:
             await asyncio.gather(
                 *(self._request(batch, request, task, key_valid) for request in requests if request.index in pending)
             )
+            # The task is acknowledged once it returns: its lines are charged and audited by then.
+            await self.guard.accounting.flush()
             done = await self._patiently(lambda: self.store.result_count(batch_id))
             return ChunkOutcome(task.defer_s, done >= batch.total)
 

@@ -228,13 +228,21 @@ def _verify(*args):
 
 
 def test_audit_chain_verifies_and_names_tampered_records(stack, base_url, headers, tmp_path):
+    ids = set()
     for content in ("What does json.dumps do?", "my mail is li.si@example.com", "forbiddenword"):
-        assert _chat(base_url, headers, content).status_code == 200
+        response = _chat(base_url, headers, content)
+        assert response.status_code == 200
+        ids.add(response.json()["id"])
     redis_url = stack.env["LLMESH_REDIS_URL"]
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    rows = client.xrange(audit.STREAM)
-    records = [json.loads(fields["record"]) for _, fields in rows]
-    mine = [r for r in records if r["tenant"] == "e2e"]
+    # Records are appended in the background, moments after the answers (gateway/accounting.py).
+    deadline = time.monotonic() + 5
+    while True:
+        records = [json.loads(fields["record"]) for _, fields in client.xrange(audit.STREAM)]
+        mine = [r for r in records if r["tenant"] == "e2e"]
+        if ids <= {r["request_id"] for r in mine} or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert mine and {"time", "request_id", "model", "route_reason", "safety", "usage", "latency_ms",
                      "experiments", "prev", "hash", "seq"} <= set(mine[-1])  # fmt: skip
     assert any("[EMAIL]" in r.get("prompt", "") for r in mine)

@@ -53,6 +53,32 @@ class Level:
 class Stream:
     completion_tokens: int
     ttft_s: float
+    # Wall time of the whole stream, and the gaps between chunks that carried tokens (text).
+    latency_s: float = 0.0
+    gaps_s: tuple[float, ...] = ()
+
+
+class _Clock:
+    """Times one stream: its first token, the gaps between token chunks, its end."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.ttft = 0.0
+        self.last = 0.0
+        self.gaps: list[float] = []
+
+    def token(self) -> None:
+        now = time.perf_counter()
+        if not self.ttft:
+            self.ttft = now - self.started
+        else:
+            self.gaps.append(now - self.last)
+        self.last = now
+
+    def done(self, tokens: int) -> Stream:
+        latency = time.perf_counter() - self.started
+        # A stream whose text all came in its last chunk (held back by the output guard).
+        return Stream(tokens, self.ttft or latency, latency, tuple(self.gaps))
 
 
 async def _level(one: Callable[[int], Any], concurrency: int, rounds: int) -> tuple[list[Stream], float]:
@@ -70,7 +96,7 @@ class DirectPath:
     """Straight to Triton's engine model over tritonclient's aio streaming, as the inference
     service calls it, with the prompt in the model's own tokens."""
 
-    def __init__(self, triton_grpc_addr: str, models: Sequence[Any]) -> None:
+    def __init__(self, triton_grpc_addr: str, models: Sequence[Any], prompts: Sequence[str] = PROMPTS) -> None:
         from transformers import AutoTokenizer
 
         from mesh.settings import MeshSettings
@@ -81,17 +107,17 @@ class DirectPath:
         self.prompts = {}
         for spec in models:
             tokenizer = AutoTokenizer.from_pretrained(spec.resolved_dir())
-            self.prompts[spec.name] = [render_chat(tokenizer, [{"role": "user", "content": p}])[1] for p in PROMPTS]
+            self.prompts[spec.name] = [render_chat(tokenizer, [{"role": "user", "content": p}])[1] for p in prompts]
 
     def stream(self, model: str, max_tokens: int) -> Callable[[int], Any]:
         async def one(index: int) -> Stream:
             params = {"max_tokens": max_tokens, "temperature": 0.0}
-            started, ttft, tokens = time.perf_counter(), 0.0, 0
-            async for chunk in self.client.generate_stream(model, self.prompts[model][index % len(PROMPTS)], params):
-                if chunk.token_ids and not ttft:
-                    ttft = time.perf_counter() - started
+            clock, tokens, prompts = _Clock(), 0, self.prompts[model]
+            async for chunk in self.client.generate_stream(model, prompts[index % len(prompts)], params):
+                if chunk.token_ids:
+                    clock.token()
                 tokens = chunk.completion_tokens
-            return Stream(tokens, ttft)
+            return clock.done(tokens)
 
         return one
 
@@ -102,22 +128,28 @@ class DirectPath:
 class GatewayPath:
     """Through the whole mesh: the gateway's OpenAI-compatible REST edge, streamed (SSE)."""
 
-    def __init__(self, url: str, api_key: str) -> None:
+    def __init__(
+        self, url: str, api_key: str, prompts: Sequence[str] = PROMPTS, headers: dict[str, str] | None = None
+    ) -> None:
+        self.prompts = list(prompts)
         self.client = httpx.AsyncClient(
-            base_url=url, headers={"authorization": f"Bearer {api_key}"}, timeout=300, limits=httpx.Limits(max_connections=64)
+            base_url=url,
+            headers={"authorization": f"Bearer {api_key}", **(headers or {})},
+            timeout=300,
+            limits=httpx.Limits(max_connections=64),
         )
 
     def stream(self, model: str, max_tokens: int) -> Callable[[int], Any]:
         async def one(index: int) -> Stream:
             body = {
                 "model": model,
-                "messages": [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}],
+                "messages": [{"role": "user", "content": self.prompts[index % len(self.prompts)]}],
                 "max_tokens": max_tokens,
                 "temperature": 0,
                 "stream": True,
                 "stream_options": {"include_usage": True},
             }
-            started, ttft, tokens = time.perf_counter(), 0.0, 0
+            clock, tokens = _Clock(), 0
             async with self.client.stream("POST", "/v1/chat/completions", json=body) as response:
                 if response.status_code != 200:
                     raise RuntimeError(f"gateway answered {response.status_code}: {await response.aread()!r}")
@@ -127,11 +159,11 @@ class GatewayPath:
                     chunk = json.loads(line[len("data: ") :])
                     if "error" in chunk:
                         raise RuntimeError(f"stream failed: {chunk['error']}")
-                    if chunk.get("choices") and chunk["choices"][0]["delta"].get("content") and not ttft:
-                        ttft = time.perf_counter() - started
+                    if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                        clock.token()
                     if chunk.get("usage"):
                         tokens = chunk["usage"]["completion_tokens"]
-            return Stream(tokens, ttft)
+            return clock.done(tokens)
 
         return one
 

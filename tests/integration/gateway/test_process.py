@@ -7,6 +7,7 @@ import signal
 import sys
 
 import httpx
+import pytest
 
 from llmesh.common.v1 import common_pb2
 from llmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -28,12 +29,14 @@ async def _wait_until_up(url: str, process: asyncio.subprocess.Process) -> None:
     raise AssertionError("the gateway did not start")
 
 
-async def test_both_edges_serve_and_sigterm_stops_them():
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+async def test_both_edges_serve_and_sigterm_stops_them(event_loop):
     upstreams = await start_service(FakeUpstreams(), MeshSettings(), "127.0.0.1:0")
     upstream = f"127.0.0.1:{upstreams.port}"
     http_addr, grpc_addr = unused_addr(), unused_addr()
     env = {
         **os.environ,
+        "LLMESH_EVENT_LOOP": event_loop,
         "LLMESH_GATEWAY_HTTP_ADDR": http_addr,
         "LLMESH_GATEWAY_GRPC_ADDR": grpc_addr,
         **{f"LLMESH_{name}_ADDR": upstream for name in ("PREPROCESS", "ROUTER", "INFERENCE", "POSTPROCESS")},

@@ -44,6 +44,30 @@ async def test_keys_are_stored_hashed_and_revocable(settings):
     await tenancy.close()
 
 
+async def test_a_key_revoked_by_another_replica_stops_working_within_its_cache_ttl(settings):
+    settings = settings.model_copy(update={"api_key_cache_ttl_s": 0.3})
+    serving, admin = Tenancy(settings), Tenancy(settings)
+    key, record = await admin.create_key("acme")
+    assert (await serving.authenticate(f"Bearer {key}")).tenant == "acme"
+    await admin.revoke(record.key_id)
+    # Remembered for at most the TTL (so a request right after the revocation may still pass) ...
+    await asyncio.sleep(0.35)
+    with pytest.raises(Unauthorized):
+        await serving.authenticate(f"Bearer {key}")
+    for tenancy in (serving, admin):
+        await tenancy.close()
+
+
+async def test_a_tenant_limit_set_on_its_key_applies_in_the_same_round_trip(settings):
+    tenancy = Tenancy(settings)
+    await tenancy.create_key("roomy", rpm=5)
+    for _ in range(5):
+        await tenancy.admit("roomy")
+    with pytest.raises(RateLimited, match="5 requests"):
+        await tenancy.admit("roomy")
+    await tenancy.close()
+
+
 async def test_rate_limit_is_shared_by_replicas_and_per_tenant(settings):
     replicas = [Tenancy(settings), Tenancy(settings)]
     # 3 requests a minute in all, whichever replica takes them.
@@ -109,6 +133,19 @@ async def test_tokens_used_are_charged_and_then_limit(settings):
     with pytest.raises(RateLimited):
         await tenancy.admit("tok")
     await tenancy.close()
+
+
+async def test_audit_appends_onto_a_remembered_head_rejoin_the_chain_another_replica_moved(settings):
+    first, second = audit.AuditLog(settings), audit.AuditLog(settings)
+    # Each remembers the head it wrote; the other's appends move the real head meanwhile.
+    for index in range(6):
+        log = first if index % 3 else second
+        await log.append(audit.Outcome(request_id=f"r{index}", tenant="t", requested_model="auto"))
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    anchor, head = audit.redis_anchor_and_head(client)
+    assert head[0] == 6 and audit.verify(audit.redis_entries(client), anchor, head) == (6, [])
+    for log in (first, second):
+        await log.close()
 
 
 async def test_audit_appends_from_replicas_form_one_chain(settings):

@@ -1,0 +1,161 @@
+"""The exact response cache: the generated tokens of a deterministic request (temperature 0, or
+a fixed seed), kept in Redis and answered again to the same tenant's same request.
+
+The key is a hash of everything that decides the answer: the tenant, the requested model, the
+operation, the whole conversation (or prompt) and every sampling parameter after the gateway's
+defaults. What is kept is the serving model's tokens, not text: a hit goes through postprocess
+again (``Pipeline``), so the output guard's current rules decide what leaves, as for a fresh
+answer. Entries live ``response_cache_ttl_s``; past ``response_cache_max_entries`` the oldest go.
+
+Not cached: requests with tools or log-probs, requests under an A/B experiment (a cached answer
+would cross variants), and answers that were blocked, failed or cut by a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.records import ChatInput
+from gateway.settings import GatewaySettings
+from llmesh.common.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+_ENTRY = "llmesh:cache:entry:"  # + sha256 hex -> JSON entry
+_INDEX = "llmesh:cache:index"  # sorted set: entry key by time stored
+
+# KEYS: entry, index. ARGV: entry JSON, TTL s, most entries. Stores the entry, forgets index
+# members whose entries expired, then drops the oldest entries beyond the bound.
+_PUT_LUA = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[2], now, KEYS[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))
+local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+if excess > 0 then
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, excess - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
+  redis.call('DEL', unpack(oldest))
+end
+return math.max(excess, 0)
+"""
+
+HIT = "hit"
+MISS = "miss"
+BYPASS = "bypass"
+# Says which of them a response was (REST header, gRPC initial metadata).
+CACHE_HEADER = "x-llmesh-cache"
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    index: int
+    token_ids: Sequence[int]
+    # The engine's finish reason; postprocess derives the released one again.
+    finish_reason: int
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    model: str
+    route_reason: str
+    usage: common_pb2.Usage
+    answers: Sequence[CachedAnswer]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "model": self.model,
+                "route_reason": self.route_reason,
+                "usage": [self.usage.prompt_tokens, self.usage.completion_tokens, self.usage.total_tokens],
+                "answers": [[a.index, list(a.token_ids), a.finish_reason] for a in self.answers],
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> CachedResponse:
+        data = json.loads(text)
+        prompt, completion, total = data["usage"]
+        return cls(
+            data["model"],
+            data["route_reason"],
+            common_pb2.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total),
+            [CachedAnswer(index, tokens, reason) for index, tokens, reason in data["answers"]],
+        )
+
+
+def deterministic(sampling: common_pb2.SamplingParams) -> bool:
+    return (sampling.HasField("temperature") and sampling.temperature == 0) or sampling.HasField("seed")
+
+
+def cache_key(request: ChatInput, sampling: common_pb2.SamplingParams, tenant: str) -> str:
+    """The hash of everything that decides the answer (``sampling`` with the defaults filled)."""
+    digest = hashlib.sha256()
+    for part in (tenant, request.model, request.operation, request.prompt if request.prompt is not None else "\0"):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    for message in request.messages:
+        digest.update(message.SerializeToString(deterministic=True))
+        digest.update(b"\0")
+    digest.update(sampling.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+class ResponseCache:
+    """One per gateway process (held by the pipeline)."""
+
+    def __init__(self, settings: GatewaySettings, client: aioredis.Redis | None = None) -> None:
+        self.settings = settings
+        self.enabled = settings.response_cache_enabled
+        self.redis = client or aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self._put = self.redis.register_script(_PUT_LUA)
+        # Stores run after the answer; kept here so close() can wait for them.
+        self._stores: set[asyncio.Task] = set()
+
+    def status(self, request: ChatInput, sampling: common_pb2.SamplingParams, experiments: bool) -> str:
+        """MISS when the request may be answered from the cache (then looked up), BYPASS when
+        its caller said no-cache, "" when it is not cacheable."""
+        if not self.enabled or request.tools or sampling.logprobs or sampling.top_logprobs or experiments:
+            return ""
+        if not deterministic(sampling):
+            return ""
+        return MISS if request.use_cache else BYPASS
+
+    async def get(self, key: str) -> CachedResponse | None:
+        try:
+            text = await self.redis.get(_ENTRY + key)
+        except RedisError:
+            # The cache is an optimisation: without Redis the request is simply generated.
+            log.warning("response cache unavailable", exc_info=True)
+            return None
+        return CachedResponse.from_json(text) if text else None
+
+    def store_later(self, key: str, response: CachedResponse) -> None:
+        """Store in the background: the answer never waits for the cache."""
+        task = asyncio.create_task(self._store(key, response))
+        self._stores.add(task)
+        task.add_done_callback(self._stores.discard)
+
+    async def _store(self, key: str, response: CachedResponse) -> None:
+        try:
+            await self._put(
+                keys=[_ENTRY + key, _INDEX],
+                args=[response.to_json(), self.settings.response_cache_ttl_s, self.settings.response_cache_max_entries],
+            )
+        except RedisError:
+            log.warning("could not store a response in the cache", exc_info=True)
+
+    async def close(self) -> None:
+        if self._stores:
+            await asyncio.gather(*self._stores, return_exceptions=True)
+        await self.redis.aclose()

@@ -1,0 +1,57 @@
+"""llmesh bench mesh's arithmetic: closed loops count what they sent and what failed, the
+percentiles are nearest-rank, and the summary compares each level with its own phase's direct
+baseline."""
+
+import asyncio
+
+from tools.bench.engine import Stream
+from tools.bench.mesh import Level, _activity, closed_loop, percentile_ms, summary
+
+
+def test_nearest_rank_percentiles():
+    values = [i / 1000 for i in range(1, 101)]  # 1..100 ms
+    assert (percentile_ms(values, 0.5), percentile_ms(values, 0.99), percentile_ms([], 0.5)) == (50.0, 99.0, 0.0)
+
+
+async def test_a_closed_loop_sends_the_count_and_counts_failures():
+    in_flight = peak = 0
+
+    async def one(index):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.001)
+        in_flight -= 1
+        if index % 10 == 0:
+            raise RuntimeError("refused")
+        return Stream(1, 0.001, 0.001)
+
+    done, errors, wall = await closed_loop(one, 4, 40)
+    assert (len(done), errors, peak) == (36, 4, 4) and wall > 0
+
+
+def _level(phase, path, p50, p99, requests, wall=1.0, model="llmesh-small"):
+    return Level(phase, path, model, "latency", 1, requests, 0, wall, p50, p50, p99, p50, 0.0, requests)
+
+
+def test_the_summary_is_against_the_same_phase_direct_baseline():
+    levels = [
+        _level("tracing on", "direct", 10, 20, 100),
+        _level("tracing on", "rest", 30, 60, 25),
+        _level("tracing off", "direct", 8, 16, 120),
+        _level("tracing off", "rest", 20, 40, 40),
+    ]
+    added = {(row["phase"], row["path"]): row for row in summary(levels)["added"]}
+    on = added[("tracing on", "rest")]
+    assert (on["added_p50_ms"], on["added_p99_ms"], on["p99_ratio"], on["throughput_share"]) == (20, 40, 3.0, 0.25)
+    assert added[("tracing off", "rest")]["added_p50_ms"] == 12
+    tracing = {row["path"]: row for row in summary(levels)["tracing"]}
+    assert tracing["rest"]["throughput_cost"] == round(1 - 25 / 40, 3)
+
+
+def test_profile_samples_go_to_their_innermost_known_component():
+    request = ["main (gateway/__main__.py:82)", "Pipeline.chat (gateway/pipeline.py:150)"]
+    assert _activity([*request, "UnaryUnaryCall._invoke (aio/_call.py:300)"]) == "gRPC client calls to the services"
+    assert _activity([*request, "Redis.execute_command (asyncio/client.py:600)"]) == "Redis client (tenancy, audit)"
+    assert _activity(request) == "gateway code (pipeline, guard, formats, edges)"
+    assert _activity(request[:1]) == "event loop and sockets (waiting included)"

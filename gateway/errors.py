@@ -102,6 +102,17 @@ class UpstreamUnavailable(GatewayError):
     phrase = "is unavailable"
 
 
+class RedisUnavailable(UpstreamUnavailable):
+    """Redis, which holds API keys, rate limits and stored objects, did not answer; the client
+    reconnects by itself once it is back, so the caller should retry shortly."""
+
+    reason = "REDIS_UNAVAILABLE"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": "1"}
+
+
 class UpstreamTimeout(GatewayError):
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
     http_status = 504

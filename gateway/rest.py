@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import anthropic_api, keys_api, readiness, responses_api
 from gateway.batch import api as batch_api
 from gateway.batch.api import MULTIPART_OVERHEAD_BYTES, Batches
-from gateway.errors import GatewayError, log_failure
+from gateway.errors import GatewayError, RedisUnavailable, log_failure
 from gateway.experiments import api as experiments_api
 from gateway.guard import Guard
 from gateway.keys_api import api_key
@@ -283,6 +284,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def gateway_error(request: Request, error: GatewayError) -> JSONResponse:
         log_failure(error)
         return _error(request, gateway_error_object(error), error.http_status, error.headers)
+
+    @app.exception_handler(RedisError)
+    async def redis_error(request: Request, error: RedisError) -> JSONResponse:
+        # What needs Redis and did not wrap its failure itself (keys, stored objects).
+        return await gateway_error(request, RedisUnavailable(f"Redis is unavailable ({type(error).__name__}); please retry."))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -39,6 +39,10 @@ class GatewaySettings(MeshSettings):
     rate_limits_enabled: bool = True
     tenant_requests_per_minute: int = Field(default=600, gt=0)
     tenant_tokens_per_minute: int = Field(default=200_000, gt=0)
+    # While Redis is away: admit requests without rate limits (true), or refuse them with 503
+    # (false); and how long a key this process verified stays valid without Redis.
+    rate_limits_fail_open: bool = False
+    auth_remember_s: float = Field(default=300.0, ge=0)
     # A blocked prompt or answer: HTTP 200 with a refusal and finish_reason content_filter,
     # or (true) HTTP 400 / INVALID_ARGUMENT with an error object.
     safety_block_as_error: bool = False

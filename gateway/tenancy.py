@@ -19,8 +19,9 @@ import grpc
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.errors import GatewayError, Unauthorized, UpstreamUnavailable
+from gateway.errors import GatewayError, RedisUnavailable, Unauthorized
 from gateway.settings import GatewaySettings
+from mesh.redis_client import async_redis
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,10 @@ class Tenancy:
 
     def __init__(self, settings: GatewaySettings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
-        self.redis = client or aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.redis = client or async_redis(settings, decode_responses=True)
         self._buckets = self.redis.register_script(_BUCKETS_LUA)
+        # API key digest -> (record, when Redis last confirmed it), for outages of Redis.
+        self._verified: dict[str, tuple[ApiKey, float]] = {}
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -176,12 +179,21 @@ class Tenancy:
             if not self.settings.auth_required:
                 return ApiKey("", self.settings.default_tenant, "", 0)
             raise Unauthorized("A valid API key is required (Authorization: Bearer <key>).")
+        digest = hash_key(key)
         try:
-            record = _record(await self.redis.hgetall(_BY_HASH + hash_key(key)))
+            record = _record(await self.redis.hgetall(_BY_HASH + digest))
         except RedisError as error:
-            raise UpstreamUnavailable("The API key store is unavailable; please retry.") from error
+            # A key this process verified a moment ago stays valid while Redis is away: only
+            # keys seen within the window, so revoking a key still takes effect at once
+            # whenever Redis answers.
+            remembered, at = self._verified.get(digest, (None, 0.0))
+            if remembered is not None and time.monotonic() - at <= self.settings.auth_remember_s:
+                return remembered
+            raise RedisUnavailable("The API key store is unavailable; please retry.") from error
         if record is None:
+            self._verified.pop(digest, None)
             raise Unauthorized("The API key is not valid (unknown or revoked).")
+        self._verified[digest] = (record, time.monotonic())
         return record
 
     # -- rate limits -----------------------------------------------------------------------
@@ -202,7 +214,10 @@ class Tenancy:
             rpm, tpm = await self.limits(tenant)
             allowed, wait = await self._buckets(keys=_bucket_keys(tenant), args=[rpm, tpm, "admit", 0, reserve])
         except RedisError as error:
-            raise UpstreamUnavailable("The rate limiter is unavailable; please retry.") from error
+            if self.settings.rate_limits_fail_open:
+                log.warning("rate limiter unavailable: admitting unlimited", extra={"tenant": tenant, "error": str(error)})
+                return
+            raise RedisUnavailable("The rate limiter is unavailable; please retry.") from error
         if not int(allowed):
             raise RateLimited(
                 f"Rate limit reached for tenant '{tenant}' ({rpm} requests and {tpm} tokens per minute).",

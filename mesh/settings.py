@@ -77,6 +77,14 @@ class MeshSettings(BaseSettings):
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     retry_max_attempts: int = Field(default=3, ge=1, le=5)
 
+    # Redis clients (mesh.redis_client): how long to wait for a connection and for an answer,
+    # how often a pooled connection idle that long is checked before use, and how many times a
+    # command that timed out or found its connection broken is tried again on a new one.
+    redis_connect_timeout_s: float = Field(default=0.5, gt=0)
+    redis_socket_timeout_s: float = Field(default=1.0, gt=0)
+    redis_health_check_interval_s: float = Field(default=5.0, ge=0)
+    redis_retries: int = Field(default=1, ge=0, le=5)
+
     # Mutual TLS on every hop between the gateway and the services (`llmesh certs` makes the
     # files): servers require a client certificate signed by tls_ca_file, channels present
     # this process's own. tls_server_name overrides the name a channel checks the server's

@@ -12,6 +12,7 @@ import logging
 import grpc
 
 from mesh.errors import error_info
+from mesh.shedding import OVERLOADED, RETRY_AFTER_S
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,20 @@ class RedisUnavailable(UpstreamUnavailable):
         return {"retry-after": "1"}
 
 
+class Overloaded(UpstreamUnavailable):
+    """The gateway or a service is at capacity and refused the request at once (mesh.shedding)."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 429
+    error_type = "rate_limit_error"
+    reason = OVERLOADED
+    phrase = "is at capacity"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(RETRY_AFTER_S)}
+
+
 class UpstreamTimeout(GatewayError):
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
     http_status = 504
@@ -159,6 +174,8 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> GatewayError:
     info = error_info(error)
     if info and info.reason == BudgetExhausted.reason:
         cls = BudgetExhausted
+    elif info and info.reason == Overloaded.reason:
+        cls = Overloaded
     metadata = {**(info.metadata if info else {}), "service": service}
     reason = info.reason if info else None
     # Upstream messages about bad requests are written for the caller; those about failures

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import anthropic_api, keys_api, readiness, responses_api
 from gateway.batch import api as batch_api
 from gateway.batch.api import MULTIPART_OVERHEAD_BYTES, Batches
-from gateway.errors import GatewayError, RedisUnavailable, log_failure
+from gateway.errors import GatewayError, Overloaded, RedisUnavailable, log_failure
 from gateway.experiments import api as experiments_api
 from gateway.guard import Guard
 from gateway.keys_api import api_key
@@ -56,6 +56,8 @@ from gateway.models import CatalogEntry, catalog_entries
 from gateway.pipeline import Pipeline
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey
+from mesh import shedding
+from mesh.shedding import Admission
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ def create_app(
         path_limits={"/v1/files": settings.files_max_bytes + MULTIPART_OVERHEAD_BYTES},
         read_timeout_s=settings.body_read_timeout_s,
     )
+    # Outside the body limit: an overloaded gateway refuses before reading the body.
+    app.add_middleware(_Shed, admission=Admission(settings.max_concurrent_requests, settings.max_queued_requests))
     app.add_middleware(_Observe)
     _add_error_handlers(app)
     started = int(time.time())
@@ -365,6 +369,40 @@ class _BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class _Shed:
+    """Load shedding of the generation endpoints (mesh.shedding): at capacity, 429 with
+    Retry-After at once. Every REST caller is interactive (batch work runs in the batch worker)."""
+
+    _PATHS = frozenset(
+        {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/moderations", "/v1/responses", anthropic_api.PATH}
+    )
+
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self._PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.admission.acquire()
+        except shedding.Overloaded:
+            error = Overloaded(
+                f"The gateway is at capacity; retry in {shedding.RETRY_AFTER_S} s.", metadata={"service": "gateway"}
+            )
+            body = gateway_error_object(error)
+            if scope["path"] == anthropic_api.PATH:
+                body = anthropic_api.error_body(error.http_status, error.message)
+            await JSONResponse(body, status_code=error.http_status, headers=error.headers)(scope, receive, send)
+            return
+        try:
+            # Streams hold their slot to their last byte.
+            await self.app(scope, receive, send)
+        finally:
+            self.admission.release()
 
 
 class _InteractiveInFlight:

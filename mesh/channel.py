@@ -11,6 +11,7 @@ from mesh.deadlines import client_interceptors as deadline_interceptors
 from mesh.routing import client_interceptors as assignment_interceptors
 from mesh.server import transport_options
 from mesh.settings import MeshSettings
+from mesh.shedding import client_interceptors as priority_interceptors
 
 
 def service_config(settings: MeshSettings) -> str:
@@ -46,6 +47,7 @@ def build_channel(target: str, settings: MeshSettings) -> grpc.aio.Channel:
     interceptors = [
         *deadline_interceptors(settings.default_deadline_s),
         *assignment_interceptors(),
+        *priority_interceptors(settings.request_priority),
         *aio_client_interceptors(),
     ]
     if not settings.tls_enabled:

@@ -23,6 +23,7 @@ from mesh.errors import abort
 from mesh.metrics import MetricsServerInterceptor
 from mesh.logging import setup_logging
 from mesh.settings import MeshSettings
+from mesh.shedding import SheddingServerInterceptor
 from mesh.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,8 @@ def create_server(addr: str, settings: MeshSettings, *, mtls: bool = True) -> tu
             _MalformedRequestInterceptor(),
             DeadlineServerInterceptor(),
             MetricsServerInterceptor(),
+            # Innermost: what it refuses is still traced, timed and counted.
+            SheddingServerInterceptor(settings.max_concurrent_requests, settings.max_queued_requests),
         ],
         options=transport_options(settings),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -76,6 +76,13 @@ class MeshSettings(BaseSettings):
     # How long SIGTERM waits for in-flight RPCs before cancelling them.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     retry_max_attempts: int = Field(default=3, ge=1, le=5)
+    # Load shedding (mesh.shedding), per gRPC server and per REST edge: requests handled at
+    # once (0: no limit) and requests waiting for one of those slots; more are refused at once.
+    max_concurrent_requests: int = Field(default=256, ge=0)
+    max_queued_requests: int = Field(default=256, ge=0)
+    # The priority of the calls this process makes on its own behalf (the batch worker's are
+    # "batch", which services admit after waiting interactive calls).
+    request_priority: Literal["interactive", "batch"] = "interactive"
 
     # Redis clients (mesh.redis_client): how long to wait for a connection and for an answer,
     # how often a pooled connection idle that long is checked before use, and how many times a

@@ -73,6 +73,8 @@ def create_app(
     app.state.settings = settings
     app.state.guard = guard or Guard(settings, pipeline)
     app.state.batches = Batches(settings)
+    # Set on SIGTERM (mesh.server.drain): /readyz answers 503 while in-flight requests finish.
+    app.state.draining = False
     if load is not None:
         app.add_middleware(_InteractiveInFlight, load=load)
     # Added last = outermost: observation also sees the 413s the size limit answers itself.
@@ -94,6 +96,8 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
+        if app.state.draining:
+            return JSONResponse({"status": "draining", "checks": {}}, status_code=503)
         statuses = await readiness.check(settings, pipeline.channels)
         ready = readiness.is_ready(statuses)
         return JSONResponse(
@@ -474,3 +478,19 @@ class RestServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+class RestEdge:
+    """The REST server as a companion of the gateway's gRPC server (mesh.server.serve): drained
+    with it, in-flight requests and streams finishing within uvicorn's graceful timeout."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        self.server = RestServer(config)
+
+    async def run(self) -> None:
+        await self.server.serve()
+
+    async def drain(self, grace_s: float) -> None:
+        # uvicorn closes its listeners and idle connections, and waits for the requests in
+        # flight for its timeout_graceful_shutdown (the gateway sets it to grace_s).
+        self.server.should_exit = True

@@ -73,7 +73,10 @@ class MeshSettings(BaseSettings):
     grpc_keepalive_timeout_ms: int = Field(default=10_000, gt=0)
     # Deadline for a call made without one and outside any inbound deadline.
     default_deadline_s: float = Field(default=30.0, gt=0)
-    # How long SIGTERM waits for in-flight RPCs before cancelling them.
+    # On SIGTERM (mesh.server.drain): how long a process reports NOT_SERVING while still
+    # serving, so that load balancers and callers' health checks stop sending to it first, and
+    # then how long it waits for in-flight requests (streams too) before cancelling them.
+    shutdown_notice_s: float = Field(default=1.0, ge=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     retry_max_attempts: int = Field(default=3, ge=1, le=5)
     # Load shedding (mesh.shedding), per gRPC server and per REST edge: requests handled at

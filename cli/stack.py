@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -135,6 +135,13 @@ def _redis_ok(port: int) -> Callable[[], bool]:
     return check
 
 
+# The supervisor's backoff between restarts of a process: doubling from the first to the
+# longest; a process that stayed up for the reset time starts again from the first.
+RESTART_BACKOFF_FIRST_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+RESTART_BACKOFF_RESET_S = 60.0
+
+
 @dataclass
 class Child:
     name: str
@@ -144,6 +151,16 @@ class Child:
     ready_timeout_s: float = 60.0
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    # Supervision (Stack.supervise): restarts so far, exits in a row without staying up for
+    # RESTART_BACKOFF_RESET_S, when it last started, when it is due to start again after exiting.
+    restarts: int = 0
+    failures: int = 0
+    started_at: float = 0.0
+    restart_at: float | None = None
+    last_exit: int | None = None
+
+    def backoff_s(self) -> float:
+        return min(RESTART_BACKOFF_FIRST_S * 2 ** max(self.failures - 1, 0), RESTART_BACKOFF_MAX_S)
 
 
 @dataclass
@@ -174,6 +191,8 @@ class Stack:
         self.env = {**os.environ, **stack_env(self.ports, self.run_dir), **variants, **self.extra_env}
         self.children: list[Child] = []
         self.triton: TritonServer | None = None
+        # Triton as the supervisor sees it (TritonServer starts its own process).
+        self._triton_child: Child | None = None
 
     @property
     def gateway_url(self) -> str:
@@ -250,6 +269,10 @@ class Stack:
         return create_key(self.env["LLMESH_REDIS_URL"], tenant, name)[0]
 
     def _spawn(self, child: Child) -> None:
+        self._launch(child)
+        self.children.append(child)
+
+    def _launch(self, child: Child) -> None:
         logs = self.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         child.log_path = logs / f"{child.name}.log"
@@ -258,7 +281,7 @@ class Stack:
                 child.argv, env={**self.env, "LLMESH_SERVICE_NAME": child.name, **child.env}, cwd=REPO_ROOT,
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
-        self.children.append(child)
+        child.started_at = time.monotonic()
 
     def _wait(self, child: Child, started: float) -> None:
         deadline = time.monotonic() + child.ready_timeout_s
@@ -271,6 +294,16 @@ class Stack:
             time.sleep(0.2)
         raise StackError(f"{child.name} not ready after {child.ready_timeout_s:.0f}s:\n{_tail(child.log_path)}")
 
+    def _new_triton(self) -> TritonServer:
+        return TritonServer(
+            http_port=self.ports.triton_http,
+            grpc_port=self.ports.triton_grpc,
+            metrics_port=self.ports.triton_metrics,
+            otlp_endpoint=self.env["LLMESH_OTLP_ENDPOINT"],
+            log_file=self.run_dir / "logs" / "triton.log",
+            env=self.env,
+        )
+
     def start(self, triton_timeout_s: float = 300.0) -> Stack:
         started = time.monotonic()
         try:
@@ -282,14 +315,7 @@ class Stack:
                 self._spawn(child)
                 self._wait(child, started)
             if self.external_triton is None:
-                self.triton = TritonServer(
-                    http_port=self.ports.triton_http,
-                    grpc_port=self.ports.triton_grpc,
-                    metrics_port=self.ports.triton_metrics,
-                    otlp_endpoint=self.env["LLMESH_OTLP_ENDPOINT"],
-                    log_file=self.run_dir / "logs" / "triton.log",
-                    env=self.env,
-                ).start()
+                self.triton = self._new_triton().start()
             # The Python services start while Triton loads its models; they report
             # NOT_SERVING until their dependencies are ready.
             for child in rest:
@@ -307,14 +333,66 @@ class Stack:
             raise
         return self
 
-    def failed_child(self) -> Child | None:
-        """The first child that exited on its own, if any (for the supervisor loop)."""
-        for child in self.children:
-            if child.proc is not None and child.proc.poll() is not None:
-                return child
-        if self.triton is not None and self.triton.proc is not None and self.triton.proc.poll() is not None:
-            return Child("triton", [], lambda: False, proc=self.triton.proc, log_path=self.triton.log_file)
-        return None
+    def supervise(self) -> list[str]:
+        """One round of supervision (``llmesh up`` calls it every half second): a process that
+        exited is started again after its backoff, on the same ports with the same settings,
+        instead of the whole stack stopping. Returns what happened, for the console; writes
+        the status of every process to ``status_path`` (`llmesh status` reads it)."""
+        events = []
+        now = time.monotonic()
+        for child in self._supervised():
+            if child.proc is not None and child.proc.poll() is None:
+                if child.failures and now - child.started_at > RESTART_BACKOFF_RESET_S:
+                    child.failures = 0
+                continue
+            if child.restart_at is None:
+                child.last_exit = child.proc.returncode if child.proc is not None else None
+                child.failures += 1
+                child.restart_at = now + child.backoff_s()
+                events.append(f"{child.name} exited with {child.last_exit}; restarting in {child.backoff_s():g}s")
+            elif now >= child.restart_at:
+                self._restart(child)
+                child.restarts += 1
+                child.restart_at = None
+                events.append(f"{child.name} restarted (restart {child.restarts})")
+        self.write_status()
+        return events
+
+    def _supervised(self) -> list[Child]:
+        if self.triton is not None and self._triton_child is None:
+            self._triton_child = Child("triton", [], lambda: False, proc=self.triton.proc, log_path=self.triton.log_file)
+            self._triton_child.started_at = time.monotonic()
+        return [*self.children, *([self._triton_child] if self._triton_child else [])]
+
+    def _restart(self, child: Child) -> None:
+        if child is self._triton_child:
+            self.triton = self._new_triton().start()
+            child.proc, child.started_at = self.triton.proc, time.monotonic()
+        else:
+            self._launch(child)
+
+    @property
+    def status_path(self) -> Path:
+        return self.run_dir / "status.json"
+
+    def status(self) -> dict:
+        """Ports, and each process's pid, state and restarts (for `llmesh status` and tools/chaos)."""
+        processes = {}
+        for child in self._supervised():
+            alive = child.proc is not None and child.proc.poll() is None
+            processes[child.name] = {
+                "pid": child.proc.pid if child.proc is not None else None,
+                "state": "running" if alive else ("restarting" if child.restart_at is not None else "exited"),
+                "restarts": child.restarts,
+                "last_exit": child.last_exit,
+                "log": str(child.log_path) if child.log_path else None,
+            }
+        return {"gateway_url": self.gateway_url, "ports": asdict(self.ports), "processes": processes}
+
+    def write_status(self) -> None:
+        partial = self.status_path.with_suffix(".json.tmp")
+        partial.write_text(json.dumps(self.status(), indent=2))
+        partial.replace(self.status_path)
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM in reverse start order (gateway first), then kill what is left."""
@@ -333,6 +411,7 @@ class Stack:
         if self.triton is not None:
             self.triton.stop()
         self.children.clear()
+        self._triton_child = None
 
     def __enter__(self) -> Stack:
         return self.start()

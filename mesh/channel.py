@@ -42,6 +42,8 @@ def build_channel(target: str, settings: MeshSettings) -> grpc.aio.Channel:
         *transport_options(settings),
         ("grpc.enable_retries", 1),
         ("grpc.service_config", service_config(settings)),
+        # A restarted upstream is reconnected to within seconds (the default backoff grows to 120 s).
+        ("grpc.max_reconnect_backoff_ms", 2000),
     ]
     # Deadline first so the tracing interceptor records the effective timeout.
     interceptors = [

@@ -16,9 +16,18 @@ from mesh.shedding import client_interceptors as priority_interceptors
 
 def service_config(settings: MeshSettings) -> str:
     """Retries live in the service config, and only for UNAVAILABLE: the call never reached
-    a server that could have acted on it, so repeating it is safe for every method."""
+    a server that could have acted on it, so repeating it is safe for every method.
+
+    Retry throttling is the budget: each failed call takes a token, each successful one gives
+    back ``retry_budget_token_ratio``, and retries stop while fewer than half the tokens are left.
+    With an upstream that is down, at most about ``retry_budget_max_tokens / 2`` retries are
+    made in all, so retries never multiply the load on it (tools/chaos measures the ratio)."""
     return json.dumps(
         {
+            "retryThrottling": {
+                "maxTokens": settings.retry_budget_max_tokens,
+                "tokenRatio": settings.retry_budget_token_ratio,
+            },
             "methodConfig": [
                 {
                     "name": [{}],

@@ -79,6 +79,9 @@ class MeshSettings(BaseSettings):
     shutdown_notice_s: float = Field(default=1.0, ge=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     retry_max_attempts: int = Field(default=3, ge=1, le=5)
+    # Retry throttling per channel (see mesh.channel.service_config).
+    retry_budget_max_tokens: int = Field(default=10, ge=1, le=1000)
+    retry_budget_token_ratio: float = Field(default=0.1, gt=0, le=1)
     # Load shedding (mesh.shedding), per gRPC server and per REST edge: requests handled at
     # once (0: no limit) and requests waiting for one of those slots; more are refused at once.
     max_concurrent_requests: int = Field(default=256, ge=0)

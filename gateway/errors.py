@@ -12,6 +12,7 @@ import logging
 import grpc
 
 from mesh.errors import error_info
+from mesh.faults import FAULT_INJECTED
 from mesh.shedding import OVERLOADED, RETRY_AFTER_S
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,14 @@ _BY_CODE: dict[grpc.StatusCode, type[GatewayError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: UpstreamUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: UpstreamTimeout,
 }
+
+
+def injected_error(code: grpc.StatusCode, message: str) -> GatewayError:
+    """The error an injected abort with ``code`` stands for (mesh.faults)."""
+    cls = _BY_CODE.get(code, UpstreamError)
+    if cls is ModelNotFound:
+        cls = NotFound
+    return cls(message, reason=FAULT_INJECTED)
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> GatewayError:

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import anthropic_api, keys_api, readiness, responses_api
 from gateway.batch import api as batch_api
 from gateway.batch.api import MULTIPART_OVERHEAD_BYTES, Batches
-from gateway.errors import GatewayError, Overloaded, RedisUnavailable, log_failure
+from gateway.errors import GatewayError, Overloaded, RedisUnavailable, injected_error, log_failure
 from gateway.experiments import api as experiments_api
 from gateway.guard import Guard
 from gateway.keys_api import api_key
@@ -56,7 +56,8 @@ from gateway.models import CatalogEntry, catalog_entries
 from gateway.pipeline import Pipeline
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey
-from mesh import shedding
+from mesh import faults, shedding
+from mesh.faults import FaultInjector
 from mesh.shedding import Admission
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ def create_app(
         path_limits={"/v1/files": settings.files_max_bytes + MULTIPART_OVERHEAD_BYTES},
         read_timeout_s=settings.body_read_timeout_s,
     )
+    if settings.fault_injection_enabled:
+        app.add_middleware(_Faults, injector=FaultInjector(settings))
     # Outside the body limit: an overloaded gateway refuses before reading the body.
     app.add_middleware(_Shed, admission=Admission(settings.max_concurrent_requests, settings.max_queued_requests))
     app.add_middleware(_Observe)
@@ -373,6 +376,36 @@ class _BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class _Faults:
+    """Fault injection at the REST edge (mesh.faults): the gateway's own fault, and the fault
+    header (with the admin key) passed on to the services; refused without the key (403)."""
+
+    def __init__(self, app: ASGIApp, injector: FaultInjector) -> None:
+        self.app = app
+        self.injector = injector
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        header, key = headers.get(faults.FAULT_HEADER), headers.get(faults.ADMIN_KEY_HEADER)
+        try:
+            fault = self.injector.fault_for(header, key)
+        except faults.FaultRefused as error:
+            await JSONResponse(error_object(str(error), "permission_error"), status_code=403)(scope, receive, send)
+            return
+        self.injector.forward(header, key)
+        code = await faults.inject(fault)
+        if code is not None:
+            error = injected_error(code, "Fault injected into the gateway.")
+            await JSONResponse(gateway_error_object(error), status_code=error.http_status, headers=error.headers)(
+                scope, receive, send
+            )
+            return
+        await self.app(scope, receive, send)
 
 
 class _Shed:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 
 from mesh.settings import REPO_ROOT, MeshSettings, check_host_port
 
@@ -29,8 +29,6 @@ class GatewaySettings(MeshSettings):
     # perplexity under the small model, as the router measured it, is above this; 0 turns the
     # check off (the default: the small models here find much honest text very perplexing).
     injection_max_perplexity: float = Field(default=0.0, ge=0)
-    # Bearer key of the admin API (/admin/...); unset disables it.
-    admin_key: SecretStr | None = None
     # How long one readiness probe of an upstream (or Redis) may take.
     readiness_timeout_s: float = Field(default=1.0, gt=0)
     # Tenancy (gateway/tenancy.py): API keys on both edges, and per-tenant limits unless a

@@ -9,6 +9,7 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from mesh.deadlines import client_interceptors as deadline_interceptors
 from mesh.routing import client_interceptors as assignment_interceptors
+from mesh.faults import client_interceptors as fault_interceptors
 from mesh.server import transport_options
 from mesh.settings import MeshSettings
 from mesh.shedding import client_interceptors as priority_interceptors
@@ -59,6 +60,7 @@ def build_channel(target: str, settings: MeshSettings) -> grpc.aio.Channel:
         *deadline_interceptors(settings.default_deadline_s),
         *assignment_interceptors(),
         *priority_interceptors(settings.request_priority),
+        *fault_interceptors(),
         *aio_client_interceptors(),
     ]
     if not settings.tls_enabled:

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 
 from mesh.deadlines import DeadlineServerInterceptor, wrap_handler
 from mesh.errors import abort
+from mesh.faults import FaultServerInterceptor
 from mesh.metrics import MetricsServerInterceptor
 from mesh.logging import setup_logging
 from mesh.settings import MeshSettings
@@ -159,8 +160,10 @@ def create_server(addr: str, settings: MeshSettings, *, mtls: bool = True) -> tu
             _MalformedRequestInterceptor(),
             DeadlineServerInterceptor(),
             MetricsServerInterceptor(),
-            # Innermost: what it refuses is still traced, timed and counted.
+            # Inside those three: what it refuses is still traced, timed and counted.
             SheddingServerInterceptor(settings.max_concurrent_requests, settings.max_queued_requests),
+            # Innermost: an injected delay holds its slot, as a slow handler would.
+            *([FaultServerInterceptor(settings)] if settings.fault_injection_enabled else []),
         ],
         options=transport_options(settings),
     )

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+import grpc
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh.catalog import REPO_ROOT, EmbeddingModelSpec, ModelSpec, default_embedding_models, default_models
@@ -98,6 +99,17 @@ class MeshSettings(BaseSettings):
     redis_health_check_interval_s: float = Field(default=5.0, ge=0)
     redis_retries: int = Field(default=1, ge=0, le=5)
 
+    # Bearer key of the gateway's admin API (/admin/...), and what a request must present to
+    # inject faults (mesh.faults); unset disables both.
+    admin_key: SecretStr | None = None
+    # Fault injection (mesh.faults), off unless enabled: this process's own delay and abort,
+    # each for a share of its calls (0 to 1), and per request by header with the admin key.
+    fault_injection_enabled: bool = False
+    fault_delay_s: float = Field(default=0.0, ge=0)
+    fault_delay_share: float = Field(default=0.0, ge=0, le=1)
+    fault_abort_code: str = "UNAVAILABLE"
+    fault_abort_share: float = Field(default=0.0, ge=0, le=1)
+
     # Mutual TLS on every hop between the gateway and the services (`llmesh certs` makes the
     # files): servers require a client certificate signed by tls_ca_file, channels present
     # this process's own. tls_server_name overrides the name a channel checks the server's
@@ -135,6 +147,13 @@ class MeshSettings(BaseSettings):
     @classmethod
     def _host_port(cls, value: str) -> str:
         return check_host_port(value)
+
+    @field_validator("fault_abort_code")
+    @classmethod
+    def _status_code(cls, value: str) -> str:
+        if value.upper() not in grpc.StatusCode.__members__ or value.upper() == "OK":
+            raise ValueError(f"expected a gRPC status code name such as UNAVAILABLE, got {value!r}")
+        return value.upper()
 
     @field_validator("listen_addr")
     @classmethod

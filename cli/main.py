@@ -45,15 +45,24 @@ def up(
         "e.g. router:b:LLMESH_PERPLEXITY_THRESHOLD=5",
     ),
     run_dir: Path | None = typer.Option(None, help="logs, data and status.json of this stack (default .run/)"),
+    replicas: list[str] = typer.Option(
+        [], help="run SERVICE=N processes of a gRPC service, balanced with outlier ejection (repeatable), e.g. inference=2"
+    ),
 ) -> None:
     """Start the whole stack (Redis, collector, Triton, services, gateway) until Ctrl-C; a
     process that exits is restarted with backoff (`llmesh status` shows the restarts)."""
-    from cli.stack import Deployment, Ports, Stack, StackError
+    from cli.stack import SERVICES, Deployment, Ports, Stack, StackError
 
     try:
         deployments = [Deployment.parse(spec) for spec in deployment]
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--deployment") from None
+    counts = {}
+    for spec in replicas:
+        name, _, count = spec.partition("=")
+        if name not in SERVICES or not count.isdigit() or int(count) < 1:
+            raise typer.BadParameter(f"expected SERVICE=N with SERVICE one of {', '.join(SERVICES)}, got {spec!r}", param_hint="--replicas")
+        counts[name] = int(count)
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -68,6 +77,7 @@ def up(
         on_ready=lambda name, seconds: console.print(f"[green]ready[/]  {name:<12} {seconds:6.1f}s"),
         tls=tls,
         deployments=deployments,
+        replicas=counts,
         **({"run_dir": run_dir} if run_dir else {}),
     )
     console.print(f"starting llmesh (logs in {stack.run_dir / 'logs'}) ...")

@@ -29,6 +29,7 @@ from mesh.settings import REPO_ROOT
 from services.inference.triton_server import TritonServer, TritonStartError
 
 DEFAULT_RUN_DIR = REPO_ROOT / ".run"
+SERVICES = ("preprocess", "router", "inference", "postprocess")
 
 
 class StackError(RuntimeError):
@@ -178,6 +179,9 @@ class Stack:
     # A tritonserver already running (a test session's, whose engines take a while to start):
     # the stack uses it, on its ports, and leaves it running when it stops.
     external_triton: TritonServer | None = None
+    # Replicas of a gRPC service (`llmesh up --replicas inference=2`): more processes on ports
+    # of their own, all behind the service's one address list (mesh.replicas balances them).
+    replicas: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.external_triton is not None:
@@ -188,7 +192,17 @@ class Stack:
         for deployment in self.deployments:
             variant_addrs.setdefault(deployment.service, {})[deployment.name] = f"127.0.0.1:{deployment.port}"
         variants = {"LLMESH_VARIANT_ADDRS": json.dumps(variant_addrs)} if variant_addrs else {}
-        self.env = {**os.environ, **stack_env(self.ports, self.run_dir), **variants, **self.extra_env}
+        # service -> (port, metrics port) of each replica after the first.
+        self.replica_ports = {
+            service: [tuple(free_ports(2)) for _ in range(count - 1)] for service, count in self.replicas.items() if count > 1
+        }
+        replica_addrs = {
+            f"LLMESH_{service.upper()}_ADDR": ",".join(
+                f"127.0.0.1:{port}" for port in [getattr(self.ports, service), *(p for p, _ in ports)]
+            )
+            for service, ports in self.replica_ports.items()
+        }
+        self.env = {**os.environ, **stack_env(self.ports, self.run_dir), **variants, **replica_addrs, **self.extra_env}
         self.children: list[Child] = []
         self.triton: TritonServer | None = None
         # Triton as the supervisor sees it (TritonServer starts its own process).
@@ -207,10 +221,24 @@ class Stack:
         redis_dir.mkdir(parents=True, exist_ok=True)
         p = self.ports
 
-        def service(name: str, module: str, port: int) -> Child:
-            metrics_port = getattr(p, f"{name}_metrics")
-            env = {"LLMESH_METRICS_PORT": str(metrics_port), **self._tls_env(name)}
-            return Child(name, [python, "-m", module], grpc_serving(f"127.0.0.1:{port}", self._probe_credentials()), env)
+        def service(name: str, module: str, port: int, metrics_port: int, child_name: str = "") -> Child:
+            env = {
+                "LLMESH_METRICS_PORT": str(metrics_port),
+                # Its own address: the service's may be a list of replicas.
+                "LLMESH_LISTEN_ADDR": f"127.0.0.1:{port}",
+                **self._tls_env(name),
+            }
+            probe = grpc_serving(f"127.0.0.1:{port}", self._probe_credentials())
+            return Child(child_name or name, [python, "-m", module], probe, env)
+
+        def replicated(name: str) -> list[Child]:
+            module = f"services.{name}"
+            first = service(name, module, getattr(p, name), getattr(p, f"{name}_metrics"))
+            more = [
+                service(name, module, port, metrics, f"{name}-{index}")
+                for index, (port, metrics) in enumerate(self.replica_ports.get(name, []), start=2)
+            ]
+            return [first, *more]
 
         return [
             # Append-only file, fsynced every second: batch queues, records and results survive
@@ -218,11 +246,11 @@ class Stack:
             # acknowledgement redoes).
             Child("redis", redis_argv(redis_server, p.redis, redis_dir), _redis_ok(p.redis)),
             Child("collector", [python, "-m", "mesh.collector"], _http_ok(f"http://127.0.0.1:{p.collector}/healthz")),
-            service("preprocess", "services.preprocess", p.preprocess),
-            service("postprocess", "services.postprocess", p.postprocess),
+            *replicated("preprocess"),
+            *replicated("postprocess"),
             # Router and inference are ready only once their Triton models are.
-            service("router", "services.router", p.router),
-            service("inference", "services.inference", p.inference),
+            *replicated("router"),
+            *replicated("inference"),
             *(
                 Child(
                     f"{d.service}-{d.name}",

@@ -80,6 +80,10 @@ class MeshSettings(BaseSettings):
     shutdown_notice_s: float = Field(default=1.0, ge=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     retry_max_attempts: int = Field(default=3, ge=1, le=5)
+    # Outlier detection among replicas of a service (mesh.replicas), Envoy's defaults.
+    outlier_consecutive_errors: int = Field(default=5, ge=1)
+    outlier_base_ejection_s: float = Field(default=30.0, gt=0)
+    outlier_max_ejection_percent: float = Field(default=10.0, ge=0, le=100)
     # Retry throttling per channel (see mesh.channel.service_config).
     retry_budget_max_tokens: int = Field(default=10, ge=1, le=1000)
     retry_budget_token_ratio: float = Field(default=0.1, gt=0, le=1)
@@ -133,13 +137,17 @@ class MeshSettings(BaseSettings):
         """CA bundle, this process's certificate chain and private key (PEM)."""
         return self.tls_ca_file.read_bytes(), self.tls_cert_file.read_bytes(), self.tls_key_file.read_bytes()
 
+    @field_validator("preprocess_addr", "router_addr", "inference_addr", "postprocess_addr")
+    @classmethod
+    def _replica_addrs(cls, value: str) -> str:
+        # Several replicas of a service: HOST:PORT,HOST:PORT (mesh.replicas).
+        for part in value.split(","):
+            check_host_port(part.strip())
+        return value
+
     @field_validator(
         "gateway_http_addr",
         "gateway_grpc_addr",
-        "preprocess_addr",
-        "router_addr",
-        "inference_addr",
-        "postprocess_addr",
         "triton_grpc_addr",
         "triton_http_addr",
         "triton_metrics_addr",

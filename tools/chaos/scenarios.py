@@ -143,14 +143,25 @@ def _clear_during_outage(answer: Answer) -> bool:
     return answer.status == 200 or (answer.status == 503 and answer.code == "redis_unavailable")
 
 
-async def _under_load_while(stack: ChaosStack, fault: Callable[[], Awaitable[None]], clients: int = 2) -> list[Answer]:
+async def _under_load_while(
+    stack: ChaosStack,
+    fault: Callable[[], Awaitable[None]],
+    clients: int = 2,
+    record_start: list[tuple[float, Answer]] | None = None,
+) -> list[Answer]:
+    """Closed-loop clients for as long as ``fault`` runs; with ``record_start``, also each
+    answer with the time its request started."""
     async with stack.client() as http:
         answers: list[Answer] = []
         done = asyncio.Event()
 
         async def client() -> None:
             while not done.is_set():
-                answers.append(await chat(http))
+                started = time.monotonic()
+                answer = await chat(http)
+                answers.append(answer)
+                if record_start is not None:
+                    record_start.append((started, answer))
                 await asyncio.sleep(0.05)
 
         tasks = [asyncio.create_task(client()) for _ in range(clients)]
@@ -219,6 +230,51 @@ async def sigkill_service(stack: ChaosStack, process: str = "inference") -> list
     ]
 
 
+async def replica_killed(stack: ChaosStack, seconds: float = 10.0) -> list[Row]:
+    """SIGKILL one of two inference replicas under load: errors stop within 2 s (ejection),
+    every request ends by its deadline."""
+    killed_at: list[float] = []
+
+    async def kill() -> None:
+        await asyncio.sleep(2.0)
+        os.kill(stack.pid("inference-2"), signal.SIGKILL)
+        killed_at.append(time.monotonic())
+        await asyncio.sleep(seconds - 2.0)
+
+    timed: list[tuple[float, Answer]] = []
+    answers = await _under_load_while(stack, kill, clients=2, record_start=timed)
+    settle = killed_at[0] + 2.0
+    after = [answer for at, answer in timed if at >= settle]
+    errors = sum(answer.status != 200 for answer in after)
+    rate = errors / len(after) if after else 1.0
+    slowest = max(answer.seconds for answer in answers)
+    return [
+        Row(
+            "SIGKILL 1 of 2 inference replicas",
+            f"{errors} errors of {len(after)} from 2 s after the kill ({rate:.1%}); slowest {slowest:.2f} s",
+            "< 1% errors; slowest <= deadline (30 s) + 0.1 s",
+            rate < 0.01 and slowest <= 30.1,
+        )
+    ]
+
+
+async def replica_unavailable(stack: ChaosStack, requests: int = 60) -> list[Row]:
+    """One of two inference replicas answers UNAVAILABLE (injected into inference-2 only)."""
+    headers = {"x-llmesh-fault": "inference-2:abort=UNAVAILABLE", "x-llmesh-admin-key": stack.admin_key}
+    async with stack.client() as http:
+        answers = [await chat(http, headers) for _ in range(requests)]
+    errors = [i for i, answer in enumerate(answers) if answer.status != 200]
+    tail_errors = sum(answers[i].status != 200 for i in range(requests // 2, requests))
+    return [
+        Row(
+            "1 of 2 replicas UNAVAILABLE",
+            f"{len(errors)} failed of {requests} (last at #{errors[-1] + 1 if errors else 0}); {tail_errors} in the last half",
+            "ejected within 5 errors (<= 6 failed), none in the last half",
+            len(errors) <= 6 and tail_errors == 0,
+        )
+    ]
+
+
 async def _stream(http: httpx.AsyncClient, first_chunk: asyncio.Event) -> bool:
     """Whether the stream ended with [DONE] and no error event."""
     body = _body(SLOW_MODEL, max_tokens=64, stream=True)
@@ -269,6 +325,8 @@ async def sigterm_gateway(stack: ChaosStack, streams: int = MAX_CONCURRENT) -> l
 SCENARIOS: dict[str, Callable[[ChaosStack], Awaitable[list[Row]]]] = {
     "overload": overload,
     "retry-budget": retry_budget,
+    "replica-unavailable": replica_unavailable,
+    "replica-kill": replica_killed,
     "redis": redis_outage,
     "sigkill": sigkill_service,
     "sigterm": sigterm_gateway,

@@ -1,6 +1,7 @@
-"""The chaos suite's own stack: `llmesh up --free-ports` in a run directory of its own (a
-subprocess: tools import no CLI), with fault injection on, an admin key of its own and small
-admission limits; its processes are found in the status.json the supervisor writes."""
+"""The chaos suite's own stack: `llmesh up --free-ports --replicas inference=2` in a run
+directory of its own (a subprocess: tools import no CLI), with fault injection on, an admin key
+of its own and small admission limits; its processes are found in the status.json the
+supervisor writes."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class ChaosStack:
         llmesh = Path(sys.executable).with_name("llmesh")
         self.out = open(self.run_dir / "llmesh-up.log", "wb")
         self.proc = subprocess.Popen(
-            [str(llmesh), "up", "--free-ports", "--run-dir", str(self.run_dir)],
+            [str(llmesh), "up", "--free-ports", "--run-dir", str(self.run_dir), "--replicas", "inference=2"],
             env=env, stdout=self.out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + self.start_timeout_s

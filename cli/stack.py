@@ -413,6 +413,7 @@ class Stack:
                 "state": "running" if alive else ("restarting" if child.restart_at is not None else "exited"),
                 "restarts": child.restarts,
                 "last_exit": child.last_exit,
+                "metrics_port": int(child.env["LLMESH_METRICS_PORT"]) if "LLMESH_METRICS_PORT" in child.env else None,
                 "log": str(child.log_path) if child.log_path else None,
             }
         return {"gateway_url": self.gateway_url, "ports": asdict(self.ports), "processes": processes}

@@ -48,6 +48,7 @@ def test_a_killed_process_is_restarted_with_growing_backoff(tmp_path):
             "restarts": 2,
             "last_exit": -signal.SIGKILL,
             "log": None,
+            "metrics_port": None,
         }
         assert status["processes"]["sleeper"]["pid"] == child.proc.pid
     finally:

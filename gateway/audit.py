@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 
 from gateway.settings import GatewaySettings
 from llmesh.common.v1 import common_pb2
+from mesh.redis_client import async_redis
 from textkit.safety import pii
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ class AuditLog:
     def __init__(self, settings: GatewaySettings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
         self.enabled = settings.audit_enabled
-        self.redis = client or aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.redis = client or async_redis(settings, decode_responses=True)
         self._append = self.redis.register_script(_APPEND_LUA)
         self.files = AuditFiles(settings.audit_dir, settings.audit_file_max_bytes, settings.audit_retention_days)
         # The head this process last wrote or saw: the next append tries it without asking

@@ -12,6 +12,8 @@ import logging
 import grpc
 
 from mesh.errors import error_info
+from mesh.faults import FAULT_INJECTED
+from mesh.shedding import OVERLOADED, RETRY_AFTER_S
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,31 @@ class UpstreamUnavailable(GatewayError):
     phrase = "is unavailable"
 
 
+class RedisUnavailable(UpstreamUnavailable):
+    """Redis, which holds API keys, rate limits and stored objects, did not answer; the client
+    reconnects by itself once it is back, so the caller should retry shortly."""
+
+    reason = "REDIS_UNAVAILABLE"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": "1"}
+
+
+class Overloaded(UpstreamUnavailable):
+    """The gateway or a service is at capacity and refused the request at once (mesh.shedding)."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 429
+    error_type = "rate_limit_error"
+    reason = OVERLOADED
+    phrase = "is at capacity"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(RETRY_AFTER_S)}
+
+
 class UpstreamTimeout(GatewayError):
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
     http_status = 504
@@ -142,12 +169,22 @@ _BY_CODE: dict[grpc.StatusCode, type[GatewayError]] = {
 }
 
 
+def injected_error(code: grpc.StatusCode, message: str) -> GatewayError:
+    """The error an injected abort with ``code`` stands for (mesh.faults)."""
+    cls = _BY_CODE.get(code, UpstreamError)
+    if cls is ModelNotFound:
+        cls = NotFound
+    return cls(message, reason=FAULT_INJECTED)
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> GatewayError:
     """The typed error for a failed call to ``service``; keeps the upstream's ErrorInfo reason."""
     cls = _BY_CODE.get(error.code(), UpstreamError)
     info = error_info(error)
     if info and info.reason == BudgetExhausted.reason:
         cls = BudgetExhausted
+    elif info and info.reason == Overloaded.reason:
+        cls = Overloaded
     metadata = {**(info.metadata if info else {}), "service": service}
     reason = info.reason if info else None
     # Upstream messages about bad requests are written for the caller; those about failures

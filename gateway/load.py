@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.settings import GatewaySettings
+from mesh.redis_client import async_redis
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class InteractiveLoad:
 
     def __init__(self, settings: GatewaySettings, client: aioredis.Redis | None = None) -> None:
         self.interval_s = settings.interactive_load_interval_s
-        self.redis = client or aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.redis = client or async_redis(settings, decode_responses=True)
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self.in_flight = 0
         self._peak = 0

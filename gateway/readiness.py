@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-import redis.asyncio as redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.exceptions import RedisError
 
 from gateway.settings import GatewaySettings
+from mesh.redis_client import async_redis
 
 SERVING = health_pb2.HealthCheckResponse.ServingStatus.Name(health_pb2.HealthCheckResponse.SERVING)
 
@@ -30,7 +30,7 @@ async def check(settings: GatewaySettings, channels: dict[str, grpc.aio.Channel]
             names,
             await asyncio.gather(
                 *(_grpc_health(channel, timeout) for channel in channels.values()),
-                _redis_ping(settings.redis_url, timeout),
+                _redis_ping(settings),
             ),
             strict=True,
         )
@@ -58,10 +58,14 @@ async def _grpc_health(channel: grpc.aio.Channel, timeout_s: float, service: str
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 
-async def _redis_ping(url: str, timeout_s: float) -> str:
-    # A connection per probe: the gateway keeps no Redis client yet, and a probe every few
-    # seconds is cheap next to managing one's lifetime across both edges.
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+async def _redis_ping(settings: GatewaySettings) -> str:
+    # A connection per probe: a probe every few seconds is cheap next to managing one
+    # client's lifetime across both edges. No retry: a probe reports what it finds.
+    timeout = settings.readiness_timeout_s
+    probe_settings = settings.model_copy(
+        update={"redis_connect_timeout_s": timeout, "redis_socket_timeout_s": timeout, "redis_retries": 0}
+    )
+    client = async_redis(probe_settings)
     try:
         await client.ping()
     except (RedisError, OSError) as error:

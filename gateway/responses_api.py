@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BeforeValidator, Field
 from redis.exceptions import RedisError
 
-from gateway.errors import GatewayError, InvalidRequest, UpstreamUnavailable, log_failure
+from gateway.errors import GatewayError, InvalidRequest, RedisUnavailable, log_failure
 from gateway.keys_api import api_key
 from gateway.openai_format import EventStream
 from gateway.openai_schema import StrictModel
@@ -117,7 +117,7 @@ class ResponseStore:
         try:
             raw = await self.redis.get(f"{_KEY}{tenant}:{response_id}")
         except RedisError as error:
-            raise UpstreamUnavailable("The response store is unavailable; please retry.") from error
+            raise RedisUnavailable("The response store is unavailable; please retry.") from error
         if raw is None:
             raise InvalidRequest(f"No stored response '{response_id}'.", param="previous_response_id", reason="NOT_FOUND")
         return json.loads(raw)
@@ -126,7 +126,7 @@ class ResponseStore:
         try:
             await self.redis.set(f"{_KEY}{tenant}:{record['response']['id']}", json.dumps(record), ex=self.ttl_s)
         except RedisError as error:
-            raise UpstreamUnavailable("The response store is unavailable; please retry.") from error
+            raise RedisUnavailable("The response store is unavailable; please retry.") from error
 
 
 def _usage(usage: common_pb2.Usage | None) -> dict:

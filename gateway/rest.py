@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import anthropic_api, keys_api, readiness, responses_api
 from gateway.batch import api as batch_api
 from gateway.batch.api import MULTIPART_OVERHEAD_BYTES, Batches
-from gateway.errors import GatewayError, log_failure
+from gateway.errors import GatewayError, Overloaded, RedisUnavailable, injected_error, log_failure
 from gateway.experiments import api as experiments_api
 from gateway.guard import Guard
 from gateway.keys_api import api_key
@@ -58,6 +59,9 @@ from gateway.pipeline import Pipeline
 from gateway.response_cache import CACHE_HEADER
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey
+from mesh import faults, shedding
+from mesh.faults import FaultInjector
+from mesh.shedding import Admission
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,8 @@ def create_app(
     app.state.settings = settings
     app.state.guard = guard or Guard(settings, pipeline)
     app.state.batches = Batches(settings)
+    # Set on SIGTERM (mesh.server.drain): /readyz answers 503 while in-flight requests finish.
+    app.state.draining = False
     if load is not None:
         app.add_middleware(_InteractiveInFlight, load=load)
     # Added last = outermost: observation also sees the 413s the size limit answers itself.
@@ -82,6 +88,10 @@ def create_app(
         path_limits={"/v1/files": settings.files_max_bytes + MULTIPART_OVERHEAD_BYTES},
         read_timeout_s=settings.body_read_timeout_s,
     )
+    if settings.fault_injection_enabled:
+        app.add_middleware(_Faults, injector=FaultInjector(settings))
+    # Outside the body limit: an overloaded gateway refuses before reading the body.
+    app.add_middleware(_Shed, admission=Admission(settings.max_concurrent_requests, settings.max_queued_requests))
     app.add_middleware(_Observe)
     _add_error_handlers(app)
     started = int(time.time())
@@ -92,6 +102,8 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
+        if app.state.draining:
+            return JSONResponse({"status": "draining", "checks": {}}, status_code=503)
         statuses = await readiness.check(settings, pipeline.channels)
         ready = readiness.is_ready(statuses)
         return JSONResponse(
@@ -291,6 +303,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         log_failure(error)
         return _error(request, gateway_error_object(error), error.http_status, error.headers)
 
+    @app.exception_handler(RedisError)
+    async def redis_error(request: Request, error: RedisError) -> JSONResponse:
+        # What needs Redis and did not wrap its failure itself (keys, stored objects).
+        return await gateway_error(request, RedisUnavailable(f"Redis is unavailable ({type(error).__name__}); please retry."))
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         message, param = describe_validation_error(error.errors())
@@ -368,6 +385,70 @@ class _BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
+class _Faults:
+    """Fault injection at the REST edge (mesh.faults): the gateway's own fault, and the fault
+    header (with the admin key) passed on to the services; refused without the key (403)."""
+
+    def __init__(self, app: ASGIApp, injector: FaultInjector) -> None:
+        self.app = app
+        self.injector = injector
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        header, key = headers.get(faults.FAULT_HEADER), headers.get(faults.ADMIN_KEY_HEADER)
+        try:
+            fault = self.injector.fault_for(header, key)
+        except faults.FaultRefused as error:
+            await JSONResponse(error_object(str(error), "permission_error"), status_code=403)(scope, receive, send)
+            return
+        self.injector.forward(header, key)
+        code = await faults.inject(fault)
+        if code is not None:
+            error = injected_error(code, "Fault injected into the gateway.")
+            await JSONResponse(gateway_error_object(error), status_code=error.http_status, headers=error.headers)(
+                scope, receive, send
+            )
+            return
+        await self.app(scope, receive, send)
+
+
+class _Shed:
+    """Load shedding of the generation endpoints (mesh.shedding): at capacity, 429 with
+    Retry-After at once. Every REST caller is interactive (batch work runs in the batch worker)."""
+
+    _PATHS = frozenset(
+        {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/moderations", "/v1/responses", anthropic_api.PATH}
+    )
+
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self._PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.admission.acquire()
+        except shedding.Overloaded:
+            error = Overloaded(
+                f"The gateway is at capacity; retry in {shedding.RETRY_AFTER_S} s.", metadata={"service": "gateway"}
+            )
+            body = gateway_error_object(error)
+            if scope["path"] == anthropic_api.PATH:
+                body = anthropic_api.error_body(error.http_status, error.message)
+            await JSONResponse(body, status_code=error.http_status, headers=error.headers)(scope, receive, send)
+            return
+        try:
+            # Streams hold their slot to their last byte.
+            await self.app(scope, receive, send)
+        finally:
+            self.admission.release()
+
+
 class _InteractiveInFlight:
     """Counts the generation requests in flight, streams to their last byte, for batch workers
     to yield to (gateway/load.py)."""
@@ -437,3 +518,19 @@ class RestServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+class RestEdge:
+    """The REST server as a companion of the gateway's gRPC server (mesh.server.serve): drained
+    with it, in-flight requests and streams finishing within uvicorn's graceful timeout."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        self.server = RestServer(config)
+
+    async def run(self) -> None:
+        await self.server.serve()
+
+    async def drain(self, grace_s: float) -> None:
+        # uvicorn closes its listeners and idle connections, and waits for the requests in
+        # flight for its timeout_graceful_shutdown (the gateway sets it to grace_s).
+        self.server.should_exit = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 
 from mesh.settings import REPO_ROOT, MeshSettings, check_host_port
 
@@ -33,8 +33,6 @@ class GatewaySettings(MeshSettings):
     # perplexity under the small model, as the router measured it, is above this; 0 turns the
     # check off (the default: the small models here find much honest text very perplexing).
     injection_max_perplexity: float = Field(default=0.0, ge=0)
-    # Bearer key of the admin API (/admin/...); unset disables it.
-    admin_key: SecretStr | None = None
     # How long one readiness probe of an upstream (or Redis) may take.
     readiness_timeout_s: float = Field(default=1.0, gt=0)
     # Tenancy (gateway/tenancy.py): API keys on both edges, and per-tenant limits unless a
@@ -46,6 +44,10 @@ class GatewaySettings(MeshSettings):
     # How long a gateway trusts a valid API key it looked up before asking Redis again: a
     # revoked key stops working within this (at most a second); 0 asks Redis on every request.
     api_key_cache_ttl_s: float = Field(default=1.0, ge=0, le=1)
+    # While Redis is away: admit requests without rate limits (true), or refuse them with 503
+    # (false); and how long a key this process verified stays valid without Redis.
+    rate_limits_fail_open: bool = False
+    auth_remember_s: float = Field(default=300.0, ge=0)
     # A blocked prompt or answer: HTTP 200 with a refusal and finish_reason content_filter,
     # or (true) HTTP 400 / INVALID_ARGUMENT with an error object.
     safety_block_as_error: bool = False

@@ -19,8 +19,9 @@ import grpc
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.errors import GatewayError, Unauthorized, UpstreamUnavailable
+from gateway.errors import GatewayError, RedisUnavailable, Unauthorized
 from gateway.settings import GatewaySettings
+from mesh.redis_client import async_redis
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,11 @@ class Tenancy:
 
     def __init__(self, settings: GatewaySettings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
-        self.redis = client or aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.redis = client or async_redis(settings, decode_responses=True)
         self._buckets = self.redis.register_script(_BUCKETS_LUA)
-        # Key hash -> (record, monotonic time it was read): a valid key is looked up in Redis
-        # at most once per api_key_cache_ttl_s, so a revocation takes effect within that.
+        # Key hash -> (record, monotonic time Redis last confirmed it): a valid key is looked up
+        # in Redis at most once per api_key_cache_ttl_s, so a revocation takes effect within that;
+        # while Redis is away, a key confirmed within auth_remember_s stays valid.
         self._known: dict[str, tuple[ApiKey, float]] = {}
 
     async def close(self) -> None:
@@ -196,15 +198,20 @@ class Tenancy:
         try:
             record = _record(await self.redis.hgetall(_BY_HASH + digest))
         except RedisError as error:
-            raise UpstreamUnavailable("The API key store is unavailable; please retry.") from error
+            # A key this process verified a moment ago stays valid while Redis is away: only
+            # keys seen within the window, so revoking a key still takes effect at once
+            # whenever Redis answers.
+            remembered, at = self._known.get(digest, (None, 0.0))
+            if remembered is not None and time.monotonic() - at <= self.settings.auth_remember_s:
+                return remembered
+            raise RedisUnavailable("The API key store is unavailable; please retry.") from error
         if record is None:
             # Unknown keys are never remembered: a new key works at once, and guesses fill nothing.
             self._known.pop(digest, None)
             raise Unauthorized("The API key is not valid (unknown or revoked).")
-        if ttl:
-            if len(self._known) >= _KNOWN_KEYS_MAX:
-                self._known.clear()
-            self._known[digest] = (record, time.monotonic())
+        if len(self._known) >= _KNOWN_KEYS_MAX:
+            self._known.clear()
+        self._known[digest] = (record, time.monotonic())
         return record
 
     # -- rate limits -----------------------------------------------------------------------
@@ -219,7 +226,10 @@ class Tenancy:
                 keys=self._bucket_keys(tenant), args=[*self._defaults, "admit", 0, reserve]
             )
         except RedisError as error:
-            raise UpstreamUnavailable("The rate limiter is unavailable; please retry.") from error
+            if self.settings.rate_limits_fail_open:
+                log.warning("rate limiter unavailable: admitting unlimited", extra={"tenant": tenant, "error": str(error)})
+                return
+            raise RedisUnavailable("The rate limiter is unavailable; please retry.") from error
         if not int(allowed):
             raise RateLimited(
                 f"Rate limit reached for tenant '{tenant}' ({rpm} requests and {tpm} tokens per minute).",

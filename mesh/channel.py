@@ -9,43 +9,58 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from mesh.deadlines import client_interceptors as deadline_interceptors
 from mesh.routing import client_interceptors as assignment_interceptors
+from mesh.faults import client_interceptors as fault_interceptors
+from mesh.replicas import Replica, ReplicaChannel
 from mesh.server import transport_options
 from mesh.settings import MeshSettings
+from mesh.shedding import client_interceptors as priority_interceptors
 
 
 def service_config(settings: MeshSettings) -> str:
     """Retries live in the service config, and only for UNAVAILABLE: the call never reached
-    a server that could have acted on it, so repeating it is safe for every method."""
-    return json.dumps(
-        {
-            "methodConfig": [
-                {
-                    "name": [{}],
-                    "retryPolicy": {
-                        "maxAttempts": settings.retry_max_attempts,
-                        "initialBackoff": "0.05s",
-                        "maxBackoff": "1s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ]
-        }
-    )
+    a server that could have acted on it, so repeating it is safe for every method.
+
+    Retry throttling is the budget: each failed call takes a token, each successful one gives
+    back ``retry_budget_token_ratio``, and retries stop while fewer than half the tokens are left.
+    With an upstream that is down, at most about ``retry_budget_max_tokens / 2`` retries are
+    made in all, so retries never multiply the load on it (tools/chaos measures the ratio)."""
+    retry_policy = {
+        "maxAttempts": settings.retry_max_attempts,
+        "initialBackoff": "0.05s",
+        "maxBackoff": "1s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    # One attempt is no retries: gRPC refuses a retry policy of fewer than two attempts.
+    method_config = {"name": [{}], **({"retryPolicy": retry_policy} if settings.retry_max_attempts > 1 else {})}
+    throttling = {"maxTokens": settings.retry_budget_max_tokens, "tokenRatio": settings.retry_budget_token_ratio}
+    return json.dumps({"retryThrottling": throttling, "methodConfig": [method_config]})
 
 
-def build_channel(target: str, settings: MeshSettings) -> grpc.aio.Channel:
+def build_channel(target: str, settings: MeshSettings) -> grpc.aio.Channel | ReplicaChannel:
     """An aio channel with deadlines, trace-context propagation, retries and transport limits,
-    over mutual TLS when ``settings.tls_enabled``."""
+    over mutual TLS when ``settings.tls_enabled``; for a target naming several replicas
+    (``HOST:PORT,HOST:PORT``), one such channel per replica behind a balancer (mesh.replicas)."""
+    targets = [part.strip() for part in target.split(",") if part.strip()]
+    if len(targets) > 1:
+        return ReplicaChannel([Replica(one, _channel(one, settings)) for one in targets], settings)
+    return _channel(target, settings)
+
+
+def _channel(target: str, settings: MeshSettings) -> grpc.aio.Channel:
     options = [
         *transport_options(settings),
         ("grpc.enable_retries", 1),
         ("grpc.service_config", service_config(settings)),
+        # A restarted upstream is reconnected to within seconds (the default backoff grows to 120 s).
+        ("grpc.max_reconnect_backoff_ms", 2000),
     ]
     # Deadline first so the tracing interceptor records the effective timeout.
     interceptors = [
         *deadline_interceptors(settings.default_deadline_s),
         *assignment_interceptors(),
+        *priority_interceptors(settings.request_priority),
+        *fault_interceptors(),
         *aio_client_interceptors(),
     ]
     if not settings.tls_enabled:

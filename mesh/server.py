@@ -20,9 +20,11 @@ from google.protobuf.message import DecodeError
 
 from mesh.deadlines import DeadlineServerInterceptor, wrap_handler
 from mesh.errors import abort
+from mesh.faults import FaultServerInterceptor
 from mesh.metrics import MetricsServerInterceptor
 from mesh.logging import setup_logging
 from mesh.settings import MeshSettings
+from mesh.shedding import SheddingServerInterceptor
 from mesh.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
@@ -158,6 +160,10 @@ def create_server(addr: str, settings: MeshSettings, *, mtls: bool = True) -> tu
             _MalformedRequestInterceptor(),
             DeadlineServerInterceptor(),
             MetricsServerInterceptor(),
+            # Inside those three: what it refuses is still traced, timed and counted.
+            SheddingServerInterceptor(settings.max_concurrent_requests, settings.max_queued_requests),
+            # Innermost: an injected delay holds its slot, as a slow handler would.
+            *([FaultServerInterceptor(settings)] if settings.fault_injection_enabled else []),
         ],
         options=transport_options(settings),
     )
@@ -235,6 +241,38 @@ class Health:
         await self.servicer.enter_graceful_shutdown()
 
 
+class Companion(Protocol):
+    """Another edge of the same process (the gateway's REST server), run and drained with the
+    gRPC server."""
+
+    async def run(self) -> None:
+        """Serve until drained, and return once what was in flight has finished; returning
+        early (it could not bind, say) stops the process."""
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking new work; what is in flight has ``grace_s`` to finish."""
+
+
+async def drain(
+    server: grpc.aio.Server,
+    health_: Health,
+    grace_s: float | None,
+    notice_s: float = 0.0,
+    companions: Sequence[Companion] = (),
+    on_draining: Callable[[], None] | None = None,
+) -> None:
+    """Graceful drain: report NOT_SERVING (and still serve for ``notice_s``, so that load
+    balancers stop sending first), then stop taking new calls and finish those in flight,
+    streams included, within ``grace_s``; what is left after it is cancelled."""
+    await health_.set(False)
+    if on_draining is not None:
+        on_draining()
+    if notice_s:
+        await asyncio.sleep(notice_s)
+    await health_.servicer.enter_graceful_shutdown()
+    await asyncio.gather(server.stop(grace_s), *(companion.drain(grace_s or 0.0) for companion in companions))
+
+
 async def serve(
     server: grpc.aio.Server,
     health_: Health,
@@ -242,26 +280,33 @@ async def serve(
     *,
     readiness: ReadinessCheck,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    companions: Sequence[Companion] = (),
+    on_draining: Callable[[], None] | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT: report NOT_SERVING, drain in-flight calls, then close clients."""
+    """The one runner of every process: serve until SIGTERM/SIGINT, drain (see ``drain``),
+    then close clients with ``on_stop``."""
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.listen_addr.rpartition(":")[0] or "127.0.0.1")
     # The library's servicer answers SERVING until told otherwise; start from NOT_SERVING.
     await health_.set(False)
     await server.start()
     watcher = asyncio.create_task(health_.watch(readiness))
+    running = [asyncio.create_task(companion.run()) for companion in companions]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("serving", extra={"service": settings.service_name})
-    await stop.wait()
-    log.info("shutting down", extra={"grace_s": settings.shutdown_grace_s})
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopping, *running], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    log.info("shutting down", extra={"grace_s": settings.shutdown_grace_s, "notice_s": settings.shutdown_notice_s})
     watcher.cancel()
-    await health_.shutdown()
-    await server.stop(settings.shutdown_grace_s)
+    await drain(server, health_, settings.shutdown_grace_s, settings.shutdown_notice_s, companions, on_draining)
+    await asyncio.gather(*running)
     if on_stop is not None:
         await on_stop()
+    log.info("stopped")
 
 
 class MeshService(Protocol):
@@ -286,8 +331,7 @@ class RunningService:
 
     async def stop(self, grace: float | None = None) -> None:
         self.watcher.cancel()
-        await self.health.shutdown()
-        await self.server.stop(grace)
+        await drain(self.server, self.health, grace)
 
 
 async def start_service(service: MeshService, settings: MeshSettings, addr: str) -> RunningService:

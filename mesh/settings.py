@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+import grpc
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh.catalog import REPO_ROOT, EmbeddingModelSpec, ModelSpec, default_embedding_models, default_models
@@ -76,9 +77,45 @@ class MeshSettings(BaseSettings):
     grpc_keepalive_timeout_ms: int = Field(default=10_000, gt=0)
     # Deadline for a call made without one and outside any inbound deadline.
     default_deadline_s: float = Field(default=30.0, gt=0)
-    # How long SIGTERM waits for in-flight RPCs before cancelling them.
+    # On SIGTERM (mesh.server.drain): how long a process reports NOT_SERVING while still
+    # serving, so that load balancers and callers' health checks stop sending to it first, and
+    # then how long it waits for in-flight requests (streams too) before cancelling them.
+    shutdown_notice_s: float = Field(default=1.0, ge=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     retry_max_attempts: int = Field(default=3, ge=1, le=5)
+    # Outlier detection among replicas of a service (mesh.replicas), Envoy's defaults.
+    outlier_consecutive_errors: int = Field(default=5, ge=1)
+    outlier_base_ejection_s: float = Field(default=30.0, gt=0)
+    outlier_max_ejection_percent: float = Field(default=10.0, ge=0, le=100)
+    # Retry throttling per channel (see mesh.channel.service_config).
+    retry_budget_max_tokens: int = Field(default=10, ge=1, le=1000)
+    retry_budget_token_ratio: float = Field(default=0.1, gt=0, le=1)
+    # Load shedding (mesh.shedding), per gRPC server and per REST edge: requests handled at
+    # once (0: no limit) and requests waiting for one of those slots; more are refused at once.
+    max_concurrent_requests: int = Field(default=256, ge=0)
+    max_queued_requests: int = Field(default=256, ge=0)
+    # The priority of the calls this process makes on its own behalf (the batch worker's are
+    # "batch", which services admit after waiting interactive calls).
+    request_priority: Literal["interactive", "batch"] = "interactive"
+
+    # Redis clients (mesh.redis_client): how long to wait for a connection and for an answer,
+    # how often a pooled connection idle that long is checked before use, and how many times a
+    # command that timed out or found its connection broken is tried again on a new one.
+    redis_connect_timeout_s: float = Field(default=0.5, gt=0)
+    redis_socket_timeout_s: float = Field(default=0.5, gt=0)
+    redis_health_check_interval_s: float = Field(default=5.0, ge=0)
+    redis_retries: int = Field(default=1, ge=0, le=5)
+
+    # Bearer key of the gateway's admin API (/admin/...), and what a request must present to
+    # inject faults (mesh.faults); unset disables both.
+    admin_key: SecretStr | None = None
+    # Fault injection (mesh.faults), off unless enabled: this process's own delay and abort,
+    # each for a share of its calls (0 to 1), and per request by header with the admin key.
+    fault_injection_enabled: bool = False
+    fault_delay_s: float = Field(default=0.0, ge=0)
+    fault_delay_share: float = Field(default=0.0, ge=0, le=1)
+    fault_abort_code: str = "UNAVAILABLE"
+    fault_abort_share: float = Field(default=0.0, ge=0, le=1)
 
     # Mutual TLS on every hop between the gateway and the services (`llmesh certs` makes the
     # files): servers require a client certificate signed by tls_ca_file, channels present
@@ -103,13 +140,17 @@ class MeshSettings(BaseSettings):
         """CA bundle, this process's certificate chain and private key (PEM)."""
         return self.tls_ca_file.read_bytes(), self.tls_cert_file.read_bytes(), self.tls_key_file.read_bytes()
 
+    @field_validator("preprocess_addr", "router_addr", "inference_addr", "postprocess_addr")
+    @classmethod
+    def _replica_addrs(cls, value: str) -> str:
+        # Several replicas of a service: HOST:PORT,HOST:PORT (mesh.replicas).
+        for part in value.split(","):
+            check_host_port(part.strip())
+        return value
+
     @field_validator(
         "gateway_http_addr",
         "gateway_grpc_addr",
-        "preprocess_addr",
-        "router_addr",
-        "inference_addr",
-        "postprocess_addr",
         "triton_grpc_addr",
         "triton_http_addr",
         "triton_metrics_addr",
@@ -117,6 +158,13 @@ class MeshSettings(BaseSettings):
     @classmethod
     def _host_port(cls, value: str) -> str:
         return check_host_port(value)
+
+    @field_validator("fault_abort_code")
+    @classmethod
+    def _status_code(cls, value: str) -> str:
+        if value.upper() not in grpc.StatusCode.__members__ or value.upper() == "OK":
+            raise ValueError(f"expected a gRPC status code name such as UNAVAILABLE, got {value!r}")
+        return value.upper()
 
     @field_validator("listen_addr")
     @classmethod

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -30,6 +30,7 @@ from mesh.settings import REPO_ROOT
 from services.inference.triton_server import TritonServer, TritonStartError
 
 DEFAULT_RUN_DIR = REPO_ROOT / ".run"
+SERVICES = ("preprocess", "router", "inference", "postprocess")
 
 
 class StackError(RuntimeError):
@@ -136,6 +137,13 @@ def _redis_ok(port: int) -> Callable[[], bool]:
     return check
 
 
+# The supervisor's backoff between restarts of a process: doubling from the first to the
+# longest; a process that stayed up for the reset time starts again from the first.
+RESTART_BACKOFF_FIRST_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+RESTART_BACKOFF_RESET_S = 60.0
+
+
 @dataclass
 class Child:
     name: str
@@ -145,6 +153,16 @@ class Child:
     ready_timeout_s: float = 60.0
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    # Supervision (Stack.supervise): restarts so far, exits in a row without staying up for
+    # RESTART_BACKOFF_RESET_S, when it last started, when it is due to start again after exiting.
+    restarts: int = 0
+    failures: int = 0
+    started_at: float = 0.0
+    restart_at: float | None = None
+    last_exit: int | None = None
+
+    def backoff_s(self) -> float:
+        return min(RESTART_BACKOFF_FIRST_S * 2 ** max(self.failures - 1, 0), RESTART_BACKOFF_MAX_S)
 
 
 @dataclass
@@ -162,6 +180,9 @@ class Stack:
     # A tritonserver already running (a test session's, whose engines take a while to start):
     # the stack uses it, on its ports, and leaves it running when it stops.
     external_triton: TritonServer | None = None
+    # Replicas of a gRPC service (`llmesh up --replicas inference=2`): more processes on ports
+    # of their own, all behind the service's one address list (mesh.replicas balances them).
+    replicas: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.external_triton is not None:
@@ -172,9 +193,21 @@ class Stack:
         for deployment in self.deployments:
             variant_addrs.setdefault(deployment.service, {})[deployment.name] = f"127.0.0.1:{deployment.port}"
         variants = {"LLMESH_VARIANT_ADDRS": json.dumps(variant_addrs)} if variant_addrs else {}
-        self.env = {**os.environ, **stack_env(self.ports, self.run_dir), **variants, **self.extra_env}
+        # service -> (port, metrics port) of each replica after the first.
+        self.replica_ports = {
+            service: [tuple(free_ports(2)) for _ in range(count - 1)] for service, count in self.replicas.items() if count > 1
+        }
+        replica_addrs = {
+            f"LLMESH_{service.upper()}_ADDR": ",".join(
+                f"127.0.0.1:{port}" for port in [getattr(self.ports, service), *(p for p, _ in ports)]
+            )
+            for service, ports in self.replica_ports.items()
+        }
+        self.env = {**os.environ, **stack_env(self.ports, self.run_dir), **variants, **replica_addrs, **self.extra_env}
         self.children: list[Child] = []
         self.triton: TritonServer | None = None
+        # Triton as the supervisor sees it (TritonServer starts its own process).
+        self._triton_child: Child | None = None
 
     @property
     def gateway_url(self) -> str:
@@ -189,10 +222,24 @@ class Stack:
         redis_dir.mkdir(parents=True, exist_ok=True)
         p = self.ports
 
-        def service(name: str, module: str, port: int) -> Child:
-            metrics_port = getattr(p, f"{name}_metrics")
-            env = {"LLMESH_METRICS_PORT": str(metrics_port), **self._tls_env(name)}
-            return Child(name, [python, "-m", module], grpc_serving(f"127.0.0.1:{port}", self._probe_credentials()), env)
+        def service(name: str, module: str, port: int, metrics_port: int, child_name: str = "") -> Child:
+            env = {
+                "LLMESH_METRICS_PORT": str(metrics_port),
+                # Its own address: the service's may be a list of replicas.
+                "LLMESH_LISTEN_ADDR": f"127.0.0.1:{port}",
+                **self._tls_env(name),
+            }
+            probe = grpc_serving(f"127.0.0.1:{port}", self._probe_credentials())
+            return Child(child_name or name, [python, "-m", module], probe, env)
+
+        def replicated(name: str) -> list[Child]:
+            module = f"services.{name}"
+            first = service(name, module, getattr(p, name), getattr(p, f"{name}_metrics"))
+            more = [
+                service(name, module, port, metrics, f"{name}-{index}")
+                for index, (port, metrics) in enumerate(self.replica_ports.get(name, []), start=2)
+            ]
+            return [first, *more]
 
         return [
             # Append-only file, fsynced every second: batch queues, records and results survive
@@ -200,11 +247,11 @@ class Stack:
             # acknowledgement redoes).
             Child("redis", redis_argv(redis_server, p.redis, redis_dir), _redis_ok(p.redis)),
             Child("collector", [python, "-m", "mesh.collector"], _http_ok(f"http://127.0.0.1:{p.collector}/healthz")),
-            service("preprocess", "services.preprocess", p.preprocess),
-            service("postprocess", "services.postprocess", p.postprocess),
+            *replicated("preprocess"),
+            *replicated("postprocess"),
             # Router and inference are ready only once their Triton models are.
-            service("router", "services.router", p.router),
-            service("inference", "services.inference", p.inference),
+            *replicated("router"),
+            *replicated("inference"),
             *(
                 Child(
                     f"{d.service}-{d.name}",
@@ -260,6 +307,10 @@ class Stack:
         return asyncio.run(create())
 
     def _spawn(self, child: Child) -> None:
+        self._launch(child)
+        self.children.append(child)
+
+    def _launch(self, child: Child) -> None:
         logs = self.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         child.log_path = logs / f"{child.name}.log"
@@ -268,7 +319,7 @@ class Stack:
                 child.argv, env={**self.env, "LLMESH_SERVICE_NAME": child.name, **child.env}, cwd=REPO_ROOT,
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
-        self.children.append(child)
+        child.started_at = time.monotonic()
 
     def _wait(self, child: Child, started: float) -> None:
         deadline = time.monotonic() + child.ready_timeout_s
@@ -281,6 +332,16 @@ class Stack:
             time.sleep(0.2)
         raise StackError(f"{child.name} not ready after {child.ready_timeout_s:.0f}s:\n{_tail(child.log_path)}")
 
+    def _new_triton(self) -> TritonServer:
+        return TritonServer(
+            http_port=self.ports.triton_http,
+            grpc_port=self.ports.triton_grpc,
+            metrics_port=self.ports.triton_metrics,
+            otlp_endpoint=self.env["LLMESH_OTLP_ENDPOINT"],
+            log_file=self.run_dir / "logs" / "triton.log",
+            env=self.env,
+        )
+
     def start(self, triton_timeout_s: float = 300.0) -> Stack:
         started = time.monotonic()
         try:
@@ -292,14 +353,7 @@ class Stack:
                 self._spawn(child)
                 self._wait(child, started)
             if self.external_triton is None:
-                self.triton = TritonServer(
-                    http_port=self.ports.triton_http,
-                    grpc_port=self.ports.triton_grpc,
-                    metrics_port=self.ports.triton_metrics,
-                    otlp_endpoint=self.env["LLMESH_OTLP_ENDPOINT"],
-                    log_file=self.run_dir / "logs" / "triton.log",
-                    env=self.env,
-                ).start()
+                self.triton = self._new_triton().start()
             # The Python services start while Triton loads its models; they report
             # NOT_SERVING until their dependencies are ready.
             for child in rest:
@@ -317,14 +371,67 @@ class Stack:
             raise
         return self
 
-    def failed_child(self) -> Child | None:
-        """The first child that exited on its own, if any (for the supervisor loop)."""
-        for child in self.children:
-            if child.proc is not None and child.proc.poll() is not None:
-                return child
-        if self.triton is not None and self.triton.proc is not None and self.triton.proc.poll() is not None:
-            return Child("triton", [], lambda: False, proc=self.triton.proc, log_path=self.triton.log_file)
-        return None
+    def supervise(self) -> list[str]:
+        """One round of supervision (``llmesh up`` calls it every half second): a process that
+        exited is started again after its backoff, on the same ports with the same settings,
+        instead of the whole stack stopping. Returns what happened, for the console; writes
+        the status of every process to ``status_path`` (`llmesh status` reads it)."""
+        events = []
+        now = time.monotonic()
+        for child in self._supervised():
+            if child.proc is not None and child.proc.poll() is None:
+                if child.failures and now - child.started_at > RESTART_BACKOFF_RESET_S:
+                    child.failures = 0
+                continue
+            if child.restart_at is None:
+                child.last_exit = child.proc.returncode if child.proc is not None else None
+                child.failures += 1
+                child.restart_at = now + child.backoff_s()
+                events.append(f"{child.name} exited with {child.last_exit}; restarting in {child.backoff_s():g}s")
+            elif now >= child.restart_at:
+                self._restart(child)
+                child.restarts += 1
+                child.restart_at = None
+                events.append(f"{child.name} restarted (restart {child.restarts})")
+        self.write_status()
+        return events
+
+    def _supervised(self) -> list[Child]:
+        if self.triton is not None and self._triton_child is None:
+            self._triton_child = Child("triton", [], lambda: False, proc=self.triton.proc, log_path=self.triton.log_file)
+            self._triton_child.started_at = time.monotonic()
+        return [*self.children, *([self._triton_child] if self._triton_child else [])]
+
+    def _restart(self, child: Child) -> None:
+        if child is self._triton_child:
+            self.triton = self._new_triton().start()
+            child.proc, child.started_at = self.triton.proc, time.monotonic()
+        else:
+            self._launch(child)
+
+    @property
+    def status_path(self) -> Path:
+        return self.run_dir / "status.json"
+
+    def status(self) -> dict:
+        """Ports, and each process's pid, state and restarts (for `llmesh status` and tools/chaos)."""
+        processes = {}
+        for child in self._supervised():
+            alive = child.proc is not None and child.proc.poll() is None
+            processes[child.name] = {
+                "pid": child.proc.pid if child.proc is not None else None,
+                "state": "running" if alive else ("restarting" if child.restart_at is not None else "exited"),
+                "restarts": child.restarts,
+                "last_exit": child.last_exit,
+                "metrics_port": int(child.env["LLMESH_METRICS_PORT"]) if "LLMESH_METRICS_PORT" in child.env else None,
+                "log": str(child.log_path) if child.log_path else None,
+            }
+        return {"gateway_url": self.gateway_url, "ports": asdict(self.ports), "processes": processes}
+
+    def write_status(self) -> None:
+        partial = self.status_path.with_suffix(".json.tmp")
+        partial.write_text(json.dumps(self.status(), indent=2))
+        partial.replace(self.status_path)
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM in reverse start order (gateway first), then kill what is left."""
@@ -343,6 +450,7 @@ class Stack:
         if self.triton is not None:
             self.triton.stop()
         self.children.clear()
+        self._triton_child = None
 
     def __enter__(self) -> Stack:
         return self.start()

@@ -43,7 +43,7 @@ class Batches:
 
     def __init__(self, settings: GatewaySettings, storage: FileStorage | None = None) -> None:
         self.settings = settings
-        self.store = BatchStore(settings.redis_url)
+        self.store = BatchStore(settings)
         self.storage = storage or storage_for(settings)
         self.celery = create_celery(settings)
 

@@ -22,6 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_a
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from mesh import semconv
+from mesh.redis_client import sync_redis
+from mesh.settings import MeshSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,8 @@ _RATE_WINDOW_S = 30.0
 class BatchCollector:
     """What the main process adds at each scrape: queue length and the recent line rate."""
 
-    def __init__(self, redis_url: str, queue: str, registry: CollectorRegistry) -> None:
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    def __init__(self, settings: MeshSettings, queue: str, registry: CollectorRegistry) -> None:
+        self.redis = sync_redis(settings)
         self.queue = queue
         self._lines = multiprocess.MultiProcessCollector(None)
         self._samples: collections.deque[tuple[float, float]] = collections.deque()
@@ -94,11 +96,11 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def serve_http(host: str, port: int, redis_url: str, queue: str, ready: Callable[[], bool]) -> WSGIServer:
+def serve_http(host: str, port: int, settings: MeshSettings, queue: str, ready: Callable[[], bool]) -> WSGIServer:
     """Starts the endpoint in background threads; ``ready`` answers /readyz."""
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    collector = BatchCollector(redis_url, queue, registry)
+    collector = BatchCollector(settings, queue, registry)
     metrics_app = make_wsgi_app(registry)
 
     def app(environ, start_response):

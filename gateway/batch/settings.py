@@ -4,6 +4,7 @@ gateway's own settings (pipeline, tenancy, files, queue) plus how the worker run
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -12,6 +13,8 @@ from gateway.settings import GatewaySettings
 
 class BatchSettings(GatewaySettings):
     service_name: str = "batch"
+    # Services admit the batch worker's calls after the interactive calls waiting with them.
+    request_priority: Literal["interactive", "batch"] = "batch"
 
     # Celery prefork pool processes; each has one event loop, one pipeline and its own
     # lines in flight.

@@ -28,7 +28,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import RedisUnavailable
+from mesh.redis_client import async_redis
+from mesh.settings import MeshSettings
 
 _FILE = "llmesh:file:"
 _TENANT_FILES = "llmesh:files:"
@@ -195,7 +197,7 @@ def _available(what: str) -> Iterator[None]:
     try:
         yield
     except (RedisError, OSError) as error:
-        raise UpstreamUnavailable(f"The {what} store is unavailable; please retry.") from error
+        raise RedisUnavailable(f"The {what} store is unavailable; please retry.") from error
 
 
 def _results_key(batch_id: str) -> str:
@@ -205,8 +207,8 @@ def _results_key(batch_id: str) -> str:
 class BatchStore:
     """Used by the REST edge (whose callers get 503 when Redis is away) and by the workers."""
 
-    def __init__(self, redis_url: str, client: aioredis.Redis | None = None) -> None:
-        self.redis = client or aioredis.Redis.from_url(redis_url, decode_responses=True)
+    def __init__(self, settings: MeshSettings, client: aioredis.Redis | None = None) -> None:
+        self.redis = client or async_redis(settings, decode_responses=True)
         self._record = self.redis.register_script(_RECORD_LUA)
         self._transition = self.redis.register_script(_TRANSITION_LUA)
 

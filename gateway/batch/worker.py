@@ -21,7 +21,6 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import astuple
 from typing import Any, TypeVar
 
-import redis
 from celery import Celery, signals
 from celery.exceptions import Reject, Retry
 from kombu.exceptions import OperationalError
@@ -36,6 +35,7 @@ from gateway.batch.store import BatchStore
 from gateway.errors import UpstreamUnavailable
 from gateway.guard import Guard
 from gateway.pipeline import Pipeline
+from mesh.redis_client import sync_redis
 from mesh.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class WorkerProcess:
         # Built inside the loop: aio channels and clients bind to the loop that creates them.
         pipeline = Pipeline(self.settings)
         guard = Guard(self.settings, pipeline, quota_reserve=self.settings.batch_quota_reserve)
-        runner = BatchRunner(self.settings, guard, BatchStore(self.settings.redis_url), storage_for(self.settings))
+        runner = BatchRunner(self.settings, guard, BatchStore(self.settings), storage_for(self.settings))
         self._background = [
             asyncio.create_task(runner.watch_load()),
             asyncio.create_task(runner.report_ready(self.node)),
@@ -180,7 +180,7 @@ class _Readiness:
         self.settings = settings
         self.node = node
         self.consuming = threading.Event()
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.redis = sync_redis(settings)
 
     def __call__(self) -> bool:
         if not self.consuming.is_set():
@@ -213,7 +213,7 @@ def run(settings: BatchSettings) -> None:
     signals.worker_shutting_down.connect(lambda **_: readiness.consuming.clear(), weak=False)
     if settings.metrics_port:
         host = settings.listen_addr.rpartition(":")[0] or "127.0.0.1"
-        metrics.serve_http(host, settings.metrics_port, settings.redis_url, settings.batch_queue, readiness)
+        metrics.serve_http(host, settings.metrics_port, settings, settings.batch_queue, readiness)
     # Celery's warnings (running as root, say) in the one log format too.
     logging.captureWarnings(True)
     if settings.log_level.upper() != "DEBUG":

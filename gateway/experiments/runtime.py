@@ -55,7 +55,7 @@ class Experiments:
 
     def __init__(self, settings: GatewaySettings, channels: dict[str, grpc.aio.Channel]) -> None:
         self.settings = settings
-        self.store = ExperimentStore.from_url(settings.redis_url)
+        self.store = ExperimentStore.from_url(settings.redis_url, settings)
         self.pool = ChannelPool(settings, channels)
         self.replay: Callable[[ChatInput, Trial], Awaitable[ChatResult]] | None = None
         # Running experiments this gateway can serve, by name.

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import redis.asyncio as redis
 
 from gateway.experiments.definitions import Experiment
+from mesh.redis_client import async_redis
+from mesh.settings import MeshSettings
 
 PREFIX = "llmesh:exp:"
 DEFS = PREFIX + "defs"
@@ -102,8 +104,8 @@ class ExperimentStore:
         self.redis = client
 
     @classmethod
-    def from_url(cls, url: str, timeout_s: float = 2.0) -> ExperimentStore:
-        return cls(redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s))
+    def from_url(cls, url: str, settings: MeshSettings | None = None) -> ExperimentStore:
+        return cls(async_redis(settings or MeshSettings(redis_url=url), url))
 
     async def close(self) -> None:
         await self.redis.aclose()

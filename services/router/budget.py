@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as redis
 
+from mesh.redis_client import async_redis
+
 KEY = "llmesh:budget:{tenant}:{day}"
 
 
@@ -42,7 +44,7 @@ class Budgets:
 
     @classmethod
     def from_settings(cls, settings) -> Budgets:
-        return cls(dict(settings.tenant_budgets), redis.Redis.from_url(settings.redis_url, socket_timeout=0.5))
+        return cls(dict(settings.tenant_budgets), async_redis(settings))
 
     def _key(self, tenant: str, now: dt.datetime) -> str:
         return KEY.format(tenant=tenant, day=_day(now))

@@ -43,7 +43,7 @@ class _ProfanityModel:
     calibration, averaged) computed as one sparse product and one sigmoid: the same
     probabilities as its ``predict_prob``, but without scikit-learn's per-call checks across
     the five estimators, which cost about 7 ms a text, on every answer the output guard reads
-    (tests/unit/test_safety_profanity.py holds the two equal)."""
+    (tests/unit/textkit/safety/test_scanners_profanity.py holds the two equal)."""
 
     def __init__(self, vectorizer, model) -> None:
         import numpy as np

@@ -1,0 +1,390 @@
+"""The chaos scenarios: each does something bad to the running stack, under load, and returns the
+figures it measured against their pass criteria. Every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from tools.chaos.stack import EJECTION_S, MAX_CONCURRENT, MAX_QUEUED, ChaosStack
+
+# llmesh's own small model answers in milliseconds: the load is the mesh's, not the engine's.
+FAST_MODEL = "llmesh-small"
+# SmolLM2 takes a few seconds for 64 tokens: long enough to be in flight during a SIGTERM.
+SLOW_MODEL = "smollm2-135m-instruct"
+STREAM_TOKENS = 100
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    figure: str
+    criterion: str
+    passed: bool
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    code: str
+    seconds: float
+
+
+def _body(model: str = FAST_MODEL, max_tokens: int = 8, stream: bool = False) -> dict:
+    content = "Name a colour."
+    return {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "stream": stream}
+
+
+async def chat(http: httpx.AsyncClient, headers: dict | None = None, timeout_s: float = 30.0) -> Answer:
+    started = time.perf_counter()
+    try:
+        response = await http.post("/chat/completions", json=_body(), headers=headers or {}, timeout=timeout_s)
+    except httpx.HTTPError as error:
+        return Answer(0, type(error).__name__, time.perf_counter() - started)
+    code = "" if response.status_code == 200 else (response.json().get("error") or {}).get("code") or ""
+    return Answer(response.status_code, code, time.perf_counter() - started)
+
+
+async def load(http: httpx.AsyncClient, clients: int, seconds: float, pause_after_refusal_s: float = 0.05) -> list[Answer]:
+    """Closed-loop clients for ``seconds``; a refused client pauses briefly before its next try."""
+    answers: list[Answer] = []
+    stop_at = time.monotonic() + seconds
+
+    async def client() -> None:
+        while time.monotonic() < stop_at:
+            answer = await chat(http)
+            answers.append(answer)
+            if answer.status != 200:
+                await asyncio.sleep(pause_after_refusal_s)
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return answers
+
+
+async def serving_again(http: httpx.AsyncClient, since: float, timeout_s: float) -> float | None:
+    """Seconds from ``since`` until a request is answered 200, or None within ``timeout_s``."""
+    while time.monotonic() - since < timeout_s:
+        if (await chat(http, timeout_s=5.0)).status == 200:
+            return time.monotonic() - since
+        await asyncio.sleep(0.2)
+    return None
+
+
+def _p99_ms(seconds: list[float]) -> float:
+    return float(np.percentile(seconds, 99) * 1000) if seconds else float("nan")
+
+
+def _refusals_by_bucket(metrics_text: str) -> dict[float, float]:
+    """The gateway's own histogram of its 429 answers: upper bound (s) -> cumulative count."""
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "llmesh_gateway_request_duration_seconds_bucket" and sample.labels.get("status") == "429":
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+    return buckets
+
+
+async def overload(stack: ChaosStack) -> list[Row]:
+    """3x overload: refusals come at once, accepted requests keep their latency."""
+    metrics_url = f"{stack.gateway_url}/metrics"
+    async with stack.client() as http, httpx.AsyncClient(timeout=5) as metrics:
+        for _ in range(5):  # warm-up: the first requests of a model are slower
+            await chat(http)
+        baseline = [(await chat(http)).seconds for _ in range(30)]
+        before = _refusals_by_bucket((await metrics.get(metrics_url)).text)
+        answers = await load(http, clients=3 * (MAX_CONCURRENT + MAX_QUEUED), seconds=10.0)
+        after = _refusals_by_bucket((await metrics.get(metrics_url)).text)
+    counted = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
+    within = after.get(0.05, 0.0) - before.get(0.05, 0.0)
+    server_share = within / counted if counted else 0.0
+    accepted = [a.seconds for a in answers if a.status == 200]
+    refused = [a.seconds for a in answers if a.status == 429 and a.code == "overloaded"]
+    other = len(answers) - len(accepted) - len(refused)
+    ratio = _p99_ms(accepted) / _p99_ms(baseline)
+    p50_refused = float(np.median(refused) * 1000) if refused else float("nan")
+    return [
+        Row(
+            "3x overload: refusals",
+            f"{len(refused)} refused of {len(answers)}: {server_share:.1%} answered by the gateway within 50 ms; "
+            f"at the client p50 {p50_refused:.1f} ms, p99 {_p99_ms(refused):.1f} ms; {other} other errors",
+            ">= 99% within 50 ms at the gateway, no other errors",
+            bool(refused) and server_share >= 0.99 and other == 0,
+        ),
+        Row(
+            "3x overload: accepted",
+            f"p99 {_p99_ms(accepted):.0f} ms vs {_p99_ms(baseline):.0f} ms unloaded ({ratio:.2f}x)",
+            "<= 2x unloaded p99",
+            ratio <= 2.0,
+        ),
+    ]
+
+
+def _unavailable_generate_calls(metrics_text: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "llmesh_rpc_server_requests_total"
+                and labels.get("method", "").endswith("/Generate")
+                and labels.get("code") == "UNAVAILABLE"
+            ):
+                total += sample.value
+    return total
+
+
+async def retry_budget(stack: ChaosStack, requests: int = 40) -> list[Row]:
+    """The inference service answers UNAVAILABLE to everything (injected): attempts per request."""
+    replicas = ("inference", "inference-2")
+    faults = ",".join(f"{replica}:abort=UNAVAILABLE" for replica in replicas)
+    headers = {"x-llmesh-fault": faults, "x-llmesh-admin-key": stack.admin_key}
+
+    async def attempts(metrics: httpx.AsyncClient) -> float:
+        pages = [(await metrics.get(stack.metrics_url(replica))).text for replica in replicas]
+        return sum(_unavailable_generate_calls(page) for page in pages)
+
+    async with httpx.AsyncClient(timeout=5) as metrics, stack.client() as http:
+        before = await attempts(metrics)
+        answers = [await chat(http, headers) for _ in range(requests)]
+        after = await attempts(metrics)
+    # One replica was ejected: let it come back before the next scenario.
+    await asyncio.sleep(EJECTION_S + 1)
+    ratio = (after - before) / requests
+    failed_clearly = sum(a.status == 503 for a in answers)
+    return [
+        Row(
+            "upstream 100% UNAVAILABLE (both replicas)",
+            f"{after - before:.0f} attempts / {requests} requests = {ratio:.2f}; {failed_clearly} answered 503",
+            "<= 1.2",
+            ratio <= 1.2 and failed_clearly == requests,
+        )
+    ]
+
+
+def _clear_during_outage(answer: Answer) -> bool:
+    return answer.status == 200 or (answer.status == 503 and answer.code == "redis_unavailable")
+
+
+async def _under_load_while(
+    stack: ChaosStack,
+    fault: Callable[[], Awaitable[None]],
+    clients: int = 2,
+    record_start: list[tuple[float, Answer]] | None = None,
+) -> list[Answer]:
+    """Closed-loop clients for as long as ``fault`` runs; with ``record_start``, also each
+    answer with the time its request started."""
+    async with stack.client() as http:
+        answers: list[Answer] = []
+        done = asyncio.Event()
+
+        async def client() -> None:
+            while not done.is_set():
+                started = time.monotonic()
+                answer = await chat(http)
+                answers.append(answer)
+                if record_start is not None:
+                    record_start.append((started, answer))
+                await asyncio.sleep(0.05)
+
+        tasks = [asyncio.create_task(client()) for _ in range(clients)]
+        try:
+            await fault()
+        finally:
+            done.set()
+            await asyncio.gather(*tasks)
+    return answers
+
+
+async def redis_outage(stack: ChaosStack, hang_s: float = 4.0) -> list[Row]:
+    """Redis frozen (SIGSTOP: connections hang), then killed (SIGKILL: the supervisor restarts it)."""
+    gateway_restarts = stack.restarts("gateway")
+    redis_pid = stack.pid("redis")
+
+    async def hang() -> None:
+        await asyncio.sleep(1.0)
+        os.kill(redis_pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(hang_s)
+        finally:
+            os.kill(redis_pid, signal.SIGCONT)
+        await asyncio.sleep(1.0)
+
+    hung = await _under_load_while(stack, hang)
+    slowest = max(a.seconds for a in hung)
+    unclear = [a for a in hung if not _clear_during_outage(a)]
+    rows = [
+        Row(
+            "Redis hung (SIGSTOP) under load",
+            f"{len(hung)} answers, {len(unclear)} unclear, slowest {slowest:.2f} s",
+            "every answer 200 or 503 redis_unavailable, slowest <= 3 s",
+            not unclear and slowest <= 3.0,
+        )
+    ]
+    os.kill(stack.pid("redis"), signal.SIGKILL)
+    killed = time.monotonic()
+    async with stack.client() as http:
+        recovered = await serving_again(http, killed, timeout_s=30.0)
+    rows.append(
+        Row(
+            "Redis killed, restarted by the supervisor",
+            f"serving again after {recovered:.1f} s" if recovered is not None else "not serving after 30 s",
+            "<= 10 s, gateway not restarted",
+            recovered is not None and recovered <= 10 and stack.restarts("gateway") == gateway_restarts,
+        )
+    )
+    return rows
+
+
+async def sigkill_service(stack: ChaosStack, process: str = "inference") -> list[Row]:
+    """SIGKILL a process of the stack: the stack serves again (the other replica, if any), and
+    the supervisor restarts the process."""
+    restarts = stack.restarts(process)
+    os.kill(stack.pid(process), signal.SIGKILL)
+    killed = time.monotonic()
+    async with stack.client() as http:
+        recovered = await serving_again(http, killed, timeout_s=60.0)
+    restarted = await asyncio.to_thread(stack.wait_restarted, process, restarts)
+    restarted_s = time.monotonic() - killed
+    return [
+        Row(
+            f"SIGKILL {process} (1 of 2 replicas)",
+            (f"serving again after {recovered:.1f} s" if recovered is not None else "not serving after 60 s")
+            + (f"; restarted by the supervisor within {restarted_s:.1f} s" if restarted else "; not restarted"),
+            "<= 30 s, restarted",
+            recovered is not None and recovered <= 30 and restarted,
+        )
+    ]
+
+
+async def replica_killed(stack: ChaosStack, seconds: float = 10.0) -> list[Row]:
+    """SIGKILL one of two inference replicas under load: errors stop within 2 s (ejection),
+    every request ends by its deadline."""
+    killed_at: list[float] = []
+
+    async def kill() -> None:
+        await asyncio.sleep(2.0)
+        os.kill(stack.pid("inference-2"), signal.SIGKILL)
+        killed_at.append(time.monotonic())
+        await asyncio.sleep(seconds - 2.0)
+
+    timed: list[tuple[float, Answer]] = []
+    answers = await _under_load_while(stack, kill, clients=2, record_start=timed)
+    # Its second ejection lasts twice as long.
+    await asyncio.sleep(2 * EJECTION_S + 1)
+    settle = killed_at[0] + 2.0
+    after = [answer for at, answer in timed if at >= settle]
+    errors = sum(answer.status != 200 for answer in after)
+    rate = errors / len(after) if after else 1.0
+    slowest = max(answer.seconds for answer in answers)
+    return [
+        Row(
+            "SIGKILL 1 of 2 inference replicas",
+            f"{errors} errors of {len(after)} from 2 s after the kill ({rate:.1%}); slowest {slowest:.2f} s",
+            "< 1% errors; slowest <= deadline (30 s) + 0.1 s",
+            rate < 0.01 and slowest <= 30.1,
+        )
+    ]
+
+
+async def replica_unavailable(stack: ChaosStack, requests: int = 60) -> list[Row]:
+    """One of two inference replicas answers UNAVAILABLE (injected into inference-2 only)."""
+    headers = {"x-llmesh-fault": "inference-2:abort=UNAVAILABLE", "x-llmesh-admin-key": stack.admin_key}
+    async with stack.client() as http:
+        answers = [await chat(http, headers) for _ in range(requests)]
+    await asyncio.sleep(EJECTION_S + 1)
+    errors = [i for i, answer in enumerate(answers) if answer.status != 200]
+    tail_errors = sum(answers[i].status != 200 for i in range(requests // 2, requests))
+    return [
+        Row(
+            "1 of 2 replicas UNAVAILABLE",
+            f"{len(errors)} failed of {requests} (last at #{errors[-1] + 1 if errors else 0}); {tail_errors} in the last half",
+            "ejected within 5 errors (<= 6 failed), none in the last half",
+            len(errors) <= 6 and tail_errors == 0,
+        )
+    ]
+
+
+async def _stream(http: httpx.AsyncClient, first_chunk: asyncio.Event) -> tuple[bool, float]:
+    """Whether the stream ended with [DONE] and no error event, and when it ended."""
+    try:
+        ok = await _stream_ok(http, first_chunk)
+    finally:
+        # A stream that failed before its first chunk must not keep the scenario waiting.
+        first_chunk.set()
+    return ok, time.monotonic()
+
+
+async def _stream_ok(http: httpx.AsyncClient, first_chunk: asyncio.Event) -> bool:
+    body = _body(SLOW_MODEL, max_tokens=STREAM_TOKENS, stream=True)
+    try:
+        async with http.stream("POST", "/chat/completions", json=body, timeout=60) as response:
+            if response.status_code != 200:
+                return False
+            last = ""
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    first_chunk.set()
+                    last = line
+                    if '"error"' in line:
+                        return False
+            return last == "data: [DONE]"
+    except httpx.HTTPError:
+        return False
+
+
+async def sigterm_gateway(stack: ChaosStack, streams: int = MAX_CONCURRENT) -> list[Row]:
+    """SIGTERM to the gateway while streams are in flight: they finish; the supervisor restarts it."""
+    # An inference replica killed just before may still be ejected: let it come back.
+    await asyncio.sleep(2 * EJECTION_S + 1)
+    async with stack.client() as http:
+        started = [asyncio.Event() for _ in range(streams)]
+        tasks = [asyncio.create_task(_stream(http, event)) for event in started]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in started)), timeout=90)
+        restarts = stack.restarts("gateway")
+        os.kill(stack.pid("gateway"), signal.SIGTERM)
+        stopped = time.monotonic()
+        completed = await asyncio.gather(*tasks)
+        # The process that drained is gone once the supervisor has started the next one.
+        restarted = await asyncio.to_thread(stack.wait_restarted, "gateway", restarts)
+        recovered = await serving_again(http, stopped, timeout_s=60.0) if restarted else None
+    failed = sum(not ok for ok, _ in completed)
+    past = min(ended for _, ended in completed) - stopped
+    if past < 0:
+        failed_before = "; a stream ended before the SIGTERM"
+    else:
+        failed_before = ""
+    return [
+        Row(
+            "SIGTERM gateway with streams in flight",
+            f"{failed} of {streams} in-flight streams failed (they ran {past:.1f} s+ past the SIGTERM){failed_before}",
+            "0 failed, all in flight at the SIGTERM",
+            failed == 0 and past >= 0,
+        ),
+        Row(
+            "gateway back after SIGTERM (supervisor)",
+            f"serving again after {recovered:.1f} s" if recovered is not None else "not serving after 60 s",
+            "<= 30 s",
+            recovered is not None and recovered <= 30,
+        ),
+    ]
+
+
+# In the order they run: the ones that restart processes last.
+SCENARIOS: dict[str, Callable[[ChaosStack], Awaitable[list[Row]]]] = {
+    "overload": overload,
+    "retry-budget": retry_budget,
+    "replica-unavailable": replica_unavailable,
+    "replica-kill": replica_killed,
+    "redis": redis_outage,
+    "sigkill": sigkill_service,
+    "sigterm": sigterm_gateway,
+}

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -87,7 +87,7 @@ class _Usage:
 
 
 class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
-    service_names = [inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name]
+    service_names: Sequence[str] = (inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,)
 
     def __init__(
         self,
@@ -119,7 +119,8 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
     async def Generate(self, request, context):
         choices: dict[int, common_pb2.Completion] = {}
         model, usage = "", _Usage()
-        async for model, chunk in self._generate(request, context, stream=False):
+        async for chunk_model, chunk in self._generate(request, context, stream=False):
+            model = chunk_model  # every chunk names the model that answered
             usage.add(chunk)
             choice = choices.setdefault(chunk.index, common_pb2.Completion(index=chunk.index))
             choice.MergeFrom(_completion(chunk))

@@ -36,7 +36,7 @@ class _Answer:
 
 
 class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
-    service_names = [postprocess_pb2.DESCRIPTOR.services_by_name["PostprocessService"].full_name]
+    service_names: Sequence[str] = (postprocess_pb2.DESCRIPTOR.services_by_name["PostprocessService"].full_name,)
 
     def __init__(self, settings: PostprocessSettings) -> None:
         self.settings = settings

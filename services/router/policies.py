@@ -12,17 +12,14 @@ is measured is what runs.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
 from llmesh.router.v1 import router_pb2
-from services.router.signals import PROMPT_TOKENS, SMALL_ANSWER_LOGPROB, Signals, SignalUnavailable
+from services.router.signals import SMALL_ANSWER_LOGPROB, Signals, SignalUnavailable
 
 if TYPE_CHECKING:
     from services.router.learned import LearnedRouter

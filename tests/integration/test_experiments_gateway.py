@@ -5,7 +5,6 @@ import asyncio
 
 import httpx
 import pytest
-from support.fake_upstreams import FakeUpstreams, gateway_settings
 
 from gateway.experiments.definitions import Experiment
 from gateway.experiments.store import ExperimentStore
@@ -14,6 +13,7 @@ from gateway.rest import create_app
 from mesh import semconv
 from mesh.server import start_service
 from mesh.settings import MeshSettings
+from support.fake_upstreams import FakeUpstreams, gateway_settings
 
 ADMIN = {"authorization": "Bearer admin-secret"}
 CHAT = "/v1/chat/completions"

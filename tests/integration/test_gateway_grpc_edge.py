@@ -9,23 +9,23 @@ import pytest
 
 from gateway.grpc_edge import GatewayService
 from gateway.pipeline import Pipeline
-from support.fake_upstreams import (
-    BLOCKED_WORD,
-    FAIL_MID_STREAM,
-    ROUTE_REASON,
-    SLOW_STREAM,
-    ROUTED_MODEL,
-    FakeUpstreams,
-    gateway_settings,
-    reply_for,
-    unused_addr,
-)
 from llmesh.common.v1 import common_pb2
 from llmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from mesh.channel import build_channel
 from mesh.errors import error_info
 from mesh.server import start_service
 from mesh.settings import MeshSettings
+from support.fake_upstreams import (
+    BLOCKED_WORD,
+    FAIL_MID_STREAM,
+    ROUTE_REASON,
+    ROUTED_MODEL,
+    SLOW_STREAM,
+    FakeUpstreams,
+    gateway_settings,
+    reply_for,
+    unused_addr,
+)
 
 
 def _messages(content: str = "hi") -> list[common_pb2.ChatMessage]:

@@ -8,12 +8,12 @@ import sys
 
 import httpx
 
-from support.fake_upstreams import ROUTED_MODEL, FakeUpstreams, reply_for, unused_addr
 from llmesh.common.v1 import common_pb2
 from llmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from mesh.channel import build_channel
 from mesh.server import start_service
 from mesh.settings import MeshSettings
+from support.fake_upstreams import ROUTED_MODEL, FakeUpstreams, reply_for, unused_addr
 
 
 async def _wait_until_up(url: str, process: asyncio.subprocess.Process) -> None:

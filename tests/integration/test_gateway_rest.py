@@ -11,6 +11,10 @@ from opentelemetry.trace import SpanKind
 
 from gateway.pipeline import Pipeline
 from gateway.rest import RestServer, create_app
+from mesh import semconv
+from mesh.net import free_port
+from mesh.server import start_service
+from mesh.settings import MeshSettings
 from support.fake_upstreams import (
     BLOCKED_MESSAGE,
     BLOCKED_WORD,
@@ -22,10 +26,6 @@ from support.fake_upstreams import (
     reply_for,
     unused_addr,
 )
-from mesh import semconv
-from mesh.net import free_port
-from mesh.server import start_service
-from mesh.settings import MeshSettings
 
 MAX_BODY = 4096
 CHAT = "/v1/chat/completions"
@@ -415,10 +415,9 @@ async def test_readyz_ready_with_redis(upstreams, redis_url):
 
 async def test_readyz_says_which_model_is_still_loading(upstreams, redis_url):
     """A real inference service whose Triton has one model loaded and the other still loading."""
-    from support.fake_triton import FakeTriton, answer
-
     from services.inference.service import InferenceService
     from services.inference.settings import InferenceSettings
+    from support.fake_triton import FakeTriton, answer
 
     settings = InferenceSettings()
     triton = FakeTriton({"llmesh-small": answer(1)})  # smollm2-135m-instruct: not ready yet

@@ -37,6 +37,11 @@ BREAKER_STATE = Gauge(
 )
 _BREAKER_STATE_VALUES = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
 
+
+def _breaker_state(breaker: CircuitBreaker) -> Callable[[], float]:
+    """The breaker's state as its gauge reads it."""
+    return lambda: _BREAKER_STATE_VALUES[breaker.state]
+
 _FINISH_REASONS = {
     "stop": common_pb2.FINISH_REASON_STOP,
     "length": common_pb2.FINISH_REASON_LENGTH,
@@ -102,7 +107,7 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         self.breakers = {name: CircuitBreaker(name, settings.breaker_config(), clock) for name in names}
         for name, breaker in self.breakers.items():
             # Read when scraped, so the gauge is never behind the breaker.
-            BREAKER_STATE.labels(name).set_function(lambda breaker=breaker: _BREAKER_STATE_VALUES[breaker.state])
+            BREAKER_STATE.labels(name).set_function(_breaker_state(breaker))
 
     def register(self, server: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(self, server)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -66,6 +66,14 @@ async def _level(one: Callable[[int], Any], concurrency: int, rounds: int) -> tu
     return [stream for streams in results for stream in streams], time.perf_counter() - started
 
 
+class BenchPath(Protocol):
+    """A way to the engine: ``stream`` gives a function that sends the stream of a given index."""
+
+    def stream(self, model: str, max_tokens: int) -> Callable[[int], Awaitable[Stream]]: ...
+
+    async def close(self) -> None: ...
+
+
 class DirectPath:
     """Straight to Triton's engine model over tritonclient's aio streaming, as the inference
     service calls it, with the prompt in the model's own tokens."""
@@ -83,7 +91,7 @@ class DirectPath:
             tokenizer = AutoTokenizer.from_pretrained(spec.resolved_dir())
             self.prompts[spec.name] = [render_chat(tokenizer, [{"role": "user", "content": p}])[1] for p in PROMPTS]
 
-    def stream(self, model: str, max_tokens: int) -> Callable[[int], Any]:
+    def stream(self, model: str, max_tokens: int) -> Callable[[int], Awaitable[Stream]]:
         async def one(index: int) -> Stream:
             params = {"max_tokens": max_tokens, "temperature": 0.0}
             started, ttft, tokens = time.perf_counter(), 0.0, 0
@@ -107,7 +115,7 @@ class GatewayPath:
             base_url=url, headers={"authorization": f"Bearer {api_key}"}, timeout=300, limits=httpx.Limits(max_connections=64)
         )
 
-    def stream(self, model: str, max_tokens: int) -> Callable[[int], Any]:
+    def stream(self, model: str, max_tokens: int) -> Callable[[int], Awaitable[Stream]]:
         async def one(index: int) -> Stream:
             body = {
                 "model": model,
@@ -145,7 +153,7 @@ def _percentile_ms(values: list[float], q: float) -> float:
 
 
 async def run(
-    paths: dict[str, Any],
+    paths: dict[str, BenchPath],
     models: Sequence[str],
     concurrencies: Sequence[int],
     max_tokens: int,

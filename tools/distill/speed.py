@@ -56,7 +56,10 @@ async def measure(grpc_addr: str, rounds: int) -> list[dict]:
     from textkit.tokenizers import render_chat
     from tools.router.evalset import template_items
 
-    tokenizer = AutoTokenizer.from_pretrained(find_model(default_models(), TEACHER).resolved_dir())
+    teacher = find_model(default_models(), TEACHER)
+    if teacher is None:
+        raise ValueError(f"the teacher {TEACHER!r} is not in the catalog")
+    tokenizer = AutoTokenizer.from_pretrained(teacher.resolved_dir())
     texts = [item["prompt"] for item in template_items()[::7]]
     prompts = [render_chat(tokenizer, [{"role": "user", "content": t}])[1] for t in texts]
     client = TritonClient(MeshSettings(triton_grpc_addr=grpc_addr, default_deadline_s=600.0))

@@ -23,7 +23,7 @@ import numpy as np
 
 from llmesh.router.v1 import router_pb2
 from services.router import learned
-from services.router.load import NoLoad
+from services.router.load import LoadSource, NoLoad
 from services.router.policies import (
     CascadePolicy,
     CostAwarePolicy,
@@ -107,7 +107,7 @@ def train_router(fit: list[Query], settings: RouterSettings, data_key: str, l2: 
 
 
 def policies(
-    settings: RouterSettings, router: learned.LearnedRouter, ppo: PPORouter | None, load=None, seed: int = 0
+    settings: RouterSettings, router: learned.LearnedRouter, ppo: PPORouter | None, load: LoadSource | None = None, seed: int = 0
 ) -> dict[str, ThresholdPolicy]:
     out = {
         "random": RandomPolicy(settings, random.Random(seed)),

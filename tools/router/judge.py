@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
+from typing import Any
 
 JUDGE_VERSION = 1
 
@@ -87,8 +88,8 @@ def _lines(answer: str) -> list[str]:
     return [line.strip() for line in answer.strip().splitlines() if line.strip()]
 
 
-# Each rule: (answer, argument) -> met?
-RULES: dict[str, Callable[[str, object], bool]] = {
+# Each rule: (answer, argument) -> met? The argument is the check's JSON value (a number, a word, a list).
+RULES: dict[str, Callable[[str, Any], bool]] = {
     "max_words": lambda a, n: 0 < len(_words(a)) <= int(n),
     "min_words": lambda a, n: len(_words(a)) >= int(n),
     "contains": lambda a, word: _mentions(a, str(word)),

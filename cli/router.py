@@ -19,7 +19,6 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from mesh.catalog import find_model
 from mesh.settings import REPO_ROOT, load_settings
 from services.router.settings import RouterSettings
 
@@ -44,7 +43,10 @@ def _data(settings: RouterSettings, recollect: bool = False):
     from tools.router import collect, evalset, evaluate
 
     items = evalset.all_items()
-    models = [find_model(settings.models, m) for m in {settings.small_model, settings.large_model, settings.scoring_model}]
+    models = [
+        collect.catalog_model(settings.models, m)
+        for m in {settings.small_model, settings.large_model, settings.scoring_model}
+    ]
     key = collect.answers_key(items, models, settings.scoring_model, settings.max_score_tokens)
     cached = None if recollect else collect.load(key)
     if cached is not None:
@@ -289,9 +291,10 @@ def _bench_prompts(settings: RouterSettings, n: int, max_tokens: int = 512) -> l
     from transformers import AutoTokenizer
 
     from textkit.tokenizers import render_chat
+    from tools.router.collect import catalog_model
     from tools.router.evalset import all_items
 
-    tokenizer = AutoTokenizer.from_pretrained(find_model(settings.models, settings.scoring_model).resolved_dir())
+    tokenizer = AutoTokenizer.from_pretrained(catalog_model(settings.models, settings.scoring_model).resolved_dir())
     texts = [item["prompt"] for item in all_items()]
     rng = random.Random(0)
     prompts = []

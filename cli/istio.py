@@ -56,7 +56,9 @@ def deployments(experiments: list[Experiment], service: str) -> list[str]:
 
 
 def _destination(service: str, deployment: str, weight: int | None = None) -> dict:
-    destination: dict[str, object] = {"destination": {"host": service, "subset": deployment, "port": {"number": service_port(service)}}}
+    destination: dict[str, object] = {
+        "destination": {"host": service, "subset": deployment, "port": {"number": service_port(service)}}
+    }
     if weight is not None:
         destination["weight"] = weight
     return destination

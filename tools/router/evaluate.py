@@ -107,7 +107,11 @@ def train_router(fit: list[Query], settings: RouterSettings, data_key: str, l2: 
 
 
 def policies(
-    settings: RouterSettings, router: learned.LearnedRouter, ppo: PPORouter | None, load: LoadSource | None = None, seed: int = 0
+    settings: RouterSettings,
+    router: learned.LearnedRouter,
+    ppo: PPORouter | None,
+    load: LoadSource | None = None,
+    seed: int = 0,
 ) -> dict[str, ThresholdPolicy]:
     out = {
         "random": RandomPolicy(settings, random.Random(seed)),

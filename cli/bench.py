@@ -68,7 +68,10 @@ def engine(
             progress.update(task, advance=1, description=name)
 
         async def measure():
-            paths = {"direct": bench.DirectPath(triton_addr, models), "gateway": bench.GatewayPath(url, key)}
+            paths: dict[str, bench.BenchPath] = {
+                "direct": bench.DirectPath(triton_addr, models),
+                "gateway": bench.GatewayPath(url, key),
+            }
             try:
                 return await bench.run(paths, [m.name for m in models], sorted(concurrency), max_tokens, rounds_at_one, step)
             finally:

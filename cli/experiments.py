@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from gateway.experiments import chart
 from gateway.experiments.assignment import FORCE_HEADER
-from gateway.experiments.definitions import Experiment, conflicts, load_file
+from gateway.experiments.definitions import Experiment, Target, Variant, conflicts, load_file
 from gateway.experiments.stats import experiment_report
 from gateway.experiments.store import ExperimentStore
 from mesh.settings import REPO_ROOT, MeshSettings, load_settings
@@ -250,12 +250,12 @@ def demo_experiment(min_samples: int) -> Experiment:
     return Experiment(
         name=DEMO,
         description="llmesh-small vs smollm2-135m-instruct for model=auto requests (llmesh experiments demo)",
-        target={"kind": "model"},
+        target=Target(kind="model"),
         unit="user",
         min_samples=min_samples,
         variants=[
-            {"name": "small", "weight": 5000, "model": "llmesh-small"},
-            {"name": "large", "weight": 5000, "model": "smollm2-135m-instruct"},
+            Variant(name="small", weight=5000, model="llmesh-small"),
+            Variant(name="large", weight=5000, model="smollm2-135m-instruct"),
         ],
     )
 
@@ -289,7 +289,10 @@ def demo(
         await store.save([definition.model_copy(update={"state": "stopped"})])
         # The gateway writes figures right after each answer; wait for the last ones.
         for _ in range(50):
-            result = await experiment_report(store, DEMO)
+            found = await experiment_report(store, DEMO)
+            if found is None:
+                raise RuntimeError(f"experiment {DEMO!r} left the store while the demo ran")
+            result = found
             if result["total_requests"] >= outcomes["ok"] + outcomes["failed"]:
                 break
             await asyncio.sleep(0.1)
@@ -371,7 +374,7 @@ async def _wait_until_served(client: httpx.AsyncClient, timeout_s: float = 15.0)
         if response.status_code == 200:
             return
         if time.monotonic() > deadline:
-            raise typer.Exit(
-                f"the gateway at {client.base_url} does not serve {DEMO}: {response.status_code} {response.text}"
-            )
+            message = f"the gateway at {client.base_url} does not serve {DEMO}: {response.status_code} {response.text}"
+            err.print(message, style="red", markup=False)
+            raise typer.Exit(1)
         await asyncio.sleep(0.3)

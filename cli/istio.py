@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from gateway.experiments.definitions import BUCKETS, SERVICES, Experiment, load_file
+from gateway.experiments.definitions import BUCKETS, SERVICES, Experiment, Shadow, Variant, load_file
 from mesh.discovery import PRIMARY
 from mesh.routing import header
 from mesh.settings import MeshSettings
@@ -50,20 +50,22 @@ def deployments(experiments: list[Experiment], service: str) -> list[str]:
     """The deployments of a service that some experiment routes to, primary first."""
     names = [PRIMARY]
     for experiment in _service_experiments(experiments, service):
-        arms = [*experiment.variants, *([experiment.shadow] if experiment.shadow else [])]
+        arms: list[Variant | Shadow] = [*experiment.variants, *([experiment.shadow] if experiment.shadow else [])]
         names += [arm.deployment for arm in arms if arm.deployment not in names]
     return names
 
 
 def _destination(service: str, deployment: str, weight: int | None = None) -> dict:
-    destination = {"destination": {"host": service, "subset": deployment, "port": {"number": service_port(service)}}}
+    destination: dict[str, object] = {
+        "destination": {"host": service, "subset": deployment, "port": {"number": service_port(service)}}
+    }
     if weight is not None:
         destination["weight"] = weight
     return destination
 
 
 def _route(name: str, service: str, destinations: list[dict], match: list[dict] | None = None) -> dict:
-    route = {"name": name}
+    route: dict[str, object] = {"name": name}
     if match:
         route["match"] = match
     route |= {"route": destinations, "timeout": f"{ROUTE_TIMEOUT_S[service]}s", "retries": dict(RETRIES)}

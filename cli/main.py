@@ -12,15 +12,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mesh.collector import CollectorSettings
 from cli.audit import app as audit_app
-from cli.bench import app as bench_app
 from cli.batch import app as batch_app
+from cli.bench import app as bench_app
 from cli.certs import app as certs_app
 from cli.experiments import app as experiments_app
 from cli.keys import app as keys_app
 from cli.router import app as router_app
 from cli.safety import app as safety_app
+from mesh.collector import CollectorSettings
 from mesh.settings import REPO_ROOT, load_settings
 
 app = typer.Typer(help="llmesh operator commands", no_args_is_help=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import sys
 import time
@@ -20,7 +19,6 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from mesh.catalog import find_model
 from mesh.settings import REPO_ROOT, load_settings
 from services.router.settings import RouterSettings
 
@@ -37,7 +35,7 @@ THRESHOLD_SETTINGS = {
     "random": ("LLMESH_RANDOM_LARGE_SHARE", lambda t: 1.0 - t),
 }
 SET_TITLES = {"report": "report split (template items, never fitted on)",
-              "heldout": "hand-written prompts (another kind, never fitted on)"}  # fmt: skip
+              "heldout": "hand-written prompts (another kind, never fitted on)"}
 
 
 def _data(settings: RouterSettings, recollect: bool = False):
@@ -45,16 +43,19 @@ def _data(settings: RouterSettings, recollect: bool = False):
     from tools.router import collect, evalset, evaluate
 
     items = evalset.all_items()
-    models = [find_model(settings.models, m) for m in {settings.small_model, settings.large_model, settings.scoring_model}]
+    models = [
+        collect.catalog_model(settings.models, m)
+        for m in {settings.small_model, settings.large_model, settings.scoring_model}
+    ]
     key = collect.answers_key(items, models, settings.scoring_model, settings.max_score_tokens)
     cached = None if recollect else collect.load(key)
     if cached is not None:
         header, rows = cached
         err.print(f"answers: {len(rows)} items from {collect.ANSWERS_PATH.relative_to(REPO_ROOT)} "
-                  f"(key {key}, collected {header['collected_at']})")  # fmt: skip
+                  f"(key {key}, collected {header['collected_at']})")
     else:
         err.print(f"answers: none for key {key}; answering {len(items)} items with {settings.small_model} and "
-                  f"{settings.large_model} through Triton (a few minutes) ...")  # fmt: skip
+                  f"{settings.large_model} through Triton (a few minutes) ...")
         with tqdm(total=len(items), file=sys.stderr, desc="answering") as bar:
             _, rows = collect.collect(items, settings, key, bar.update)
     return evaluate.queries(rows), key
@@ -99,9 +100,9 @@ def _train_ppo(settings: RouterSettings, fit, key: str, plot: Path | None):
     router, log = ppo.train(
         evaluate.features(fit), weak, strong, small_cost, large_cost, {"data_key": key, "split": "fit", "queries": len(fit)},
         progress=lambda steps: tqdm(steps, file=sys.stderr, desc="ppo"),
-    )  # fmt: skip
+    )
     err.print(f"ppo: {len(log.iteration)} iterations in {log.seconds:.1f} s; final greedy reward "
-              f"{log.greedy_reward[-1]:.3f} (oracle {log.oracle_reward[-1]:.3f}, best fixed model {log.best_fixed_reward[-1]:.3f})")  # fmt: skip
+              f"{log.greedy_reward[-1]:.3f} (oracle {log.oracle_reward[-1]:.3f}, best fixed model {log.best_fixed_reward[-1]:.3f})")
     if plot is not None:
         ppo.plot(log, plot)
         err.print(f"ppo training curve: {plot}")
@@ -133,7 +134,7 @@ def _results(settings: RouterSettings, sets, router, ppo_router):
                 "oracle": {"apgr": round(routellm.apgr(oracle), 4), "cpt50": routellm.cpt(oracle, 0.5),
                            "cpt80": routellm.cpt(oracle, 0.8)},
             },
-        }  # fmt: skip
+        }
     return out
 
 
@@ -150,14 +151,14 @@ def eval_(
     queries, key = _data(settings, recollect)
     sets = evaluate.by_set(queries)
     err.print(f"fit {len(sets['fit'])} items (fitting, calibration); report {len(sets['report'])} and hand-written "
-              f"{len(sets['heldout'])} items (never fitted on)")  # fmt: skip
+              f"{len(sets['heldout'])} items (never fitted on)")
     router = _learned(settings, sets["fit"], key)
     ppo_router = _ppo(settings, sets["fit"], key)
     out = _results(settings, sets, router, ppo_router)
     for name, block in out.items():
         sanity = block["json"]["random_sanity"]
         err.print(f"sanity check ({name}): random router APGR {sanity['apgr']:.3f} (expected 0.5 +/- 0.05): "
-                  f"{'ok' if sanity['ok'] else 'FAILED'}")  # fmt: skip
+                  f"{'ok' if sanity['ok'] else 'FAILED'}")
     _plot(out, settings, plot)
     err.print(f"plot: {plot}")
     summary = {
@@ -190,10 +191,10 @@ def _table(block, title: str, settings: RouterSettings) -> None:
         table.add_column(column, justify="right" if column != "policy" else "left")
     for name, r in block["results"].items():
         table.add_row(name, f"{r.apgr:.3f}", f"{r.cpt50:.1%}", f"{r.cpt80:.1%}", f"{r.threshold:.4g}",
-                      f"{r.share:.1%}", f"{r.pgr:.2f}", f"{r.cost_per_1k_requests:.4f}")  # fmt: skip
+                      f"{r.share:.1%}", f"{r.pgr:.2f}", f"{r.cost_per_1k_requests:.4f}")
     oracle = block["oracle_curve"]
     table.add_row("oracle (bound)", f"{routellm.apgr(oracle):.3f}", f"{routellm.cpt(oracle, 0.5):.1%}",
-                  f"{routellm.cpt(oracle, 0.8):.1%}", "", "", "", "")  # fmt: skip
+                  f"{routellm.cpt(oracle, 0.8):.1%}", "", "", "", "")
     for model, b in data["baselines"].items():
         table.add_row(f"all {model}", "", "", "", "", "", f"quality {b['mean_quality']:.3f}", f"{b['cost_per_1k_requests']:.4f}")
     Console().print(table)
@@ -217,7 +218,7 @@ def _plot(out, settings: RouterSettings, path: Path) -> None:
         for model, b in baselines.items():
             ax.scatter([b["cost_per_1k_requests"]], [b["mean_quality"]], marker="s", color="black", zorder=4)
             ax.annotate(f"all {model}", (b["cost_per_1k_requests"], b["mean_quality"]), fontsize=7,
-                        textcoords="offset points", xytext=(4, -10))  # fmt: skip
+                        textcoords="offset points", xytext=(4, -10))
         ax.set_xlabel("cost per 1,000 requests (catalog prices; dots: configured thresholds)")
         ax.set_ylabel("judged quality (share of answers accepted)")
         ax.set_title(SET_TITLES[name], fontsize=10)
@@ -290,9 +291,10 @@ def _bench_prompts(settings: RouterSettings, n: int, max_tokens: int = 512) -> l
     from transformers import AutoTokenizer
 
     from textkit.tokenizers import render_chat
+    from tools.router.collect import catalog_model
     from tools.router.evalset import all_items
 
-    tokenizer = AutoTokenizer.from_pretrained(find_model(settings.models, settings.scoring_model).resolved_dir())
+    tokenizer = AutoTokenizer.from_pretrained(catalog_model(settings.models, settings.scoring_model).resolved_dir())
     texts = [item["prompt"] for item in all_items()]
     rng = random.Random(0)
     prompts = []
@@ -326,8 +328,8 @@ async def _route_latencies(stub, model: str, prompts: list[list[int]], concurren
 @contextlib.contextmanager
 def _running_stack(settings: RouterSettings):
     """The running stack (`make run`), else a whole stack of its own on free ports."""
-    from tools.stack import Ports, Stack
     from mesh.probe import grpc_serving
+    from tools.stack import Ports, Stack
 
     if grpc_serving(settings.router_addr)():
         err.print(f"benchmarking the running router at {settings.router_addr}")
@@ -346,7 +348,6 @@ def _running_stack(settings: RouterSettings):
 async def _bench(settings: RouterSettings, prompts, n_c32: int) -> dict:
     from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
     from llmesh.router.v1 import router_pb2_grpc
-
     from mesh.channel import build_channel
 
     model = settings.scoring_model
@@ -402,5 +403,5 @@ def bench(
     table.add_row("1", str(result["requests_c1"]), f"{result['p50_ms']:.2f}", f"{result['p99_ms']:.2f}")
     table.add_row("32", str(result["requests_c32"]), f"{result['p50_ms_c32']:.2f}", f"{result['p99_ms_c32']:.2f}")
     table.add_row("1 (Score call only)", str(result["requests_c1"]), f"{result['score_call_p50_ms']:.2f}",
-                  f"{result['score_call_p99_ms']:.2f}")  # fmt: skip
+                  f"{result['score_call_p99_ms']:.2f}")
     Console().print(table)

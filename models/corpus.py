@@ -156,9 +156,8 @@ def _items_of_module(modname: str) -> list[Item]:
 
 
 def _harvest_here() -> list[Item]:
-    import warnings
-
     import pydoc_data.topics
+    import warnings
 
     warnings.simplefilter("ignore")
     items = []
@@ -262,7 +261,7 @@ def build_corpus(items: list[Item] | None = None) -> Corpus:
 
     corpus = Corpus()
     eval_candidates = []
-    for item, answer in zip(items, answers):
+    for item, answer in zip(items, answers, strict=True):
         split = split_of(item.name)
         corpus.documents[split].append(document_for(item))
         # Answers shared by several names are boilerplate ("Return self==value."), and would let

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from itertools import pairwise
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -27,7 +28,7 @@ MIN_PAIR_COUNT = 2  # a merge seen once only memorises a word
 
 
 def _pairs(word: tuple[str, ...]) -> Counter:
-    return Counter(zip(word, word[1:]))
+    return Counter(pairwise(word))
 
 
 def _merge(word: tuple[str, ...], a: str, b: str) -> tuple[str, ...]:

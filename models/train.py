@@ -196,23 +196,24 @@ def _run(out: Path, spec: RunSpec) -> dict:
     val = val[: spec.val_blocks]
     print(f"train: {train.numel():,} tokens; val: {val.numel():,} tokens")
 
-    metrics = {
+    model_metrics: dict[str, dict] = {}
+    metrics: dict[str, object] = {
         "seed": SEED,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "vocab_size": len(tokenizer),
         "train_tokens": train.numel(),
         "val_tokens": val.numel(),
-        "models": {},
+        "models": model_metrics,
     }
     for name, model_spec in spec.models.items():
         model, m = train_model(name, model_spec, tokenizer, train, val, spec.context)
         save(model, tokenizer, out / name)
-        metrics["models"][name] = m
+        model_metrics[name] = m
     metrics["total_seconds"] = round(time.perf_counter() - started, 1)
 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    for name, m in metrics["models"].items():
+    for name, m in model_metrics.items():
         print(f"{name:5}: {m['params']:>9,} params  val loss {m['val_loss']:.3f}  "
               f"val perplexity {m['val_perplexity']:.2f}  ({m['train_seconds']:.0f} s)")
     print(f"total {metrics['total_seconds']:.0f} s -> {out}")

@@ -29,6 +29,14 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str, *, as_text: bool) -> 
     return tokenizer(text, add_special_tokens=False, split_special_tokens=as_text)["input_ids"]
 
 
+def decode_text(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int], *, skip_special_tokens: bool) -> str:
+    """One sequence of ids as text (``decode`` is typed for a batch too, which gives a list)."""
+    text = tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
+    if not isinstance(text, str):
+        raise TypeError(f"decoding one sequence gave {type(text).__name__}, not text")
+    return text
+
+
 def encode_user_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """A raw prompt (/v1/completions), every character of it text."""
     return _encode(tokenizer, text, as_text=True)
@@ -53,6 +61,8 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[s
     markers = [f"\x1f{nonce}:{i}\x1f" for i in range(len(messages))]
     masked = [{**message, "content": f" {marker} "} for message, marker in zip(messages, markers, strict=True)]
     rendered = tokenizer.apply_chat_template(masked, add_generation_prompt=True, tokenize=False)
+    if not isinstance(rendered, str):
+        raise TypeError(f"the chat template rendered {type(rendered).__name__}, not text")
     text_parts: list[str] = []
     ids: list[int] = []
     rest = rendered
@@ -139,13 +149,18 @@ class TokenBytes:
         if token_id in self._special:
             return b""
         if self._byte_level:
-            piece = self._tokenizer.convert_ids_to_tokens(token_id)
+            piece = self._piece(token_id)
             if piece is not None and all(char in self._unicode_to_byte for char in piece):
                 return bytes(self._unicode_to_byte[char] for char in piece)
-        return self._tokenizer.decode([token_id]).encode()
+        return decode_text(self._tokenizer, [token_id], skip_special_tokens=False).encode()
 
     def text(self, token_id: int) -> str:
         """How the token reads on its own (an alternative in a log-prob report)."""
         return self(token_id).decode("utf-8", errors="replace") if token_id not in self._special else (
-            self._tokenizer.convert_ids_to_tokens(token_id) or ""
+            self._piece(token_id) or ""
         )
+
+    def _piece(self, token_id: int) -> str | None:
+        """The token's vocabulary entry; None for an id the vocabulary lacks."""
+        piece = self._tokenizer.convert_ids_to_tokens(token_id)
+        return piece if isinstance(piece, str) else None

@@ -23,11 +23,11 @@ import grpc
 import httpx
 import redis
 
-from tools import certs
 from mesh.net import free_port, free_ports
 from mesh.probe import grpc_serving
 from mesh.settings import REPO_ROOT
 from services.inference.triton_server import TritonServer, TritonStartError
+from tools import certs
 
 DEFAULT_RUN_DIR = REPO_ROOT / ".run"
 SERVICES = ("preprocess", "router", "inference", "postprocess")
@@ -318,7 +318,7 @@ class Stack:
             child.proc = subprocess.Popen(
                 child.argv, env={**self.env, "LLMESH_SERVICE_NAME": child.name, **child.env}, cwd=REPO_ROOT,
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
+            )
         child.started_at = time.monotonic()
 
     def _wait(self, child: Child, started: float) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -36,6 +36,11 @@ BREAKER_STATE = Gauge(
     semconv.METRIC_INFERENCE_BREAKER_STATE, "Each model's circuit breaker: 0 closed, 1 half-open, 2 open", ["model"]
 )
 _BREAKER_STATE_VALUES = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
+
+
+def _breaker_state(breaker: CircuitBreaker) -> Callable[[], float]:
+    """The breaker's state as its gauge reads it."""
+    return lambda: _BREAKER_STATE_VALUES[breaker.state]
 
 _FINISH_REASONS = {
     "stop": common_pb2.FINISH_REASON_STOP,
@@ -87,7 +92,7 @@ class _Usage:
 
 
 class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
-    service_names = [inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name]
+    service_names: Sequence[str] = (inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,)
 
     def __init__(
         self,
@@ -102,7 +107,7 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         self.breakers = {name: CircuitBreaker(name, settings.breaker_config(), clock) for name in names}
         for name, breaker in self.breakers.items():
             # Read when scraped, so the gauge is never behind the breaker.
-            BREAKER_STATE.labels(name).set_function(lambda breaker=breaker: _BREAKER_STATE_VALUES[breaker.state])
+            BREAKER_STATE.labels(name).set_function(_breaker_state(breaker))
 
     def register(self, server: grpc.aio.Server) -> None:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(self, server)
@@ -119,7 +124,8 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
     async def Generate(self, request, context):
         choices: dict[int, common_pb2.Completion] = {}
         model, usage = "", _Usage()
-        async for model, chunk in self._generate(request, context, stream=False):
+        async for chunk_model, chunk in self._generate(request, context, stream=False):
+            model = chunk_model  # every chunk names the model that answered
             usage.add(chunk)
             choice = choices.setdefault(chunk.index, common_pb2.Completion(index=chunk.index))
             choice.MergeFrom(_completion(chunk))

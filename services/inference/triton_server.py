@@ -10,6 +10,7 @@ comments below say why each piece of the environment is needed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -275,7 +276,7 @@ class TritonServer:
                 cmd, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
                 preexec_fn=_die_with_parent_hook() if self.die_with_parent else None,
-            )  # fmt: skip
+            )
         return self
 
     def log_tail(self, n: int = 40) -> str:
@@ -347,10 +348,8 @@ class TritonServer:
                 proc.kill()
                 proc.wait(10)
         # Stubs left behind by a killed server are ours (same session); reap them by group.
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         return proc.returncode
 
     def __enter__(self) -> TritonServer:
@@ -382,15 +381,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m services.inference.triton_server", description=__doc__.split("\n")[0])
     p.add_argument("--address", default=settings.triton_grpc_addr.rpartition(":")[0],
-                   help="listen address for HTTP, gRPC and metrics")  # fmt: skip
+                   help="listen address for HTTP, gRPC and metrics")
     p.add_argument("--http-port", type=int, default=port(settings.triton_http_addr))
     p.add_argument("--grpc-port", type=int, default=port(settings.triton_grpc_addr))
     p.add_argument("--metrics-port", type=int, default=port(settings.triton_metrics_addr))
     p.add_argument("--model", action="append", dest="models",
-                   help=f"model to load (repeatable); default: {', '.join(DEFAULT_MODELS)}")  # fmt: skip
+                   help=f"model to load (repeatable); default: {', '.join(DEFAULT_MODELS)}")
     p.add_argument("--model-repository", default=str(MODEL_REPOSITORY))
     p.add_argument("--otlp-endpoint", default=settings.otlp_endpoint or None,
-                   help="OTLP/HTTP base URL (default: LLMESH_OTLP_ENDPOINT); turns on Triton's tracing")  # fmt: skip
+                   help="OTLP/HTTP base URL (default: LLMESH_OTLP_ENDPOINT); turns on Triton's tracing")
     p.add_argument("--log-file", default=None)
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument("--ready-timeout", type=float, default=300.0)
@@ -400,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         address=args.address, models=args.models or DEFAULT_MODELS, model_repository=args.model_repository,
         otlp_endpoint=args.otlp_endpoint, log_file=args.log_file, log_verbose=args.log_verbose,
-    )  # fmt: skip
+    )
     ready = False
     stopping = False
 
@@ -418,12 +417,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ready = True
         print(f"tritonserver ready: grpc {server.grpc_url}, http {args.address}:{server.http_port}, "
               f"metrics {args.address}:{server.metrics_port} ({server.startup_s:.1f}s; log {server.log_file})",
-              flush=True)  # fmt: skip
+              flush=True)
         while not stopping and server.proc is not None and server.proc.poll() is None:
             time.sleep(0.5)
         if server.proc is not None and server.proc.returncode is not None:
             print(f"tritonserver exited with {server.proc.returncode}; log {server.log_file}:\n{server.log_tail()}",
-                  file=sys.stderr)  # fmt: skip
+                  file=sys.stderr)
             return server.proc.returncode or 1
         return 0
     except TritonStartError as e:

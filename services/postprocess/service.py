@@ -15,7 +15,7 @@ from services.postprocess.settings import PostprocessSettings
 from services.postprocess.stream import IncrementalDetokenizer, ModeratedDecoder, StopStrings, detokenize_each
 from textkit.safety import pii, scanners, verdicts
 from textkit.safety.lexicon import ReloadingLexicon
-from textkit.tokenizers import ModelTokenizers, TokenBytes
+from textkit.tokenizers import ModelTokenizers, TokenBytes, decode_text
 
 # Released text the moderation classifier sees when a sentence ends: the sentence and some context.
 MODERATION_WINDOW_CHARS = 400
@@ -36,7 +36,7 @@ class _Answer:
 
 
 class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
-    service_names = [postprocess_pb2.DESCRIPTOR.services_by_name["PostprocessService"].full_name]
+    service_names: Sequence[str] = (postprocess_pb2.DESCRIPTOR.services_by_name["PostprocessService"].full_name,)
 
     def __init__(self, settings: PostprocessSettings) -> None:
         self.settings = settings
@@ -74,7 +74,7 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
                 request.top_logprobs, final=True,
             )
         else:
-            raw = tokenizer.decode(request.token_ids, skip_special_tokens=True)
+            raw = decode_text(tokenizer, request.token_ids, skip_special_tokens=True)
         text = stops.push(raw, final=True)
         verdict = verdicts.first_verdict(self.scanners, [text])
         if verdict is not None:
@@ -105,9 +105,10 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
         # once every answer has ended.
         answers: dict[int, _Answer] = {}
         expected = 1
-        tokenizer = first = None
+        tokenizer: PreTrainedTokenizerBase | None = None
+        first: postprocess_pb2.PostprocessStreamRequest | None = None
         async for request in requests:
-            if first is None:
+            if first is None or tokenizer is None:  # the first request (both are set together)
                 first = request
                 expected = max(request.answers, 1)
                 tokenizer = await self._tokenizer(request.model, context)

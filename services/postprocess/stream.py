@@ -11,7 +11,7 @@ from services.postprocess.logprobs import LogprobAligner, Span
 from textkit.safety import pii
 from textkit.safety.lexicon import Lexicon, Match
 from textkit.safety.scanners import PiiAction
-from textkit.tokenizers import TokenBytes
+from textkit.tokenizers import TokenBytes, decode_text
 
 REPLACEMENT_CHAR = "\ufffd"
 
@@ -49,7 +49,7 @@ class IncrementalDetokenizer:
         return delta
 
     def _decode(self) -> str:
-        return self._tokenizer.decode(self._ids[self._start :], skip_special_tokens=True)
+        return decode_text(self._tokenizer, self._ids[self._start :], skip_special_tokens=True)
 
 
 class HoldBackBuffer:

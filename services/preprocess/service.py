@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import grpc
 from jinja2 import TemplateError
@@ -12,9 +13,9 @@ from llmesh.preprocess.v1 import preprocess_pb2, preprocess_pb2_grpc
 from mesh.errors import abort
 from services.preprocess.settings import PreprocessSettings
 from textkit.safety import pii, scanners, verdicts
-from textkit.safety.injection import find_injection
 from textkit.safety.classifier import GuardClassifier
 from textkit.safety.guard import InputGuard
+from textkit.safety.injection import find_injection
 from textkit.safety.lexicon import ReloadingLexicon
 from textkit.safety.text import normalize
 from textkit.tokenizers import ModelTokenizers, encode_user_text, render_chat, special_tokens_in
@@ -42,7 +43,7 @@ def input_guard(settings: PreprocessSettings) -> InputGuard:
 
 
 class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
-    service_names = [preprocess_pb2.DESCRIPTOR.services_by_name["PreprocessService"].full_name]
+    service_names: Sequence[str] = (preprocess_pb2.DESCRIPTOR.services_by_name["PreprocessService"].full_name,)
 
     def __init__(self, settings: PreprocessSettings) -> None:
         self.settings = settings

@@ -101,7 +101,7 @@ def train(x: np.ndarray, gain: np.ndarray, version: str, trained_on: dict, l2: f
     return LearnedRouter(
         version, list(FEATURES), mean.tolist(), scale.tolist(), w.tolist(), b, v.tolist(), c,
         {**trained_on, "l2": l2, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-    )  # fmt: skip
+    )
 
 
 def _version_number(path: Path) -> int:

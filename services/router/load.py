@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,6 +33,14 @@ def parse(text: str) -> dict[str, dict[str, float]]:
             if key and model:
                 out.setdefault(model, {"running": 0.0, "waiting": 0.0})[key] += sample.value
     return out
+
+
+class LoadSource(Protocol):
+    """Each model's load factor (1.0 when idle), as the cost-aware policy reads it."""
+
+    async def factors(self) -> dict[str, float]: ...
+
+    async def close(self) -> None: ...
 
 
 def load_factor(running: float, waiting: float, running_limit: float, waiting_limit: float) -> float:

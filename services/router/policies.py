@@ -12,21 +12,18 @@ is measured is what runs.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
 from llmesh.router.v1 import router_pb2
-from services.router.signals import PROMPT_TOKENS, SMALL_ANSWER_LOGPROB, Signals, SignalUnavailable
+from services.router.signals import SMALL_ANSWER_LOGPROB, Signals, SignalUnavailable
 
 if TYPE_CHECKING:
     from services.router.learned import LearnedRouter
-    from services.router.load import LoadMonitor
+    from services.router.load import LoadSource
     from services.router.ppo import PPORouter
     from services.router.settings import RouterSettings
 
@@ -188,14 +185,14 @@ class CostAwarePolicy(ThresholdPolicy):
     label = "gain per extra cost"
 
     def __init__(
-        self, settings: RouterSettings, model: LearnedRouter | None = None, load: LoadMonitor | None = None
+        self, settings: RouterSettings, model: LearnedRouter | None = None, load: LoadSource | None = None
     ) -> None:
         from services.router.learned import load_router
         from services.router.load import LoadMonitor
 
         super().__init__(settings, settings.cost_min_gain_per_currency)
         self.model = model or load_router(settings.learned_router_path)
-        self.load = load if load is not None else LoadMonitor(settings)
+        self.load: LoadSource = load if load is not None else LoadMonitor(settings)
         self.output_tokens = settings.expected_output_tokens
         prices = {m.name: (m.price_input_per_1k, m.price_output_per_1k) for m in settings.models}
         self.small_price, self.large_price = prices[self.small_model], prices[self.large_model]

@@ -11,7 +11,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.router.signals import ScoringFailed
 
-
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 

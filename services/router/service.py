@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import grpc
 import redis
@@ -16,9 +17,9 @@ from mesh.channel import build_channel
 from mesh.errors import abort
 from services.router.budget import Budgets
 from services.router.policies import Decision, Policy, build_policy, cost
-from services.router.signals import Scorer, Signals, SignalUnavailable
 from services.router.scoring import InferenceScorer
 from services.router.settings import RouterSettings
+from services.router.signals import Scorer, Signals, SignalUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ REQUESTED = "requested"
 
 
 class RouterService(router_pb2_grpc.RouterServiceServicer):
-    service_names = [router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name]
+    service_names: Sequence[str] = (router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name,)
 
     def __init__(self, settings: RouterSettings, scorer: Scorer | None = None) -> None:
         self.settings = settings
@@ -145,7 +146,7 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                     await abort(
                         context, grpc.StatusCode.RESOURCE_EXHAUSTED, message, "BUDGET_EXHAUSTED",
                         tenant=tenant, retry_after_s=str(state.retry_after_s),
-                    )  # fmt: skip
+                    )
                 small = self.settings.small_model
                 decision = Decision(
                     small, f"budget {state.spent:.4g}/{state.limit:g} spent; {small} instead of {decision.model}"

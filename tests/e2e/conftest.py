@@ -5,8 +5,8 @@ import secrets
 
 import pytest
 
-from tools.stack import Deployment, Ports, Stack
 from textkit.safety.lexicon import DEFAULT_EN
+from tools.stack import Deployment, Ports, Stack
 
 # A second router deployment, the B of the e2e A/B test (tests/e2e/test_experiments.py): a
 # threshold no prompt's perplexity reaches, so its route reasons are recognisable.

@@ -14,10 +14,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from typer.testing import CliRunner
 
 from cli.main import app as llmesh_cli
-from tools.certs import generate
 from gateway import audit
 from llmesh.common.v1 import common_pb2
 from llmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from tools.certs import generate
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,7 @@ CHAT_URL = "/v1/chat/completions"
 
 def _chat(base_url, headers, content, **extra):
     body = {"model": "llmesh-small", "messages": [{"role": "user", "content": content}], "max_tokens": 16,
-            "temperature": 0, **extra}  # fmt: skip
+            "temperature": 0, **extra}
     return httpx.post(f"{base_url}{CHAT_URL}", json=body, headers=headers, timeout=60)
 
 
@@ -100,7 +100,7 @@ def test_pii_in_the_prompt_is_redacted_before_the_model_sees_it(stack, base_url,
 # -- mid-stream output blocking ----------------------------------------------------------------
 
 PROMPT = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "What does json.dumps do?"}],
-          "max_tokens": 48, "temperature": 0, "stream": True}  # fmt: skip
+          "max_tokens": 48, "temperature": 0, "stream": True}
 
 
 def _stream(base_url, headers):
@@ -167,9 +167,11 @@ def test_missing_or_bad_key_is_401(stack, base_url):
         assert response.status_code == 401, response.text
         assert response.json()["error"]["type"] == "authentication_error"
     assert httpx.get(f"{base_url}/v1/models", timeout=10).status_code == 401
-    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.gateway_grpc}") as channel:
-        with pytest.raises(grpc.RpcError) as raised:
-            gateway_pb2_grpc.GatewayServiceStub(channel).Chat(gateway_pb2.ChatRequest(model="auto"), timeout=10)
+    with (
+        grpc.insecure_channel(f"127.0.0.1:{stack.ports.gateway_grpc}") as channel,
+        pytest.raises(grpc.RpcError) as raised,
+    ):
+        gateway_pb2_grpc.GatewayServiceStub(channel).Chat(gateway_pb2.ChatRequest(model="auto"), timeout=10)
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -244,7 +246,7 @@ def test_audit_chain_verifies_and_names_tampered_records(stack, base_url, header
             break
         time.sleep(0.05)
     assert mine and {"time", "request_id", "model", "route_reason", "safety", "usage", "latency_ms",
-                     "experiments", "prev", "hash", "seq"} <= set(mine[-1])  # fmt: skip
+                     "experiments", "prev", "hash", "seq"} <= set(mine[-1])
     assert any("[EMAIL]" in r.get("prompt", "") for r in mine)
     assert not any("li.si@example.com" in json.dumps(r) for r in records)
     assert _verify("--redis-url", redis_url).exit_code == 0

@@ -14,7 +14,6 @@ from collections import defaultdict
 import grpc
 
 from gateway.settings import GatewaySettings
-
 from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from llmesh.postprocess.v1 import postprocess_pb2, postprocess_pb2_grpc
@@ -77,7 +76,7 @@ class FakeUpstreams(
     inference_pb2_grpc.InferenceServiceServicer,
     postprocess_pb2_grpc.PostprocessServiceServicer,
 ):
-    service_names = [
+    service_names = tuple(
         module.DESCRIPTOR.services_by_name[name].full_name
         for module, name in (
             (preprocess_pb2, "PreprocessService"),
@@ -85,7 +84,7 @@ class FakeUpstreams(
             (inference_pb2, "InferenceService"),
             (postprocess_pb2, "PostprocessService"),
         )
-    ]
+    )
 
     def __init__(self) -> None:
         # Service name -> the requests it received, for asserting what the gateway sent.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import urllib.request
@@ -38,10 +39,9 @@ class OtlpSink:
 
     def _forward(self, body: bytes, content_type: str) -> None:
         request = urllib.request.Request(self.forward_to, data=body, headers={"Content-Type": content_type})
-        try:
+        # The collector is not up (yet, or any more): this copy is lost, as with any exporter.
+        with contextlib.suppress(OSError):
             urllib.request.urlopen(request, timeout=5).close()
-        except OSError:
-            pass  # the collector is not up (yet, or any more): this copy is lost, as with any exporter
 
     def spans(self) -> list[tuple[set[str], dict]]:
         """(service names of the resource, span) for every span received."""

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import redis
 
-from tools.stack import redis_argv
 from mesh.net import free_port
+from tools.stack import redis_argv
 
 
 class RedisServer:

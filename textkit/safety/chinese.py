@@ -75,7 +75,8 @@ def segment(word: str) -> list[str] | None:
             piece = word[start:end]
             if piece[-1] in "12345" and len(piece) > 1:
                 piece = piece[:-1]
-            if piece in valid and (best[end] is None or len(prefix) + 1 < len(best[end])):
+            current = best[end]
+            if piece in valid and (current is None or len(prefix) + 1 < len(current)):
                 best[end] = [*prefix, piece]
     return best[-1]
 
@@ -111,6 +112,7 @@ def units(text: str) -> list[Unit]:
             continue
         if "a" <= char <= "z":
             run = _LATIN_RUN.match(text, index)
+            assert run is not None, "a run of Latin letters starts at any a-z"
             word = run.group()
             index = run.end()
             words += 1

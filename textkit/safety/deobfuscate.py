@@ -96,7 +96,7 @@ _READING = _Reading()
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.DOTALL)
 _HTML_TAG = re.compile(r"</?([a-zA-Z][a-zA-Z0-9-]*)\b[^<>]{0,300}>")
 _BLOCK_TAGS = frozenset(
-    "br p div li ul ol tr td th table h1 h2 h3 h4 h5 h6 hr section article header footer blockquote pre".split()
+    ["br", "p", "div", "li", "ul", "ol", "tr", "td", "th", "table", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "section", "article", "header", "footer", "blockquote", "pre"]
 )
 _RLO, _LRO, _PDF = "\u202e", "\u202d", "\u202c"
 

@@ -24,6 +24,7 @@ import bisect
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import ahocorasick
 
@@ -75,16 +76,20 @@ def _compact(word: str) -> str:
     return "".join(_leet(token) for token in _TOKEN.findall(word))
 
 
+# What a term stands for (the lexicon's entry); handed back as is with each find.
+EntryT = TypeVar("EntryT")
+
+
 @dataclass(frozen=True)
-class Found:
-    entry: object
+class Found(Generic[EntryT]):
+    entry: EntryT
     start: int  # in the reading that was searched
     end: int
 
 
 @dataclass(frozen=True)
-class _English:
-    entry: object
+class _English(Generic[EntryT]):
+    entry: EntryT
     letters: int
     # Offsets inside the compact term where one of its words ends and the next begins.
     bounds: frozenset[int]
@@ -135,6 +140,8 @@ class _Words:
     def span(self, first: int, last: int) -> tuple[int, int]:
         start_word = _find_word(self.starts, first)
         end_word = _find_word(self.starts, last)
+        if start_word is None or end_word is None:
+            raise ValueError(f"offsets {first}..{last} start before the reading's first word")
         return self.spans[start_word][0], self.spans[end_word][1]
 
 
@@ -149,20 +156,20 @@ def _find_word(starts: Sequence[int], offset: int) -> int | None:
 
 
 @dataclass(frozen=True)
-class _Chinese:
-    entry: object
+class _Chinese(Generic[EntryT]):
+    entry: EntryT
     text: str  # Simplified
     syllables: tuple[str, ...]
 
 
-class EvasionMatcher:
+class EvasionMatcher(Generic[EntryT]):
     """Terms (English whole-word ones and Chinese ones) and allowed phrases, read through
     evasions; see the module's doc."""
 
     def __init__(
         self,
-        english: Iterable[tuple[str, object]],
-        chinese_terms: Iterable[tuple[str, object]],
+        english: Iterable[tuple[str, EntryT]],
+        chinese_terms: Iterable[tuple[str, EntryT]],
         allowed: Iterable[str] = (),
     ) -> None:
         self._english = ahocorasick.Automaton()
@@ -179,7 +186,7 @@ class EvasionMatcher:
             self._english.add_word(compact, _English(entry, len(compact), frozenset(bounds)))
         self._han = ahocorasick.Automaton()
         self._initials = ahocorasick.Automaton()
-        latin: list[tuple[str, _Chinese]] = []
+        latin: list[tuple[str, _Chinese[EntryT]]] = []
         for term, entry in chinese_terms:
             simplified = chinese.to_simplified(term)
             syllables = tuple(chinese.term_syllables(simplified))
@@ -202,12 +209,12 @@ class EvasionMatcher:
         self._allowed_english = [_compact(phrase) for phrase in allowed if _compact(phrase)]
         self._allowed_han = [chinese.squeeze(chinese.to_simplified(p)) for p in allowed if any(map(chinese.is_han, p))]
 
-    def find(self, reading: str, deep: bool = True) -> Found | None:
+    def find(self, reading: str, deep: bool = True) -> Found[EntryT] | None:
         """The first term in ``reading``; ``deep=False`` leaves out pinyin homophones and
         mixed forms (for views such as rot13 that every text has)."""
         return self._find_english(reading) or self._find_chinese(reading, deep)
 
-    def _find_english(self, reading: str) -> Found | None:
+    def _find_english(self, reading: str) -> Found[EntryT] | None:
         if not len(self._english):
             return None
         if not _MULTI_LEET_PATTERN.search(reading) and next(self._english.iter(reading.translate(_ROUGH)), None) is None:
@@ -220,7 +227,7 @@ class EvasionMatcher:
                 return Found(term.entry, *words.span(first, last))
         return None
 
-    def _find_chinese(self, reading: str, deep: bool) -> Found | None:
+    def _find_chinese(self, reading: str, deep: bool) -> Found[EntryT] | None:
         if chinese.HAN.search(reading) is None:
             return self._find_latin_pinyin(reading)
         simplified = chinese.to_simplified(reading)
@@ -236,7 +243,7 @@ class EvasionMatcher:
                 return Found(found.entry, 0, len(reading))
         return self._find_latin_pinyin(reading)
 
-    def _find_homophones(self, squeezed: str, allowed: list[tuple[int, int]]) -> _Chinese | None:
+    def _find_homophones(self, squeezed: str, allowed: list[tuple[int, int]]) -> _Chinese[EntryT] | None:
         for last, term in self._initials.iter(chinese.initials(squeezed)):
             first = last - len(term.syllables) + 1
             window = squeezed[first : last + 1]
@@ -244,7 +251,7 @@ class EvasionMatcher:
                 return term
         return None
 
-    def _find_mixed(self, simplified: str) -> _Chinese | None:
+    def _find_mixed(self, simplified: str) -> _Chinese[EntryT] | None:
         """Pinyin or initials next to characters ("毒pin交易", "dp交易"), around each place
         where Latin letters touch a Han character."""
         covered = -1
@@ -257,7 +264,7 @@ class EvasionMatcher:
                 return found
         return None
 
-    def _find_latin_pinyin(self, reading: str) -> Found | None:
+    def _find_latin_pinyin(self, reading: str) -> Found[EntryT] | None:
         if self._latin_any is None or self._latin_any.search(reading) is None:
             return None
         for pattern, term in self._latin:
@@ -266,7 +273,7 @@ class EvasionMatcher:
                 return Found(term.entry, *match.span())
         return None
 
-    def _find_units(self, units: list[chinese.Unit]) -> _Chinese | None:
+    def _find_units(self, units: list[chinese.Unit]) -> _Chinese[EntryT] | None:
         initials = "".join(unit.initial or "|" for unit in units)
         for last, term in self._initials.iter(initials):
             window = units[last - len(term.syllables) + 1 : last + 1]

@@ -57,7 +57,7 @@ class InputGuard:
             if found is not None:
                 return blocked(common_pb2.SAFETY_CATEGORY_PROMPT_INJECTION, found.rule, self.injection_message)
         if self.classifier is not None:
-            verdict = self._learned(readings, views)
+            verdict = self._learned(self.classifier, readings, views)
             if verdict is not None:
                 return verdict
         if self.pii_message is not None:
@@ -67,7 +67,9 @@ class InputGuard:
                 return blocked(common_pb2.SAFETY_CATEGORY_PII, f"pii:{kinds}", self.pii_message)
         return None
 
-    def _learned(self, messages: list[str], views: list[tuple[str, str]]) -> SafetyVerdict | None:
+    def _learned(
+        self, classifier: GuardClassifier, messages: list[str], views: list[tuple[str, str]]
+    ) -> SafetyVerdict | None:
         # Each message's reading and each decoded payload; the conversation as a whole too
         # while it is short, which is where a request split across turns hides (the
         # classifier's cost grows with the characters it reads).
@@ -75,7 +77,7 @@ class InputGuard:
         if len(messages) > 1 and len(views[0][1]) <= CONVERSATION_CLASSIFIED_CHARS:
             readings.append(views[0][1])
         readings += [view for name, view in views[1:] if name not in ALWAYS_DECODED]
-        found = self.classifier.verdict(readings)
+        found = classifier.verdict(readings)
         if found is None:
             return None
         label, probability = found

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +53,7 @@ class Lexicon:
         self._automaton = ahocorasick.Automaton()
         for entry in entries:
             self._automaton.add_word(entry.word, entry)
-        self.max_word_len = max((len(word) for word in self._automaton.keys()), default=0)
+        self.max_word_len = max((len(entry.word) for entry in entries), default=0)
         if self.max_word_len:
             self._automaton.make_automaton()
         # The input guard's matcher, through evasions (see ``textkit.safety.evasion``).

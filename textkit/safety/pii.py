@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from itertools import pairwise
 
 EMAIL = "email"
 PHONE = "phone"
@@ -55,7 +56,7 @@ def card_valid(candidate: str) -> bool:
 _IBAN_LENGTHS = {
     "AD": 24, "AT": 20, "BE": 16, "CH": 21, "CZ": 24, "DE": 22, "DK": 18, "ES": 24, "FI": 18, "FR": 27,
     "GB": 22, "IE": 22, "IT": 27, "LU": 20, "NL": 18, "NO": 15, "PL": 28, "PT": 25, "SE": 24,
-}  # fmt: skip
+}
 
 
 def iban_valid(candidate: str) -> bool:
@@ -167,15 +168,13 @@ def always(candidate: str) -> bool:
 
 
 _TLDS = frozenset(
-    "com net org edu gov mil int io co cn uk de fr jp in au nl es it ru br ch se no dk fi be at pl cz kr tw hk sg"
-    " me info biz dev app ai us ca".split()
+    ["com", "net", "org", "edu", "gov", "mil", "int", "io", "co", "cn", "uk", "de", "fr", "jp", "in", "au", "nl", "es", "it", "ru", "br", "ch", "se", "no", "dk", "fi", "be", "at", "pl", "cz", "kr", "tw", "hk", "sg", "me", "info", "biz", "dev", "app", "ai", "us", "ca"]
 )
 
 
 # Words that make "look at this dot com" read like an address.
 _NOT_NAMES = frozenset(
-    "this that these those it its the a an me you him her them us home work school all least most first last once"
-    " night noon lunch dinner which what who".split()
+    ["this", "that", "these", "those", "it", "its", "the", "a", "an", "me", "you", "him", "her", "them", "us", "home", "work", "school", "all", "least", "most", "first", "last", "once", "night", "noon", "lunch", "dinner", "which", "what", "who"]
 )
 
 
@@ -344,7 +343,7 @@ def find_in_messages(texts: list[str]) -> list[list[PiiMatch]]:
     message that holds it."""
     found = [find_pii(text) for text in texts]
     # Only a boundary with digits on both sides can cut a number in two.
-    if not any(_DIGIT_END.search(a) and _DIGIT_START.search(b) for a, b in zip(texts, texts[1:])):
+    if not any(_DIGIT_END.search(a) and _DIGIT_START.search(b) for a, b in pairwise(texts)):
         return found
     joined, starts = "", []
     for text in texts:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -92,6 +92,14 @@ async def _level(one: Callable[[int], Any], concurrency: int, rounds: int) -> tu
     return [stream for streams in results for stream in streams], time.perf_counter() - started
 
 
+class BenchPath(Protocol):
+    """A way to the engine: ``stream`` gives a function that sends the stream of a given index."""
+
+    def stream(self, model: str, max_tokens: int) -> Callable[[int], Awaitable[Stream]]: ...
+
+    async def close(self) -> None: ...
+
+
 class DirectPath:
     """Straight to Triton's engine model over tritonclient's aio streaming, as the inference
     service calls it, with the prompt in the model's own tokens."""
@@ -109,7 +117,7 @@ class DirectPath:
             tokenizer = AutoTokenizer.from_pretrained(spec.resolved_dir())
             self.prompts[spec.name] = [render_chat(tokenizer, [{"role": "user", "content": p}])[1] for p in prompts]
 
-    def stream(self, model: str, max_tokens: int) -> Callable[[int], Any]:
+    def stream(self, model: str, max_tokens: int) -> Callable[[int], Awaitable[Stream]]:
         async def one(index: int) -> Stream:
             params = {"max_tokens": max_tokens, "temperature": 0.0}
             clock, tokens, prompts = _Clock(), 0, self.prompts[model]
@@ -139,7 +147,7 @@ class GatewayPath:
             limits=httpx.Limits(max_connections=64),
         )
 
-    def stream(self, model: str, max_tokens: int) -> Callable[[int], Any]:
+    def stream(self, model: str, max_tokens: int) -> Callable[[int], Awaitable[Stream]]:
         async def one(index: int) -> Stream:
             body = {
                 "model": model,
@@ -177,7 +185,7 @@ def _percentile_ms(values: list[float], q: float) -> float:
 
 
 async def run(
-    paths: dict[str, Any],
+    paths: dict[str, BenchPath],
     models: Sequence[str],
     concurrencies: Sequence[int],
     max_tokens: int,

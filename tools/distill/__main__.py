@@ -91,7 +91,7 @@ def teacher_answers(prompts: list[str], teacher: Path) -> list[dict]:
             ranked = sorted(entry.items(), key=lambda kv: kv[1].rank or 0)[: TOP_K + 1]
             top.append([[int(t), float(lp.logprob)] for t, lp in ranked])
         rows.append({"prompt_ids": ids, "answer_ids": list(completion.token_ids), "top": top,
-                     "finished": completion.finish_reason == "stop"})  # fmt: skip
+                     "finished": completion.finish_reason == "stop"})
     del llm
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(rows))
@@ -150,12 +150,15 @@ def loss_on(student, group: list[dict], eos: int):
             values = torch.tensor([lp for _, lp in alternatives], dtype=torch.float32)
             weights = torch.softmax(values, 0)
             for (token, _), weight in zip(alternatives, weights, strict=True):
-                rows.append(i), cols.append(start + j - 1), token_ids.append(token), probs.append(weight)
-    positions = sorted(set(zip(rows, cols)))
+                rows.append(i)
+                cols.append(start + j - 1)
+                token_ids.append(token)
+                probs.append(weight)
+    positions = sorted(set(zip(rows, cols, strict=True)))
     index = {p: k for k, p in enumerate(positions)}
     at = torch.tensor(positions)
     logprobs = torch.log_softmax(student.lm_head(hidden[at[:, 0], at[:, 1]]).float(), -1)
-    picked = logprobs[torch.tensor([index[(r, c)] for r, c in zip(rows, cols)]), torch.tensor(token_ids)]
+    picked = logprobs[torch.tensor([index[(r, c)] for r, c in zip(rows, cols, strict=True)]), torch.tensor(token_ids)]
     return -(torch.stack(probs) * picked).sum() / len(positions)
 
 
@@ -168,7 +171,7 @@ def choose_layers(teacher, rows: list[dict], eos: int) -> tuple[list[int], dict[
         for layers in LAYER_CANDIDATES:
             student = build_student(teacher, list(layers))
             losses[str(list(layers))] = float(sum(loss_on(student, probe[i : i + 16], eos) for i in range(0, len(probe), 16)) / math.ceil(len(probe) / 16))
-    best = min(losses, key=losses.get)
+    best = min(losses, key=losses.__getitem__)
     return json.loads(best), losses
 
 
@@ -231,7 +234,7 @@ def train(teacher_dir: Path, out: Path, prompts_n: int, epochs: int, seed: int) 
         "seconds": {"teacher_answers": round(generated - started), "training": round(trained - generated),
                     "total": round(time.perf_counter() - started)},
         "threads": torch.get_num_threads(),
-    })  # fmt: skip
+    })
 
 
 def save(student, teacher_dir: Path, out: Path, record: dict) -> None:

@@ -46,7 +46,7 @@ async def _run(client, model: str, prompts: list[list[int]], concurrency: int) -
     seconds = time.perf_counter() - started
     gaps.sort()
     return {"tokens_per_s": round(produced / seconds, 1), "ms_per_token_p50": round(1000 * gaps[len(gaps) // 2], 1),
-            "requests": len(prompts), "concurrency": concurrency}  # fmt: skip
+            "requests": len(prompts), "concurrency": concurrency}
 
 
 async def measure(grpc_addr: str, rounds: int) -> list[dict]:
@@ -56,7 +56,10 @@ async def measure(grpc_addr: str, rounds: int) -> list[dict]:
     from textkit.tokenizers import render_chat
     from tools.router.evalset import template_items
 
-    tokenizer = AutoTokenizer.from_pretrained(find_model(default_models(), TEACHER).resolved_dir())
+    teacher = find_model(default_models(), TEACHER)
+    if teacher is None:
+        raise ValueError(f"the teacher {TEACHER!r} is not in the catalog")
+    tokenizer = AutoTokenizer.from_pretrained(teacher.resolved_dir())
     texts = [item["prompt"] for item in template_items()[::7]]
     prompts = [render_chat(tokenizer, [{"role": "user", "content": t}])[1] for t in texts]
     client = TritonClient(MeshSettings(triton_grpc_addr=grpc_addr, default_deadline_s=600.0))
@@ -95,14 +98,14 @@ def main() -> None:
                             "teacher_tokens_per_s": pick[TEACHER]["tokens_per_s"],
                             "speedup": round(pick[STUDENT]["tokens_per_s"] / pick[TEACHER]["tokens_per_s"], 2),
                             "student_ms_per_token_p50": pick[STUDENT]["ms_per_token_p50"],
-                            "teacher_ms_per_token_p50": pick[TEACHER]["ms_per_token_p50"]})  # fmt: skip
+                            "teacher_ms_per_token_p50": pick[TEACHER]["ms_per_token_p50"]})
     if args.json:
         print(json.dumps({"runs": results, "summary": summary}))
         return
     for row in summary:
         print(f"round {row['round']}, concurrency {row['concurrency']}: student {row['student_tokens_per_s']} tok/s, "
               f"teacher {row['teacher_tokens_per_s']} tok/s: {row['speedup']}x "
-              f"(ms/token p50 {row['student_ms_per_token_p50']} vs {row['teacher_ms_per_token_p50']})")  # fmt: skip
+              f"(ms/token p50 {row['student_ms_per_token_p50']} vs {row['teacher_ms_per_token_p50']})")
 
 
 if __name__ == "__main__":

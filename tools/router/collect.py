@@ -46,6 +46,14 @@ def model_fingerprint(model: ModelSpec) -> str:
     return digest.hexdigest()[:16]
 
 
+def catalog_model(models: list[ModelSpec], name: str) -> ModelSpec:
+    """The catalog entry of a model the settings name (a model missing there is a setup error)."""
+    spec = find_model(models, name)
+    if spec is None:
+        raise ValueError(f"model {name!r} is not in the catalog")
+    return spec
+
+
 def answers_key(items: list[dict], models: list[ModelSpec], scoring_model: str, max_score_tokens: int) -> str:
     digest = hashlib.sha256(
         f"v={COLLECT_VERSION};max_tokens={MAX_TOKENS};scoring={scoring_model};window={max_score_tokens}".encode()
@@ -121,10 +129,10 @@ async def _collect(items: list[dict], settings, address: str, progress: Callable
     from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
     from mesh.channel import build_channel
     from services.router.signals import PERPLEXITY, PROMPT_TOKENS, SMALL_ANSWER_LOGPROB, lexical_features
-    from textkit.tokenizers import render_chat
+    from textkit.tokenizers import decode_text, render_chat
 
     tiers = [settings.small_model, settings.large_model]
-    specs = {name: find_model(settings.models, name) for name in {*tiers, settings.scoring_model}}
+    specs = {name: catalog_model(settings.models, name) for name in {*tiers, settings.scoring_model}}
     tokenizers = {name: AutoTokenizer.from_pretrained(spec.resolved_dir()) for name, spec in specs.items()}
     channel = build_channel(address, settings)
     stub = inference_pb2_grpc.InferenceServiceStub(channel)
@@ -143,7 +151,7 @@ async def _collect(items: list[dict], settings, address: str, progress: Callable
                 )
                 choice = response.choices[0]
                 answers[name] = {
-                    "text": tokenizers[name].decode(list(choice.token_ids), skip_special_tokens=True).strip(),
+                    "text": decode_text(tokenizers[name], choice.token_ids, skip_special_tokens=True).strip(),
                     "tokens": len(choice.token_ids),
                     "finish": common_pb2.FinishReason.Name(choice.finish_reason),
                     "mean_logprob": round(sum(choice.token_logprobs) / max(len(choice.token_logprobs), 1), 5),
@@ -178,7 +186,7 @@ def collect(items: list[dict], settings, key: str, progress: Callable[[int], Non
     header = {
         "key": key,
         "version": COLLECT_VERSION,
-        "models": {name: model_fingerprint(find_model(settings.models, name)) for name in models},
+        "models": {name: model_fingerprint(catalog_model(settings.models, name)) for name in models},
         "small_model": settings.small_model,
         "large_model": settings.large_model,
         "scoring_model": settings.scoring_model,

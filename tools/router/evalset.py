@@ -183,7 +183,7 @@ def _factual(rng: random.Random) -> list[tuple[str, str, dict]]:
     out = []
     for country, *capital in CAPITALS:
         out.append(("factual", rng.choice(["What is the capital of {c}?", "Name the capital city of {c}.",
-                                             "{c}'s capital is which city?"]).format(c=country), _contains(*capital)))  # fmt: skip
+                                             "{c}'s capital is which city?"]).format(c=country), _contains(*capital)))
     for name, symbol in ELEMENTS:
         out.append(("factual", f"What is the chemical symbol of {name}?", _contains(symbol, case_sensitive=True)))
     for question, forms in FACTS:
@@ -223,27 +223,27 @@ def _instructions(rng: random.Random) -> list[tuple[str, str, dict]]:
     for word in WORDS:
         out.append(("instruction", f"Write a sentence that uses the word '{word}'.", _rules(("contains", word), ("min_words", 4))))
         out.append(("instruction", f"Write the word '{word}' in capital letters and nothing else.",
-                    _rules(("one_of", [word.upper()]),)))  # fmt: skip
+                    _rules(("one_of", [word.upper()]),)))
     for color in COLORS:
         out.append(("instruction", f"Name three things that are {color}, separated by commas, and nothing else.",
-                    _rules(("comma_items", 3), ("max_words", 12))))  # fmt: skip
+                    _rules(("comma_items", 3), ("max_words", 12))))
         out.append(("instruction", f"Describe the color {color} in at most ten words.", _rules(("max_words", 10), ("min_words", 2))))
     for topic in ["the sea", "a city at night", "autumn leaves", "a sleeping cat", "morning coffee", "snow"]:
         out.append(("instruction", f"Write exactly two lines about {topic}.", _rules(("lines", 2),)))
         out.append(("instruction", f"Write one sentence about {topic} that ends with an exclamation mark.",
-                    _rules(("ends_with", "!"), ("max_words", 30))))  # fmt: skip
+                    _rules(("ends_with", "!"), ("max_words", 30))))
     for question in ["Is the sun a star?", "Is water wet?", "Can fish breathe underwater?", "Is ice hot?",
                      "Do cats bark?", "Is two greater than one?", "Is Paris in France?", "Can birds fly?"]:
         out.append(("instruction", f"Answer only 'yes' or 'no': {question}",
-                    _rules(("one_of", ["yes", "no"]),)))  # fmt: skip
+                    _rules(("one_of", ["yes", "no"]),)))
     for n in (3, 4, 5):
         out.append(("instruction", f"List {n} animals, one per line, with no other text.", _rules(("lines", n),)))
         out.append(("instruction", f"Write a greeting of at most {n + 2} words.", _rules(("max_words", n + 2),)))
     out.append(("instruction", 'Reply with a JSON object with a key "name" whose value is "Ada".',
-                _rules(("json", None), ("contains", "Ada"))))  # fmt: skip
+                _rules(("json", None), ("contains", "Ada"))))
     out.append(("instruction", "Reply with a JSON list of three numbers.", _rules(("json", None),)))
     out.append(("instruction", "Start your answer with 'Dear friend' and write one short sentence.",
-                _rules(("starts_with", "Dear friend"), ("max_words", 25))))  # fmt: skip
+                _rules(("starts_with", "Dear friend"), ("max_words", 25))))
     out.append(("instruction", "Say hello in lowercase letters only.", _rules(("all_lower", None), ("contains", "hello"))))
     rng.shuffle(out)
     return out
@@ -253,15 +253,15 @@ def _rewriting(rng: random.Random) -> list[tuple[str, str, dict]]:
     out = []
     for sentence in SENTENCES:
         out.append(("rewriting", f"Rewrite this sentence in capital letters: {sentence}",
-                    _contains(sentence.upper(), case_sensitive=True)))  # fmt: skip
+                    _contains(sentence.upper(), case_sensitive=True)))
         title = sentence[0].upper() + sentence[1:] + "."
         out.append(("rewriting", f"Add a capital letter at the start and a full stop at the end: {sentence}",
-                    _contains(title, case_sensitive=True)))  # fmt: skip
+                    _contains(title, case_sensitive=True)))
         words = sentence.split()
         out.append(("rewriting", f"Remove the first word of this sentence: {sentence}", _contains(" ".join(words[1:]))))
         target = rng.choice([w for w in words if len(w) > 3])
         out.append(("rewriting", f"In the sentence '{sentence}', replace the word '{target}' with 'banana'.",
-                    _contains(sentence.replace(target, "banana", 1))))  # fmt: skip
+                    _contains(sentence.replace(target, "banana", 1))))
     for singular, plural in PLURALS:
         out.append(("rewriting", f"What is the plural of '{singular}'?", _contains(plural)))
     for present, past in PAST:
@@ -331,7 +331,7 @@ def template_items(seed: int = SEED) -> list[dict]:
         seen.add(prompt)
         item_id = "t-" + hashlib.sha256(prompt.encode()).hexdigest()[:10]
         items.append({"id": item_id, "source": "templates", "split": split_of(item_id), "category": category,
-                      "prompt": prompt, "check": check})  # fmt: skip
+                      "prompt": prompt, "check": check})
     return items
 
 
@@ -340,7 +340,7 @@ def handwritten_items() -> list[dict]:
     for category, prompt, check in heldout.ITEMS:
         item_id = "h-" + hashlib.sha256(prompt.encode()).hexdigest()[:10]
         items.append({"id": item_id, "source": "handwritten", "split": "heldout", "category": category,
-                      "prompt": prompt, "check": check})  # fmt: skip
+                      "prompt": prompt, "check": check})
     return items
 
 

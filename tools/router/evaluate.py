@@ -23,7 +23,7 @@ import numpy as np
 
 from llmesh.router.v1 import router_pb2
 from services.router import learned
-from services.router.load import NoLoad
+from services.router.load import LoadSource, NoLoad
 from services.router.policies import (
     CascadePolicy,
     CostAwarePolicy,
@@ -34,9 +34,9 @@ from services.router.policies import (
     ThresholdPolicy,
     cost,
 )
-from services.router.signals import Signals
 from services.router.ppo import PPORouter
 from services.router.settings import RouterSettings
+from services.router.signals import Signals
 from tools.router import judge, routellm
 
 RANDOM_SEEDS = 50
@@ -66,7 +66,7 @@ def queries(rows: list[dict]) -> list[Query]:
             row["id"], row["source"], row["split"], row["category"], row["prompt"],
             {m: judge.score(a["text"], row["check"], row["prompt"]) for m, a in row["answers"].items()},
             dict(row["prompt_tokens"]), {m: a["tokens"] for m, a in row["answers"].items()}, dict(row["signals"]),
-        )  # fmt: skip
+        )
         for row in rows
     ]
 
@@ -107,7 +107,11 @@ def train_router(fit: list[Query], settings: RouterSettings, data_key: str, l2: 
 
 
 def policies(
-    settings: RouterSettings, router: learned.LearnedRouter, ppo: PPORouter | None, load=None, seed: int = 0
+    settings: RouterSettings,
+    router: learned.LearnedRouter,
+    ppo: PPORouter | None,
+    load: LoadSource | None = None,
+    seed: int = 0,
 ) -> dict[str, ThresholdPolicy]:
     out = {
         "random": RandomPolicy(settings, random.Random(seed)),
@@ -185,7 +189,7 @@ def evaluate(items: list[Query], settings: RouterSettings, named: dict[str, Thre
             curve, routellm.apgr(curve), routellm.cpt(curve, 0.5), routellm.cpt(curve, 0.8), float(policy.threshold),
             float(to_large.mean()), float(routellm.pgr(quality, weak.mean(), strong.mean())), float(quality),
             float(per_request.mean() * 1000), curve_cost,
-        )  # fmt: skip
+        )
     return results
 
 
@@ -212,7 +216,7 @@ def by_category(items: list[Query], settings: RouterSettings) -> dict[str, dict]
         chosen = [q for q in items if q.category == category]
         weak, strong = qualities(chosen, settings)
         out[category] = {"items": len(chosen), settings.small_model: round(float(weak.mean()), 3),
-                         settings.large_model: round(float(strong.mean()), 3)}  # fmt: skip
+                         settings.large_model: round(float(strong.mean()), 3)}
     return out
 
 
@@ -245,7 +249,7 @@ def load_scenarios(items: list[Query], settings: RouterSettings, router: learned
         to_large = scores(policy, items, settings) > policy.threshold
         quality = np.where(to_large, strong, weak).mean()
         out[label] = {"large_price_factor": factor, "large_share": round(float(to_large.mean()), 4),
-                      "pgr": round(float(routellm.pgr(quality, weak.mean(), strong.mean())), 4)}  # fmt: skip
+                      "pgr": round(float(routellm.pgr(quality, weak.mean(), strong.mean())), 4)}
     return out
 
 
@@ -265,4 +269,4 @@ def budget_scenario(items: list[Query], settings: RouterSettings, policy: Thresh
     quality = np.where(to_large, strong, weak).mean()
     return {"budget_share_of_all_large": share_of_all_large, "spent_share_of_all_large": round(spent / large_cost.sum(), 4),
             "large_share": round(float(to_large.mean()), 4),
-            "pgr": round(float(routellm.pgr(quality, weak.mean(), strong.mean())), 4)}  # fmt: skip
+            "pgr": round(float(routellm.pgr(quality, weak.mean(), strong.mean())), 4)}

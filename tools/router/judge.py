@@ -27,10 +27,11 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
+from typing import Any
 
 JUDGE_VERSION = 1
 
-_EN_UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+_EN_UNITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
 _EN_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
 _ZH_DIGITS = {c: i for i, c in enumerate("零一二三四五六七八九")} | {"两": 2}
 # ASCII boundaries: a number right after Chinese text ("结果是8") is still a number.
@@ -87,8 +88,8 @@ def _lines(answer: str) -> list[str]:
     return [line.strip() for line in answer.strip().splitlines() if line.strip()]
 
 
-# Each rule: (answer, argument) -> met?
-RULES: dict[str, Callable[[str, object], bool]] = {
+# Each rule: (answer, argument) -> met? The argument is the check's JSON value (a number, a word, a list).
+RULES: dict[str, Callable[[str, Any], bool]] = {
     "max_words": lambda a, n: 0 < len(_words(a)) <= int(n),
     "min_words": lambda a, n: len(_words(a)) >= int(n),
     "contains": lambda a, word: _mentions(a, str(word)),

@@ -33,13 +33,13 @@ def sweep(scores: np.ndarray, weak: np.ndarray, strong: np.ndarray) -> Curve:
     scores = np.asarray(scores, dtype=np.float64)
     cuts = np.unique(scores)[::-1]  # descending: each cut adds the next group of tied queries
     thresholds = np.concatenate([[np.inf], cuts[1:], [-np.inf]]) if len(cuts) else np.array([np.inf, -np.inf])
-    share, quality = [], []
+    shares, qualities = [], []
     for t in thresholds:
         to_strong = scores > t
-        share.append(to_strong.mean())
-        quality.append(np.where(to_strong, strong, weak).mean())
-    quality = np.asarray(quality)
-    return Curve(np.asarray(share), quality, pgr(quality, weak.mean(), strong.mean()), thresholds)
+        shares.append(to_strong.mean())
+        qualities.append(np.where(to_strong, strong, weak).mean())
+    quality = np.asarray(qualities)
+    return Curve(np.asarray(shares), quality, pgr(quality, weak.mean(), strong.mean()), thresholds)
 
 
 def pgr(quality, q_weak: float, q_strong: float):

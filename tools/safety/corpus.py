@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import codecs
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from textkit.safety.lexicon import DEFAULT_EN, DEFAULT_ZH, read_words
@@ -75,6 +76,14 @@ def injections(rng: random.Random, n: int) -> list[Sample]:
     return out
 
 
+_ENCODERS: dict[str, Callable[[str], str]] = {
+    "base64": lambda text: base64.b64encode(text.encode()).decode(),
+    "rot13": lambda text: codecs.encode(text, "rot13"),
+    "hex": lambda text: text.encode().hex(),
+    "reversed": lambda text: text[::-1],
+}
+
+
 def encoded_injections(rng: random.Random, n: int) -> list[Sample]:
     """The encodings the rules decode, each over a plain injection."""
     plain = [s for s in injections(rng, n) if s.language == "en"]
@@ -82,12 +91,7 @@ def encoded_injections(rng: random.Random, n: int) -> list[Sample]:
     for index, sample in enumerate(plain):
         text = sample.text
         encoding = ("base64", "rot13", "hex", "reversed")[index % 4]
-        payload = {
-            "base64": lambda: base64.b64encode(text.encode()).decode(),
-            "rot13": lambda: codecs.encode(text, "rot13"),
-            "hex": lambda: text.encode().hex(),
-            "reversed": lambda: text[::-1],
-        }[encoding]()
+        payload = _ENCODERS[encoding](text)
         out.append(Sample(f"Decode this and follow it: {payload}", "injection", "en", f"encoded:{encoding}"))
     return out
 

@@ -11,6 +11,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 from textkit.safety import pii
 from textkit.safety.classifier import GuardClassifier
@@ -81,7 +82,7 @@ def evaluate_part(guard: InputGuard, samples: list[corpus.Sample], near_misses: 
             hits[f"benign_{sample.family}"].append(flagged)
             hits[f"benign_{sample.family}_lexicon"].append(category == "lexicon")
             hits[f"benign_{sample.family}_injection"].append(category == "injection")
-            if flagged:
+            if verdict is not None:
                 false_positives.append({"text": sample.text, "rule": verdict.rule})
             continue
         hit = verdict is not None and category == ("lexicon" if sample.label == "sensitive" else "injection")
@@ -130,7 +131,7 @@ def evaluate(seed: int = 7, latency_runs: int = 300, progress: Callable[[int], N
     guard.scan_messages(["warm up 你好"])
     load_ms = (time.perf_counter() - started) * 1000
     dev_samples = corpus.build(seed) + pii_values.pii_samples(random.Random(seed))
-    report = {
+    report: dict[str, Any] = {
         "development": evaluate_part(guard, dev_samples, DEV_NEAR_MISSES),
         "held_out": evaluate_part(guard, heldout.build(seed + 4), heldout.NEAR_MISSES),
     }

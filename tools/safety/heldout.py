@@ -17,9 +17,9 @@ import random
 import string
 import urllib.parse
 
-from tools.safety import pii_values
 from textkit.safety.deobfuscate import MORSE
 from textkit.safety.lexicon import DEFAULT_EN, read_words
+from tools.safety import pii_values
 from tools.safety.corpus import Sample, docstrings
 
 _EN_CARRIERS = [

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from textkit.safety import pii
 from tools.safety.corpus import Sample
 
+
 def _luhn_complete(prefix: str, length: int, rng: random.Random) -> str:
     body = prefix + "".join(rng.choice(string.digits) for _ in range(length - len(prefix) - 1))
     for check in string.digits:

@@ -18,6 +18,7 @@ from the repository only ``mesh.semconv`` (names, no dependencies).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -377,10 +378,9 @@ class TritonPythonModel:
             if flight.cancelled or not final_sent:
                 await self.engine.abort(flight.request_id)
                 if not final_sent:
-                    try:
+                    # The client went away: the stream is gone with it.
+                    with contextlib.suppress(Exception):
                         flight.sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                    except Exception:  # the client went away: the stream is gone with it
-                        pass
 
     def _response(self, flight: Flight, output: Any, completion: Any, top_k: int, first: bool) -> Any:
         choice = flight.choices.setdefault(completion.index, Choice())

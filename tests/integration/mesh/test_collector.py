@@ -20,9 +20,11 @@ def test_protobuf_export_from_the_python_sdk_round_trips(tmp_path):
     provider = TracerProvider(resource=Resource.create({"service.name": "gateway"}))
     provider.add_span_processor(SimpleSpanProcessor(memory))
     tracer = provider.get_tracer("test")
-    with tracer.start_as_current_span("parent") as parent:
-        with tracer.start_as_current_span("child", attributes={"gen_ai.request.model": "llmesh-small"}):
-            pass
+    with (
+        tracer.start_as_current_span("parent") as parent,
+        tracer.start_as_current_span("child", attributes={"gen_ai.request.model": "llmesh-small"}),
+    ):
+        pass
     body = encode_spans(memory.get_finished_spans()).SerializeToString()
     client = _client(tmp_path)
 
@@ -57,7 +59,7 @@ def test_triton_style_json_export_with_hex_ids(tmp_path):
                 ],
             }
         ]
-    }  # fmt: skip
+    }
     client = _client(tmp_path)
     assert client.post("/v1/traces", json=payload).status_code == 200
 

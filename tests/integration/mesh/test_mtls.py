@@ -5,10 +5,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tools.certs import generate, tls_env
 from mesh.channel import build_channel
 from mesh.server import Health, create_server
 from mesh.settings import MeshSettings
+from tools.certs import generate, tls_env
 
 
 def tls_settings(directory, service, monkeypatch) -> MeshSettings:

@@ -9,12 +9,10 @@ import gc
 import logging
 
 import pytest
+
 from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from llmesh.postprocess.v1 import postprocess_pb2, postprocess_pb2_grpc
-from support.fake_triton import FakeTriton
-from support.tokenizer import build_tokenizer, catalog, wait_until_serving
-
 from mesh.channel import build_channel
 from mesh.server import start_service
 from services.inference.service import InferenceService
@@ -22,6 +20,8 @@ from services.inference.settings import InferenceSettings
 from services.inference.triton_client import Chunk
 from services.postprocess.service import PostprocessService
 from services.postprocess.settings import PostprocessSettings
+from support.fake_triton import FakeTriton
+from support.tokenizer import build_tokenizer, catalog, wait_until_serving
 
 MODEL = "llmesh-small"
 

@@ -5,11 +5,10 @@ import asyncio
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import trace
+
 from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
-from opentelemetry import trace
-from support.fake_triton import FakeTriton
-
 from mesh import semconv
 from mesh.channel import build_channel
 from mesh.errors import error_info
@@ -17,6 +16,7 @@ from mesh.server import start_service
 from services.inference.service import InferenceService
 from services.inference.settings import InferenceSettings
 from services.inference.triton_client import Chunk, TritonError
+from support.fake_triton import FakeTriton
 
 SMALL, LARGE = "llmesh-small", "smollm2-135m-instruct"
 # The fake Triton serves the chat models only.

@@ -105,7 +105,7 @@ def test_stream_carries_real_tensor_bytes(triton, tokenizers, model):
         for name, width in sizes.items():
             assert len(contents[name]) == width * result.as_numpy(name).size, name
         assert result.as_numpy("top_token_ids").size == 3 * token_ids.size
-        assert ((0 <= token_ids) & (token_ids < vocab)).all()
+        assert ((token_ids >= 0) & (token_ids < vocab)).all()
         logprobs = result.as_numpy("token_logprobs")
         assert np.isfinite(logprobs).all() and (logprobs <= 0).all()
     prompt_tokens, completion_tokens, _ = results[-1].as_numpy("usage").tolist()

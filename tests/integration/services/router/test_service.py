@@ -18,9 +18,9 @@ from mesh.channel import build_channel
 from mesh.errors import error_info
 from mesh.server import start_service
 from services.router.budget import Budgets
-from services.router.signals import ScoringFailed
 from services.router.service import RouterService
 from services.router.settings import RouterSettings
+from services.router.signals import ScoringFailed
 from support.fake_redis import FakeRedis
 
 SMALL, LARGE = "smollm2-student", "smollm2-135m-instruct"

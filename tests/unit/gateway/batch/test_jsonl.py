@@ -47,7 +47,7 @@ def test_unknown_fields_of_a_line_are_refused_by_name():
 
 def test_chunks_cover_every_request_once_by_byte_range():
     lines = [line(f"r{i}") for i in range(7)]
-    content = b"\n".join(lines[:3] + [b""] + lines[3:]) + b"\n"
+    content = b"\n".join([*lines[:3], b"", *lines[3:]]) + b"\n"
     plan = jsonl.plan_chunks([content], lines_per_chunk=3)
     assert [(c.first_index, c.first_line, c.count) for c in plan] == [(0, 1, 3), (3, 5, 3), (6, 8, 1)]
     requests = [r for c in plan for r in jsonl.read_chunk(content[c.start : c.end], c, MODELS)]

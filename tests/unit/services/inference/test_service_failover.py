@@ -5,16 +5,16 @@ import time
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
+
 from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2
-from prometheus_client import REGISTRY
-from support.fake_triton import FakeTriton, answer
-
 from mesh import deadlines, semconv
 from services.inference.circuit import State
 from services.inference.service import InferenceService
 from services.inference.settings import InferenceSettings
 from services.inference.triton_client import Chunk, RequestRejected, TritonError
+from support.fake_triton import FakeTriton, answer
 
 SMALL, LARGE = "llmesh-small", "smollm2-135m-instruct"
 SETTINGS = InferenceSettings(breaker_failure_threshold=2, breaker_cooldown_s=30.0, default_max_tokens=9)

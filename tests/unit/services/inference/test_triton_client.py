@@ -204,7 +204,7 @@ async def test_generate_stream_failures_raise_triton_error(client, spans, items)
 async def test_an_engine_refusal_is_the_clients_fault(client):
     message = f"[request id: <id_unknown>] {semconv.ENGINE_INVALID_REQUEST_PREFIX}prompt exceeds the context"
     client._client = FakeTritonGrpc([(None, InferenceServerException(message))])
-    with pytest.raises(RequestRejected, match="^prompt exceeds the context$"):
+    with pytest.raises(RequestRejected, match=r"^prompt exceeds the context$"):
         await collect(client)
 
 

@@ -5,9 +5,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from llmesh.common.v1 import common_pb2
+from mesh.catalog import REPO_ROOT
 from services.postprocess.stream import ModeratedDecoder
 from textkit.safety.lexicon import Lexicon
-from mesh.catalog import REPO_ROOT
 
 # "string" is one token of the small vocabulary, so an alternative can spell the whole term.
 LEXICON = Lexicon.from_words(["string"], "lexicon:en:test", whole_word=True)

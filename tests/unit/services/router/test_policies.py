@@ -23,8 +23,8 @@ from services.router.policies import (
     RandomPolicy,
     build_policy,
 )
-from services.router.signals import ScoringFailed, Signals, SignalUnavailable, perplexity
 from services.router.settings import RouterSettings
+from services.router.signals import ScoringFailed, Signals, SignalUnavailable, perplexity
 from support.fake_redis import FakeRedis
 
 SETTINGS = RouterSettings(perplexity_threshold=30.0, max_score_tokens=4, score_timeout_s=0.05)
@@ -123,7 +123,7 @@ def learned_router(weight_on_log_ppl: float, gain_per_log_ppl: float, gain_bias:
         "v-test", list(FEATURES), [0.0] * n, [1.0] * n,
         [weight_on_log_ppl] + [0.0] * (n - 1), -weight_on_log_ppl * math.log(10.0),
         [gain_per_log_ppl] + [0.0] * (n - 1), gain_bias, {},
-    )  # fmt: skip
+    )
 
 
 def signals_for(ppl: float, tokens: int = 3, text: str = "x") -> Signals:

@@ -8,9 +8,9 @@ import pytest
 from llmesh.router.v1 import router_pb2
 from services.router.learned import FEATURES
 from services.router.policies import PPOPolicy
-from services.router.signals import Signals
 from services.router.ppo import PPORouter, load_ppo, save_next
 from services.router.settings import RouterSettings
+from services.router.signals import Signals
 
 LO, HI = math.log(0.02), math.log(4.0)
 

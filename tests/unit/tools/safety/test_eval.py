@@ -16,7 +16,7 @@ def test_eval_json_reports_both_parts(tmp_path):
     result = CliRunner().invoke(app, ["safety", "eval", "--json", "--runs", "5", "--plot", str(tmp_path / "e.png")])
     report = json.loads(result.stdout)
     for part in ("development", "held_out"):
-        assert PART_METRICS <= set(report[part])
+        assert set(report[part]) >= PART_METRICS
         assert report[part]["counts"]["benign_ordinary"] > 100
     assert any(family.startswith("sensitive:pinyin") for family in report["held_out"]["recall_by_family"])
     assert report["conversation_chars"] == 2000 and report["input_p95_ms"] > 0

@@ -15,4 +15,3 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 _first = [p for p in os.environ.get("LLMESH_ENGINE_SYS_PATH", "").split(os.pathsep) if p]
 sys.path[:] = list(dict.fromkeys([*_first, str(Path(__file__).resolve().parents[5]), *sys.path]))
 
-from services.inference.triton_models.engine import TritonPythonModel  # the stub looks this name up here

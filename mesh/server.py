@@ -8,7 +8,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -344,7 +344,11 @@ async def start_service(service: MeshService, settings: MeshSettings, addr: str)
     return RunningService(server, port, health_, asyncio.create_task(health_.watch(service.ready)))
 
 
-def run_service(settings: MeshSettings, own_addr: str, factory: Callable[[MeshSettings], MeshService]) -> None:
+# Each service's settings class extends MeshSettings; its constructor takes that class.
+SettingsT = TypeVar("SettingsT", bound=MeshSettings)
+
+
+def run_service(settings: SettingsT, own_addr: str, factory: Callable[[SettingsT], MeshService]) -> None:
     """Entry point of every ``python -m services.<name>``."""
     setup_logging(settings.service_name, settings.log_level)
     provider = setup_tracing(settings)

@@ -35,6 +35,10 @@ DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "tritonserver"
 DEFAULT_ENGINE_VENV = REPO_ROOT / ".venv-engine"
 # model.py reads this: the python backend stub runs its interpreter isolated (PYTHONPATH ignored).
 ENGINE_SYS_PATH_ENV = "LLMESH_ENGINE_SYS_PATH"
+# ... and this: the interpreter of that environment. vLLM inspects a model class it has not seen
+# in a `sys.executable -m ...` subprocess, and the stub's sys.executable is the system Python,
+# which has no vLLM ("Model architectures [...] failed to be inspected" on a fresh machine).
+ENGINE_PYTHON_ENV = "LLMESH_ENGINE_PYTHON"
 
 
 class TritonStartError(RuntimeError):
@@ -125,6 +129,8 @@ def server_env(base: Mapping[str, str] | None = None, engine_venv: Path | None =
     ld += [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(dict.fromkeys(p for p in ld if p))
     env[ENGINE_SYS_PATH_ENV] = os.pathsep.join(engine_sys_path(engine_venv))
+    if engine_venv is not None and (engine_venv / "bin" / "python").is_file():
+        env[ENGINE_PYTHON_ENV] = str(engine_venv / "bin" / "python")
     # Each engine is its own stub process on a machine with few cores: one OpenMP thread each,
     # or they fight over the cores (vLLM's CPU worker also drops to one torch thread by itself).
     env.setdefault("OMP_NUM_THREADS", "1")

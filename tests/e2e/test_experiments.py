@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from cli.experiments import app as experiments_cli
 from gateway.experiments.assignment import FORCE_HEADER, assign
 from gateway.experiments.definitions import parse_yaml
+from services.router.settings import RouterSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -103,7 +104,7 @@ def test_router_deployments_split_as_configured_and_report_both(stack, base_url,
         assert latency["n"] == variant["requests"] and latency["mean"] > 0 and latency["ci95"]
         assert variant["output_tokens"] > 0 and variant["cost_total"] > 0
     # router-b's threshold sends everything to the small model.
-    assert set(variants["b"]["models"]) == {"llmesh-small"}
+    assert set(variants["b"]["models"]) == {RouterSettings().small_model}
     assert "p_value" in variants["b"]["metrics"]["latency_s"]
     assert not report["srm"]["mismatch"]
     assert chart.read_bytes().startswith(b"\x89PNG")

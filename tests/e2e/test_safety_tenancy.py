@@ -240,7 +240,8 @@ def test_audit_chain_verifies_and_names_tampered_records(stack, base_url, header
     # Records are appended in the background, moments after the answers (gateway/accounting.py).
     deadline = time.monotonic() + 5
     while True:
-        records = [json.loads(fields["record"]) for _, fields in client.xrange(audit.STREAM)]
+        rows = client.xrange(audit.STREAM)
+        records = [json.loads(fields["record"]) for _, fields in rows]
         mine = [r for r in records if r["tenant"] == "e2e"]
         if ids <= {r["request_id"] for r in mine} or time.monotonic() > deadline:
             break

@@ -8,6 +8,8 @@ restarted Redis leaves in the pool), so clients recover by themselves once Redis
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -23,7 +25,7 @@ _BACKOFF = ExponentialWithJitterBackoff(base=0.05, cap=0.5)
 _RETRY_ON = [RedisConnectionError, RedisTimeoutError]
 
 
-def _options(settings: MeshSettings) -> dict:
+def _options(settings: MeshSettings) -> dict[str, Any]:
     return {
         "socket_connect_timeout": settings.redis_connect_timeout_s,
         "socket_timeout": settings.redis_socket_timeout_s,

@@ -62,6 +62,13 @@ return {1, ARGV[2], ARGV[4]}
 """
 
 
+def _decoded(reply: bytes | str) -> str:
+    """A Redis reply as text: every client of the chain is built with decode_responses=True."""
+    if isinstance(reply, bytes):
+        raise TypeError("the audit chain is read with a Redis client built with decode_responses=True")
+    return reply
+
+
 def canonical(record: dict) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -179,8 +186,8 @@ class AuditLog:
         content = build_record(outcome, self.settings.audit_include_text)
         keep_from_ms = int((time.time() - self.settings.audit_retention_days * 86400) * 1000)
         if self._head is None:
-            head = await self.redis.hmget(HEAD, "seq", "hash")
-            self._head = int(head[0] or 0), head[1] or GENESIS
+            stored_seq, stored_hash = await self.redis.hmget(HEAD, "seq", "hash")
+            self._head = int(stored_seq or 0), _decoded(stored_hash or GENESIS)
         seq, prev = self._head
         for _ in range(_APPEND_ATTEMPTS):
             record = {**content, "seq": seq + 1, "prev": prev}
@@ -190,7 +197,7 @@ class AuditLog:
                 args=[
                     str(seq), str(seq + 1), canonical(record).decode(), record["hash"], keep_from_ms,
                     prev if seq else "",
-                ],  # fmt: skip
+                ],
             )
             if int(done):
                 self._head = seq + 1, record["hash"]
@@ -227,6 +234,8 @@ def verify(
 ) -> tuple[int, list[Problem]]:
     """Walk the chain in order; return how many records were read and every break found."""
     problems: list[Problem] = []
+    expected_seq: int | None
+    expected_prev: str | None
     expected_seq, expected_prev = (anchor[0] + 1, anchor[1]) if anchor else (None, GENESIS)
     last: Entry | None = None
     count = 0
@@ -274,11 +283,15 @@ def redis_entries(client: redis.Redis, batch: int = 1000) -> Iterator[Entry]:
     start = "-"
     while True:
         rows = client.xrange(STREAM, min=start, count=batch)
+        if rows is None:
+            raise RedisError(f"XRANGE of {STREAM} answered nil instead of a list")
         for entry_id, fields in rows:
-            yield Entry(f"stream id {entry_id}", _parse(fields.get("record", "")))
+            if entry_id is None or fields is None:
+                raise RedisError(f"XRANGE of {STREAM} answered an entry without an id or fields")
+            yield Entry(f"stream id {_decoded(entry_id)}", _parse(_decoded(fields.get("record", ""))))
         if len(rows) < batch:
             return
-        start = "(" + rows[-1][0]
+        start = "(" + _decoded(rows[-1][0] or "")
 
 
 def file_entries(directory: Path) -> list[Entry]:
@@ -295,7 +308,7 @@ def file_entries(directory: Path) -> list[Entry]:
 def redis_anchor_and_head(client: redis.Redis) -> tuple[tuple[int, str] | None, tuple[int, str] | None]:
     def pair(key: str) -> tuple[int, str] | None:
         fields = client.hgetall(key)
-        return (int(fields["seq"]), fields["hash"]) if fields else None
+        return (int(fields["seq"]), _decoded(fields["hash"])) if fields else None
 
     return pair(ANCHOR), pair(HEAD)
 

@@ -11,7 +11,8 @@ from llmesh.common.v1 import common_pb2
 from llmesh.preprocess.v1 import preprocess_pb2
 from mesh.catalog import AUTO_MODEL
 
-_FINISH_REASON_NAMES = {
+# Keyed by int: records carry finish reasons as the ints protos hold them as.
+_FINISH_REASON_NAMES: dict[int, str] = {
     common_pb2.FINISH_REASON_STOP: "stop",
     common_pb2.FINISH_REASON_LENGTH: "length",
     common_pb2.FINISH_REASON_CONTENT_FILTER: "content_filter",

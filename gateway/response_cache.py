@@ -61,7 +61,7 @@ class CachedAnswer:
     index: int
     token_ids: Sequence[int]
     # The engine's finish reason; postprocess derives the released one again.
-    finish_reason: int
+    finish_reason: common_pb2.FinishReason
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class CachedResponse:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> CachedResponse:
+    def from_json(cls, text: str | bytes) -> CachedResponse:
         data = json.loads(text)
         prompt, completion, total = data["usage"]
         return cls(

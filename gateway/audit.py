@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from gateway.settings import GatewaySettings
 from llmesh.common.v1 import common_pb2
-from mesh.redis_client import async_redis
+from mesh.redis_client import async_redis, decoded
 from textkit.safety import pii
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,6 @@ if #cut > 0 then
 end
 return {1, ARGV[2], ARGV[4]}
 """
-
-
-def _decoded(reply: bytes | str) -> str:
-    """A Redis reply as text: every client of the chain is built with decode_responses=True."""
-    if isinstance(reply, bytes):
-        raise TypeError("the audit chain is read with a Redis client built with decode_responses=True")
-    return reply
 
 
 def canonical(record: dict) -> bytes:
@@ -187,7 +180,7 @@ class AuditLog:
         keep_from_ms = int((time.time() - self.settings.audit_retention_days * 86400) * 1000)
         if self._head is None:
             stored_seq, stored_hash = await self.redis.hmget(HEAD, "seq", "hash")
-            self._head = int(stored_seq or 0), _decoded(stored_hash or GENESIS)
+            self._head = int(stored_seq or 0), decoded(stored_hash or GENESIS)
         seq, prev = self._head
         for _ in range(_APPEND_ATTEMPTS):
             record = {**content, "seq": seq + 1, "prev": prev}
@@ -288,10 +281,10 @@ def redis_entries(client: redis.Redis, batch: int = 1000) -> Iterator[Entry]:
         for entry_id, fields in rows:
             if entry_id is None or fields is None:
                 raise RedisError(f"XRANGE of {STREAM} answered an entry without an id or fields")
-            yield Entry(f"stream id {_decoded(entry_id)}", _parse(_decoded(fields.get("record", ""))))
+            yield Entry(f"stream id {decoded(entry_id)}", _parse(decoded(fields.get("record", ""))))
         if len(rows) < batch:
             return
-        start = "(" + _decoded(rows[-1][0] or "")
+        start = "(" + decoded(rows[-1][0] or "")
 
 
 def file_entries(directory: Path) -> list[Entry]:
@@ -308,7 +301,7 @@ def file_entries(directory: Path) -> list[Entry]:
 def redis_anchor_and_head(client: redis.Redis) -> tuple[tuple[int, str] | None, tuple[int, str] | None]:
     def pair(key: str) -> tuple[int, str] | None:
         fields = client.hgetall(key)
-        return (int(fields["seq"]), _decoded(fields["hash"])) if fields else None
+        return (int(fields["seq"]), decoded(fields["hash"])) if fields else None
 
     return pair(ANCHOR), pair(HEAD)
 

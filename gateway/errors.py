@@ -86,7 +86,7 @@ class Unauthorized(GatewayError):
     reason = "INVALID_API_KEY"
 
 
-class _ErrorDetails(TypedDict, total=False):
+class ErrorDetails(TypedDict, total=False):
     """GatewayError's keyword arguments, for subclasses that pass them on."""
 
     reason: str | None
@@ -100,7 +100,7 @@ class ModelNotFound(GatewayError):
     error_type = "invalid_request_error"
     reason = "MODEL_NOT_FOUND"
 
-    def __init__(self, model: str, message: str | None = None, **kwargs: Unpack[_ErrorDetails]) -> None:
+    def __init__(self, model: str, message: str | None = None, **kwargs: Unpack[ErrorDetails]) -> None:
         kwargs.setdefault("param", "model")
         kwargs.setdefault("metadata", {"model": model})
         super().__init__(message or f"The model '{model}' does not exist.", **kwargs)

@@ -8,6 +8,7 @@ restarted Redis leaves in the pool), so clients recover by themselves once Redis
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
@@ -53,3 +54,18 @@ def sync_redis(settings: MeshSettings, url: str | None = None, *, decode_respons
         retry=Retry(_BACKOFF, settings.redis_retries),
         **_options(settings),
     )
+
+
+# redis-py types every reply as bytes | str, whatever the client; these read one as text, from a
+# client built with decode_responses=True (str already) or without it (UTF-8 bytes).
+def decoded(reply: bytes | str) -> str:
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
+def decoded_all(replies: Iterable[bytes | str]) -> list[str]:
+    return [decoded(reply) for reply in replies]
+
+
+def decoded_fields(reply: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    """A hash (HGETALL) as text."""
+    return {decoded(field): decoded(value) for field, value in reply.items()}

@@ -61,11 +61,12 @@ class _Stubs:
 
     @classmethod
     def over(cls, channels: Mapping[str, grpc.aio.Channel]) -> _Stubs:
+        # grpc_tools generates the stubs' constructors unannotated.
         return cls(
-            preprocess_pb2_grpc.PreprocessServiceStub(channels["preprocess"]),  # type: ignore[no-untyped-call]  # generated unannotated
-            router_pb2_grpc.RouterServiceStub(channels["router"]),  # type: ignore[no-untyped-call]  # generated unannotated
-            inference_pb2_grpc.InferenceServiceStub(channels["inference"]),  # type: ignore[no-untyped-call]  # generated unannotated
-            postprocess_pb2_grpc.PostprocessServiceStub(channels["postprocess"]),  # type: ignore[no-untyped-call]  # generated unannotated
+            preprocess_pb2_grpc.PreprocessServiceStub(channels["preprocess"]),  # type: ignore[no-untyped-call]
+            router_pb2_grpc.RouterServiceStub(channels["router"]),  # type: ignore[no-untyped-call]
+            inference_pb2_grpc.InferenceServiceStub(channels["inference"]),  # type: ignore[no-untyped-call]
+            postprocess_pb2_grpc.PostprocessServiceStub(channels["postprocess"]),  # type: ignore[no-untyped-call]
         )
 
 

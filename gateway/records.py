@@ -60,7 +60,7 @@ class ChoiceResult:
 
     index: int
     text: str
-    finish_reason: int  # common_pb2.FinishReason
+    finish_reason: common_pb2.FinishReason
     # Explains a content_filter finish when blocked; empty otherwise.
     verdict: common_pb2.SafetyVerdict = field(default_factory=common_pb2.SafetyVerdict)
     # With logprobs: entries that spell `text` exactly.
@@ -91,7 +91,7 @@ class ChatResult:
         return self.choices[0].text
 
     @property
-    def finish_reason(self) -> int:
+    def finish_reason(self) -> common_pb2.FinishReason:
         return self.choices[0].finish_reason
 
     @property
@@ -106,7 +106,7 @@ class StreamChunk:
     reason, and the stream's last chunk also the usage of all answers."""
 
     text: str = ""
-    finish_reason: int = common_pb2.FINISH_REASON_UNSPECIFIED
+    finish_reason: common_pb2.FinishReason = common_pb2.FINISH_REASON_UNSPECIFIED
     usage: common_pb2.Usage | None = None
     verdict: common_pb2.SafetyVerdict | None = None
     index: int = 0

@@ -56,13 +56,18 @@ def sync_redis(settings: MeshSettings, url: str | None = None, *, decode_respons
     )
 
 
-# redis-py types every reply as bytes | str, whatever the client; these read one as text, from a
-# client built with decode_responses=True (str already) or without it (UTF-8 bytes).
-def decoded(reply: bytes | str) -> str:
-    return reply.decode() if isinstance(reply, bytes) else reply
+# redis-py types every reply as bytes | str (or a union of a command's reply shapes), whatever
+# the client; these read one as text, from a client built with decode_responses=True (str
+# already) or without it (UTF-8 bytes).
+def decoded(reply: object) -> str:
+    if isinstance(reply, bytes):
+        return reply.decode()
+    if isinstance(reply, str):
+        return reply
+    raise TypeError(f"expected a text reply from Redis, not {type(reply).__name__}")
 
 
-def decoded_all(replies: Iterable[bytes | str]) -> list[str]:
+def decoded_all(replies: Iterable[object]) -> list[str]:
     return [decoded(reply) for reply in replies]
 
 

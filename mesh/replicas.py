@@ -56,7 +56,9 @@ class ReplicaChannel:
     """What mesh.channel.build_channel returns for a target naming several replicas; stubs use
     it as they use a grpc.aio.Channel."""
 
-    def __init__(self, replicas: list[Replica], settings: MeshSettings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, replicas: list[Replica], settings: MeshSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.replicas = replicas
         self.consecutive_errors = settings.outlier_consecutive_errors
         self.base_ejection_s = settings.outlier_base_ejection_s

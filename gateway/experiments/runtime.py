@@ -129,9 +129,10 @@ class Experiments:
         """Why this gateway cannot serve the experiment; None when it can."""
         arms: list[Any] = list(experiment.variants) + ([experiment.shadow] if experiment.shadow else [])
         for arm in arms:
-            service = experiment.target.service
-            if experiment.target.kind == "service" and self.pool.discovery.address(experiment.target.named_service, arm.deployment) is None:
-                return f"{arm.name}: deployment {arm.deployment!r} of {service} has no address (LLMESH_VARIANT_ADDRS)"
+            target = experiment.target
+            if target.kind == "service" and self.pool.discovery.address(target.named_service, arm.deployment) is None:
+                where = f"deployment {arm.deployment!r} of {target.service}"
+                return f"{arm.name}: {where} has no address (LLMESH_VARIANT_ADDRS)"
             if arm.model is not None and find_model(self.settings.models, arm.model) is None:
                 return f"{arm.name}: model {arm.model!r} is not in the catalog"
         return None
@@ -213,7 +214,13 @@ class Experiments:
         self.spawn(work, context=contextvars.Context())
 
     async def _shadow(
-        self, replay: Replay, experiment: Experiment, shadow: Shadow, request: ChatInput, primary: Answer, latency_s: float
+        self,
+        replay: Replay,
+        experiment: Experiment,
+        shadow: Shadow,
+        request: ChatInput,
+        primary: Answer,
+        latency_s: float,
     ) -> None:
         trial = Trial(self, request, shadow=(experiment, shadow))
         started = time.perf_counter()
@@ -280,7 +287,9 @@ class Trial:
             variant = experiment.variant(name)
             if variant is None:
                 # Forced variants were checked by Experiments.trial; a refresh since may have dropped one.
-                raise InvalidRequest(f"Experiment {experiment.name!r} has no variant {name!r}.", param="x-llmesh-force-variant")
+                raise InvalidRequest(
+                    f"Experiment {experiment.name!r} has no variant {name!r}.", param="x-llmesh-force-variant"
+                )
             self._steer(experiment, variant.deployment, variant.model)
         span.set_attributes({semconv.LLMESH_EXPERIMENT_PREFIX + name: v for name, v in context.experiments.items()})
         routing.set_assignment(context.experiments)
@@ -343,8 +352,9 @@ class Trial:
             return
         for name in self.recorded:
             experiment = self.experiments.active.get(name)
-            shadow = experiment.shadow if experiment else None
-            if experiment is not None and shadow is not None and in_share(f"{experiment.hash_salt}:shadow", self.context.request_id, shadow.share):
+            if experiment is None or experiment.shadow is None:
+                continue
+            if in_share(f"{experiment.hash_salt}:shadow", self.context.request_id, experiment.shadow.share):
                 self.experiments.mirror(experiment, self.request, result, latency_s)
 
     def _write(self, outcome: Outcome) -> None:

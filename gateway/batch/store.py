@@ -265,7 +265,7 @@ class BatchStore:
         with _available("batch"):
             sequence = await self.redis.incr(_SEQUENCE)
             async with self.redis.pipeline(transaction=True) as pipe:
-                # Built again: hset's mapping is invariant in its key type, which a dict[str, str] is not.
+                # A fresh dict: hset's mapping is a Mapping invariant in its key type, which dict[str, str] is not.
                 pipe.hset(_BATCH + values["id"], mapping={field: value for field, value in values.items()})
                 pipe.zadd(_TENANT_BATCHES + values["tenant"], {values["id"]: sequence})
                 pipe.sadd(_FILE_USERS + values["input_file_id"], values["id"])

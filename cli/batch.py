@@ -60,7 +60,9 @@ def _follow(client: httpx.Client, batch: dict, interval_s: float) -> dict:
         while True:
             counts = batch["request_counts"]
             failed = f", {counts['failed']} failed" if counts["failed"] else ""
-            progress.update(task, completed=counts["completed"] + counts["failed"], description=f"{batch['status']}{failed}")
+            progress.update(
+                task, completed=counts["completed"] + counts["failed"], description=f"{batch['status']}{failed}"
+            )
             if batch["status"] in TERMINAL:
                 return batch
             time.sleep(interval_s)

@@ -40,7 +40,9 @@ def _stack(settings: MeshSettings, run_dir: Path):
         yield url, settings.triton_grpc_addr, key
         return
     err.print("no stack running: starting one on free ports (the engines take a minute to load) ...")
-    with Stack(ports=Ports.free(), run_dir=run_dir, on_ready=lambda name, s: err.print(f"  ready {name:<12} {s:5.1f}s")) as stack:
+    with Stack(
+        ports=Ports.free(), run_dir=run_dir, on_ready=lambda name, s: err.print(f"  ready {name:<12} {s:5.1f}s")
+    ) as stack:
         key = create_key(stack.env["LLMESH_REDIS_URL"], "bench", "llmesh bench", rpm=1_000_000, tpm=1_000_000_000)[0]
         yield stack.gateway_url, stack.env["LLMESH_TRITON_GRPC_ADDR"], key
 
@@ -73,7 +75,9 @@ def engine(
                 "gateway": bench.GatewayPath(url, key),
             }
             try:
-                return await bench.run(paths, [m.name for m in models], sorted(concurrency), max_tokens, rounds_at_one, step)
+                return await bench.run(
+                    paths, [m.name for m in models], sorted(concurrency), max_tokens, rounds_at_one, step
+                )
             finally:
                 for path in paths.values():
                     await path.close()
@@ -91,8 +95,12 @@ def engine(
         table.add_column(column, justify="left" if column in ("model", "path") else "right", no_wrap=True)
     for level in levels:
         table.add_row(
-            level.model, level.path, str(level.concurrency), f"{level.tokens_per_s:.1f}",
-            f"{level.ttft_p50_ms:.0f}", f"{level.ttft_p90_ms:.0f}",
+            level.model,
+            level.path,
+            str(level.concurrency),
+            f"{level.tokens_per_s:.1f}",
+            f"{level.ttft_p50_ms:.0f}",
+            f"{level.ttft_p90_ms:.0f}",
         )
     console = Console(width=max(Console().width, 100))
     console.print(table)
@@ -148,9 +156,9 @@ def mesh(
     import httpx
 
     from cli.keys import create_key
-    from tools.stack import Ports, Stack
     from services.inference.triton_server import TritonServer
     from tools.bench import mesh as bench
+    from tools.stack import Ports, Stack
 
     settings = load_settings(MeshSettings)
     plan = bench.Plan(

@@ -41,12 +41,14 @@ def up(
     triton_timeout: float = typer.Option(300.0, help="seconds to wait for Triton to load its models"),
     tls: bool = typer.Option(False, help="mutual TLS between the gateway and the services (fresh certificates)"),
     deployment: list[str] = typer.Option(
-        [], help="another deployment of a service for A/B tests, SERVICE:NAME[:VAR=VALUE,...] (repeatable), "
+        [],
+        help="another deployment of a service for A/B tests, SERVICE:NAME[:VAR=VALUE,...] (repeatable), "
         "e.g. router:b:LLMESH_PERPLEXITY_THRESHOLD=5",
     ),
     run_dir: Path | None = typer.Option(None, help="logs, data and status.json of this stack (default .run/)"),
     replicas: list[str] = typer.Option(
-        [], help="run SERVICE=N processes of a gRPC service, balanced with outlier ejection (repeatable), e.g. inference=2"
+        [],
+        help="run SERVICE=N processes of a gRPC service, balanced with outlier ejection (repeatable), e.g. inference=2",
     ),
 ) -> None:
     """Start the whole stack (Redis, collector, Triton, services, gateway) until Ctrl-C; a
@@ -61,7 +63,9 @@ def up(
     for spec in replicas:
         name, _, count = spec.partition("=")
         if name not in SERVICES or not count.isdigit() or int(count) < 1:
-            raise typer.BadParameter(f"expected SERVICE=N with SERVICE one of {', '.join(SERVICES)}, got {spec!r}", param_hint="--replicas")
+            raise typer.BadParameter(
+                f"expected SERVICE=N with SERVICE one of {', '.join(SERVICES)}, got {spec!r}", param_hint="--replicas"
+            )
         counts[name] = int(count)
 
     def interrupt(signum, frame):
@@ -92,10 +96,10 @@ def up(
     console.print(
         f"\n[bold]llmesh is up[/]: OpenAI-compatible API at {url}/v1, gRPC edge at 127.0.0.1:{stack.ports.gateway_grpc}\n"
         f"API key of tenant 'dev' (more: `llmesh keys create TENANT`):\n  export LLMESH_API_KEY={key}\n"
-        f"try:\n  curl -N {url}/v1/chat/completions -H \"Authorization: Bearer $LLMESH_API_KEY\" \\\n"
+        f'try:\n  curl -N {url}/v1/chat/completions -H "Authorization: Bearer $LLMESH_API_KEY" \\\n'
         "    -H 'Content-Type: application/json' \\\n"
-        "    -d '{\"model\": \"smollm2-135m-instruct\", \"stream\": true, \"messages\": [{\"role\": \"user\", "
-        "\"content\": \"Explain what a Python list comprehension is.\"}]}'\n"
+        '    -d \'{"model": "smollm2-135m-instruct", "stream": true, "messages": [{"role": "user", '
+        '"content": "Explain what a Python list comprehension is."}]}\'\n'
         "then `llmesh trace <x-trace-id header>` to see the request's trace. Ctrl-C stops everything.",
         # Commands must stay copy-pasteable whatever the terminal width.
         soft_wrap=True,

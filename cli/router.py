@@ -34,8 +34,10 @@ THRESHOLD_SETTINGS = {
     "ppo": ("LLMESH_PPO_LAMBDA", lambda t: t),
     "random": ("LLMESH_RANDOM_LARGE_SHARE", lambda t: 1.0 - t),
 }
-SET_TITLES = {"report": "report split (template items, never fitted on)",
-              "heldout": "hand-written prompts (another kind, never fitted on)"}
+SET_TITLES = {
+    "report": "report split (template items, never fitted on)",
+    "heldout": "hand-written prompts (another kind, never fitted on)",
+}
 
 
 def _data(settings: RouterSettings, recollect: bool = False):
@@ -51,11 +53,15 @@ def _data(settings: RouterSettings, recollect: bool = False):
     cached = None if recollect else collect.load(key)
     if cached is not None:
         header, rows = cached
-        err.print(f"answers: {len(rows)} items from {collect.ANSWERS_PATH.relative_to(REPO_ROOT)} "
-                  f"(key {key}, collected {header['collected_at']})")
+        err.print(
+            f"answers: {len(rows)} items from {collect.ANSWERS_PATH.relative_to(REPO_ROOT)} "
+            f"(key {key}, collected {header['collected_at']})"
+        )
     else:
-        err.print(f"answers: none for key {key}; answering {len(items)} items with {settings.small_model} and "
-                  f"{settings.large_model} through Triton (a few minutes) ...")
+        err.print(
+            f"answers: none for key {key}; answering {len(items)} items with {settings.small_model} and "
+            f"{settings.large_model} through Triton (a few minutes) ..."
+        )
         with tqdm(total=len(items), file=sys.stderr, desc="answering") as bar:
             _, rows = collect.collect(items, settings, key, bar.update)
     return evaluate.queries(rows), key
@@ -98,11 +104,18 @@ def _train_ppo(settings: RouterSettings, fit, key: str, plot: Path | None):
     weak, strong = evaluate.qualities(fit, settings)
     small_cost, large_cost = evaluate.request_costs(fit, settings)
     router, log = ppo.train(
-        evaluate.features(fit), weak, strong, small_cost, large_cost, {"data_key": key, "split": "fit", "queries": len(fit)},
+        evaluate.features(fit),
+        weak,
+        strong,
+        small_cost,
+        large_cost,
+        {"data_key": key, "split": "fit", "queries": len(fit)},
         progress=lambda steps: tqdm(steps, file=sys.stderr, desc="ppo"),
     )
-    err.print(f"ppo: {len(log.iteration)} iterations in {log.seconds:.1f} s; final greedy reward "
-              f"{log.greedy_reward[-1]:.3f} (oracle {log.oracle_reward[-1]:.3f}, best fixed model {log.best_fixed_reward[-1]:.3f})")
+    err.print(
+        f"ppo: {len(log.iteration)} iterations in {log.seconds:.1f} s; final greedy reward "
+        f"{log.greedy_reward[-1]:.3f} (oracle {log.oracle_reward[-1]:.3f}, best fixed model {log.best_fixed_reward[-1]:.3f})"
+    )
     if plot is not None:
         ppo.plot(log, plot)
         err.print(f"ppo training curve: {plot}")
@@ -129,10 +142,16 @@ def _results(settings: RouterSettings, sets, router, ppo_router):
                 "baselines": evaluate.baselines(items, settings),
                 "queries": len(items),
                 "categories": evaluate.by_category(items, settings),
-                "random_sanity": {"apgr": round(results["random"].apgr, 4), "ok": abs(results["random"].apgr - 0.5) <= 0.05},
+                "random_sanity": {
+                    "apgr": round(results["random"].apgr, 4),
+                    "ok": abs(results["random"].apgr - 0.5) <= 0.05,
+                },
                 # Not a policy: the bound a router that knew each query's true gain would reach.
-                "oracle": {"apgr": round(routellm.apgr(oracle), 4), "cpt50": routellm.cpt(oracle, 0.5),
-                           "cpt80": routellm.cpt(oracle, 0.8)},
+                "oracle": {
+                    "apgr": round(routellm.apgr(oracle), 4),
+                    "cpt50": routellm.cpt(oracle, 0.5),
+                    "cpt80": routellm.cpt(oracle, 0.8),
+                },
             },
         }
     return out
@@ -150,15 +169,19 @@ def eval_(
     settings = load_settings(RouterSettings)
     queries, key = _data(settings, recollect)
     sets = evaluate.by_set(queries)
-    err.print(f"fit {len(sets['fit'])} items (fitting, calibration); report {len(sets['report'])} and hand-written "
-              f"{len(sets['heldout'])} items (never fitted on)")
+    err.print(
+        f"fit {len(sets['fit'])} items (fitting, calibration); report {len(sets['report'])} and hand-written "
+        f"{len(sets['heldout'])} items (never fitted on)"
+    )
     router = _learned(settings, sets["fit"], key)
     ppo_router = _ppo(settings, sets["fit"], key)
     out = _results(settings, sets, router, ppo_router)
     for name, block in out.items():
         sanity = block["json"]["random_sanity"]
-        err.print(f"sanity check ({name}): random router APGR {sanity['apgr']:.3f} (expected 0.5 +/- 0.05): "
-                  f"{'ok' if sanity['ok'] else 'FAILED'}")
+        err.print(
+            f"sanity check ({name}): random router APGR {sanity['apgr']:.3f} (expected 0.5 +/- 0.05): "
+            f"{'ok' if sanity['ok'] else 'FAILED'}"
+        )
     _plot(out, settings, plot)
     err.print(f"plot: {plot}")
     summary = {
@@ -190,13 +213,31 @@ def _table(block, title: str, settings: RouterSettings) -> None:
     for column in ("policy", "APGR", "CPT(50%)", "CPT(80%)", "threshold", "large share", "PGR", "cost / 1k req"):
         table.add_column(column, justify="right" if column != "policy" else "left")
     for name, r in block["results"].items():
-        table.add_row(name, f"{r.apgr:.3f}", f"{r.cpt50:.1%}", f"{r.cpt80:.1%}", f"{r.threshold:.4g}",
-                      f"{r.share:.1%}", f"{r.pgr:.2f}", f"{r.cost_per_1k_requests:.4f}")
+        table.add_row(
+            name,
+            f"{r.apgr:.3f}",
+            f"{r.cpt50:.1%}",
+            f"{r.cpt80:.1%}",
+            f"{r.threshold:.4g}",
+            f"{r.share:.1%}",
+            f"{r.pgr:.2f}",
+            f"{r.cost_per_1k_requests:.4f}",
+        )
     oracle = block["oracle_curve"]
-    table.add_row("oracle (bound)", f"{routellm.apgr(oracle):.3f}", f"{routellm.cpt(oracle, 0.5):.1%}",
-                  f"{routellm.cpt(oracle, 0.8):.1%}", "", "", "", "")
+    table.add_row(
+        "oracle (bound)",
+        f"{routellm.apgr(oracle):.3f}",
+        f"{routellm.cpt(oracle, 0.5):.1%}",
+        f"{routellm.cpt(oracle, 0.8):.1%}",
+        "",
+        "",
+        "",
+        "",
+    )
     for model, b in data["baselines"].items():
-        table.add_row(f"all {model}", "", "", "", "", "", f"quality {b['mean_quality']:.3f}", f"{b['cost_per_1k_requests']:.4f}")
+        table.add_row(
+            f"all {model}", "", "", "", "", "", f"quality {b['mean_quality']:.3f}", f"{b['cost_per_1k_requests']:.4f}"
+        )
     Console().print(table)
 
 
@@ -217,8 +258,13 @@ def _plot(out, settings: RouterSettings, path: Path) -> None:
                 ax.scatter([r.cost_per_1k_requests], [r.quality], s=18, zorder=3)
         for model, b in baselines.items():
             ax.scatter([b["cost_per_1k_requests"]], [b["mean_quality"]], marker="s", color="black", zorder=4)
-            ax.annotate(f"all {model}", (b["cost_per_1k_requests"], b["mean_quality"]), fontsize=7,
-                        textcoords="offset points", xytext=(4, -10))
+            ax.annotate(
+                f"all {model}",
+                (b["cost_per_1k_requests"], b["mean_quality"]),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(4, -10),
+            )
         ax.set_xlabel("cost per 1,000 requests (catalog prices; dots: configured thresholds)")
         ax.set_ylabel("judged quality (share of answers accepted)")
         ax.set_title(SET_TITLES[name], fontsize=10)
@@ -277,7 +323,9 @@ def calibrate(
     threshold = evaluate.calibrate(chosen, sets["fit"], settings, share)
     variable, to_setting = THRESHOLD_SETTINGS[policy]
     measured = float((evaluate.scores(chosen, sets["report"], settings) > threshold).mean())
-    err.print(f"{policy}: threshold {threshold:.6g} sends {share:.0%} of the fit split, {measured:.1%} of the report split")
+    err.print(
+        f"{policy}: threshold {threshold:.6g} sends {share:.0%} of the fit split, {measured:.1%} of the report split"
+    )
     print(f"{variable}={to_setting(threshold):.6g}")
 
 
@@ -362,7 +410,9 @@ async def _bench(settings: RouterSettings, prompts, n_c32: int) -> dict:
         scoring = []
         for ids in prompts:
             started = time.perf_counter()
-            await score(inference_pb2.ScoreRequest(model=model, prompt_token_ids=ids[-settings.max_score_tokens :]), timeout=10)
+            await score(
+                inference_pb2.ScoreRequest(model=model, prompt_token_ids=ids[-settings.max_score_tokens :]), timeout=10
+            )
             scoring.append((time.perf_counter() - started) * 1000)
     finally:
         await router.close()
@@ -402,6 +452,10 @@ def bench(
         table.add_column(column, justify="right")
     table.add_row("1", str(result["requests_c1"]), f"{result['p50_ms']:.2f}", f"{result['p99_ms']:.2f}")
     table.add_row("32", str(result["requests_c32"]), f"{result['p50_ms_c32']:.2f}", f"{result['p99_ms_c32']:.2f}")
-    table.add_row("1 (Score call only)", str(result["requests_c1"]), f"{result['score_call_p50_ms']:.2f}",
-                  f"{result['score_call_p99_ms']:.2f}")
+    table.add_row(
+        "1 (Score call only)",
+        str(result["requests_c1"]),
+        f"{result['score_call_p50_ms']:.2f}",
+        f"{result['score_call_p99_ms']:.2f}",
+    )
     Console().print(table)

@@ -37,7 +37,9 @@ def _plot(report: dict, path: Path) -> None:
         axis.bar([i + offset for i in x], [report[part][n] or 0 for n in _RATES], 0.4, label=part)
     axis.set_xticks(list(x), _RATES, rotation=20)
     axis.set_ylim(0, 1.05)
-    axis.set_title(f"input guard; p95 {report['input_p95_ms']} ms on a {report['conversation_chars']}-character conversation")
+    axis.set_title(
+        f"input guard; p95 {report['input_p95_ms']} ms on a {report['conversation_chars']}-character conversation"
+    )
     axis.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

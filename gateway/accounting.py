@@ -63,7 +63,7 @@ class Accounting:
                 self._queue.task_done()
 
     async def _account(self, outcome: Outcome) -> None:
-        free = outcome.cache == "hit" and not self.charge_cache_hits
+        free = outcome.cache in ("hit", "semantic") and not self.charge_cache_hits
         try:
             await self.tenancy.debit(outcome.tenant, 0 if free else outcome.prompt_tokens + outcome.completion_tokens)
         except RedisError:

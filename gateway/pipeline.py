@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import re
 import time
 import uuid
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
@@ -35,7 +37,18 @@ from gateway.records import (
     StreamChunk,
     finish_reason_name,
 )
-from gateway.response_cache import HIT, MISS, CachedAnswer, CachedResponse, ResponseCache, cache_key
+from gateway.response_cache import (
+    HIT,
+    MISS,
+    SEMANTIC,
+    CachedAnswer,
+    CachedResponse,
+    Question,
+    ResponseCache,
+    cache_key,
+    question,
+    questions_key,
+)
 from gateway.settings import GatewaySettings
 from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
@@ -49,6 +62,7 @@ from mesh.sampling import SamplingError, check_budget, check_sampling
 from mesh.telemetry import tracer
 
 _tracer = tracer(__name__)
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _Stubs:
@@ -85,6 +99,8 @@ class _Plan:
     tool_plan: tools.ToolPlan | None = None
     # Where the answer goes in the response cache; empty when it is not cached.
     cache_key: str = ""
+    # The question's embedding, for the semantic cache (its tenant opted in, single-turn).
+    question: Question | None = None
 
     @property
     def answers(self) -> int:
@@ -166,11 +182,11 @@ class Pipeline:
     async def chat(self, request: ChatInput, trial: Trial | None = None) -> ChatResult:
         trial = trial or self.experiments.trial(request)
         with _tracer.start_as_current_span(semconv.SPAN_GATEWAY_CHAT) as span, _observed(trial):
-            cached, key, status = await self._cached(request)
+            cached, key, status, asked = await self._cached(request)
             if cached is not None:
-                result = await self._replay(request, cached, span)
+                result = await self._replay(request, cached, span, status)
             else:
-                plan = await self._plan(request, span, trial, cache_key=key)
+                plan = await self._plan(request, span, trial, cache_key=key, question=asked)
                 if plan.route is None:
                     result = plan.refusal(request.model)
                 else:
@@ -243,15 +259,15 @@ class Pipeline:
             # The span outlives this call; it is current only while calls are started here,
             # never across a yield to the edge.
             with trace.use_span(span), _observed(trial):
-                cached, key, status = await self._cached(request)
+                cached, key, status, asked = await self._cached(request)
                 if cached is not None:
-                    result = await self._replay(request, cached, span)
+                    result = await self._replay(request, cached, span, status)
                     close = _closer(span)
                     return ChatStream(
                         result.id, result.created, result.model, result.route_reason,
-                        _replayed_chunks(result, span, close, trial), close, {}, len(result.choices), HIT,
+                        _replayed_chunks(result, span, close, trial), close, {}, len(result.choices), status,
                     )  # fmt: skip
-                plan = await self._plan(request, span, trial, stream=True, cache_key=key)
+                plan = await self._plan(request, span, trial, stream=True, cache_key=key, question=asked)
                 if plan.route is None:
                     refusal = plan.refusal(request.model)
                     close = _closer(span)
@@ -272,7 +288,7 @@ class Pipeline:
             span.end()
             raise
         close = _closer(span, generation, released)
-        remember = (lambda response: self.cache.store_later(key, response)) if plan.cache_key else None
+        remember = (lambda response: self.cache.store_later(key, response, asked)) if plan.cache_key else None
         chunks = _release(released, feed, plan, model, span, started, close, trial, remember)
         return ChatStream(
             plan.context.request_id,
@@ -286,23 +302,51 @@ class Pipeline:
             status,
         )
 
-    async def _cached(self, request: ChatInput) -> tuple[CachedResponse | None, str, str]:
+    async def _cached(self, request: ChatInput) -> tuple[CachedResponse | None, str, str, Question | None]:
         """The cached answer to this request if there is one, the key its answer goes under
-        (empty when it is not cached), and the request's cache status."""
+        (empty when it is not cached), the request's cache status, and its embedded question
+        when the semantic cache applies."""
         sampling = self._sampling(request)
         status = self.cache.status(request, sampling, bool(request.forced_variants or self.experiments.active))
         if status != MISS:
-            return None, "", status
-        key = cache_key(request, sampling, request.tenant or self.settings.default_tenant)
+            return None, "", status, None
+        tenant = request.tenant or self.settings.default_tenant
+        key = cache_key(request, sampling, tenant)
         cached = await self.cache.get(key)
-        return cached, key, HIT if cached is not None else MISS
+        if cached is not None:
+            return cached, key, HIT, None
+        text = question(request)
+        if text is None or not text.strip() or not self.cache.semantic_for(tenant):
+            return None, key, MISS, None
+        asked = await self._embed_question(request, text, questions_key(request, sampling, tenant))
+        match = await self.cache.similar(asked) if asked is not None else None
+        if match is not None:
+            similar = await self.cache.get(match[0])
+            if similar is not None:
+                trace.get_current_span().set_attribute(semconv.LLMESH_CACHE_SIMILARITY, match[1])
+                return similar, "", SEMANTIC, None
+        return None, key, MISS, asked
 
-    async def _replay(self, request: ChatInput, cached: CachedResponse, span: Span) -> ChatResult:
+    async def _embed_question(self, request: ChatInput, text: str, index: str) -> Question | None:
+        """The question's embedding; None when the embedding model cannot answer (the request is
+        then generated, as any miss)."""
+        context = self._context("semc-", request.tenant, request.user)
+        try:
+            embedded = await self.stubs.inference.Embed(
+                inference_pb2.EmbedRequest(context=context, model=self.settings.semantic_cache_model, inputs=[text])
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning("semantic cache: no embedding", extra={"code": error.code().name})
+            return None
+        return Question(index, np.asarray(embedded.embeddings[0].values, dtype=np.float32).tobytes())
+
+    async def _replay(self, request: ChatInput, cached: CachedResponse, span: Span, status: str) -> ChatResult:
         """A cached answer released as a fresh one is: its tokens through postprocess, so the
         output guard's current rules decide what leaves."""
         sampling = self._sampling(request)
         prefix = "chatcmpl-" if request.operation == "chat" else "cmpl-"
         context = self._context(prefix, request.tenant, request.user)
+        label = "cached answer to a similar question" if status == SEMANTIC else "cached answer"
         span.set_attributes(
             {
                 semconv.GEN_AI_SYSTEM: semconv.GEN_AI_SYSTEM_VALUE,
@@ -310,7 +354,7 @@ class Pipeline:
                 semconv.GEN_AI_REQUEST_MODEL: request.model or AUTO_MODEL,
                 semconv.LLMESH_REQUEST_ID: context.request_id,
                 semconv.LLMESH_TENANT_ID: context.tenant_id,
-                semconv.LLMESH_CACHE: HIT,
+                semconv.LLMESH_CACHE: status,
             }
         )
         with _calling("postprocess"):
@@ -344,8 +388,8 @@ class Pipeline:
             model=cached.model,
             choices=choices,
             usage=cached.usage,
-            route_reason=f"cached answer ({cached.route_reason})" if cached.route_reason else "cached answer",
-            cache=HIT,
+            route_reason=f"{label} ({cached.route_reason})" if cached.route_reason else label,
+            cache=status,
         )
 
     def _stubs(self, trial: Trial) -> _Stubs:
@@ -354,7 +398,13 @@ class Pipeline:
         return _Stubs.over(trial.channels(self.channels))
 
     async def _plan(
-        self, request: ChatInput, span: Span, trial: Trial, stream: bool = False, cache_key: str = ""
+        self,
+        request: ChatInput,
+        span: Span,
+        trial: Trial,
+        stream: bool = False,
+        cache_key: str = "",
+        question: Question | None = None,
     ) -> _Plan:
         created = int(time.time())
         sampling = self._sampling(request)
@@ -429,7 +479,7 @@ class Pipeline:
             _record_verdict(span, prompt.verdict)
             return _Plan(context, created, sampling, prompt, route=None, stubs=stubs, tool_plan=tool_plan)
         self._check_budget(route.model, prompt, sampling)
-        return _Plan(context, created, sampling, prompt, route, stubs, tool_plan, cache_key)
+        return _Plan(context, created, sampling, prompt, route, stubs, tool_plan, cache_key, question)
 
     def _check_budget(
         self, model: str, prompt: preprocess_pb2.PreprocessResponse, sampling: common_pb2.SamplingParams
@@ -509,7 +559,8 @@ class Pipeline:
         ]
         if plan.cache_key and all(_cacheable(choice.finish_reason, choice.verdict) for choice in choices):
             answers_kept = [CachedAnswer(a.index, list(a.token_ids), a.finish_reason) for a in answers]
-            self.cache.store_later(plan.cache_key, CachedResponse(model, route_reason, generated.usage, answers_kept))
+            kept = CachedResponse(model, route_reason, generated.usage, answers_kept)
+            self.cache.store_later(plan.cache_key, kept, plan.question)
         return ChatResult(
             id=plan.context.request_id,
             created=plan.created,

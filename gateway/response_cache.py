@@ -9,6 +9,11 @@ answer. Entries live ``response_cache_ttl_s``; past ``response_cache_max_entries
 
 Not cached: requests with tools or log-probs, requests under an A/B experiment (a cached answer
 would cross variants), and answers that were blocked, failed or cut by a client.
+
+The semantic cache (opt-in per tenant) sits behind the exact one: a single-turn question that
+misses is embedded, and the cached answer of the most similar earlier question (same tenant,
+model and sampling parameters) above the threshold answers it. A conversation never takes an
+answer from a question: only its exact key, the whole conversation, can match it.
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ from redis.exceptions import RedisError
 from gateway.records import ChatInput
 from gateway.settings import GatewaySettings
 from llmesh.common.v1 import common_pb2
+from mesh.redis_client import binary, decoded
 
 log = logging.getLogger(__name__)
 
 _ENTRY = "llmesh:cache:entry:"  # + sha256 hex -> JSON entry
 _INDEX = "llmesh:cache:index"  # sorted set: entry key by time stored
+# + hash of (tenant, model, operation, sampling) -> hash: exact key -> float32 question embedding
+_QUESTIONS = "llmesh:cache:questions:"
 
 # KEYS: entry, index. ARGV: entry JSON, TTL s, most entries. Stores the entry, forgets index
 # members whose entries expired, then drops the oldest entries beyond the bound.
@@ -50,6 +58,8 @@ return math.max(excess, 0)
 """
 
 HIT = "hit"
+# Answered with the cached answer of a similar earlier question (the semantic cache).
+SEMANTIC = "semantic"
 MISS = "miss"
 BYPASS = "bypass"
 # Says which of them a response was (REST header, gRPC initial metadata).
@@ -98,6 +108,35 @@ def deterministic(sampling: common_pb2.SamplingParams) -> bool:
     return (sampling.HasField("temperature") and sampling.temperature == 0) or sampling.HasField("seed")
 
 
+def question(request: ChatInput) -> str | None:
+    """The text the semantic cache compares: a single-turn request's one user message (or its
+    completion prompt); None for a conversation, which only the exact cache may answer (an
+    answer must never cross into another conversation)."""
+    if request.prompt is not None:
+        return request.prompt
+    if len(request.messages) == 1 and request.messages[0].role == common_pb2.ROLE_USER:
+        return request.messages[0].content
+    return None
+
+
+def questions_key(request: ChatInput, sampling: common_pb2.SamplingParams, tenant: str) -> str:
+    """Where a tenant's questions for this model and these sampling parameters are kept."""
+    digest = hashlib.sha256()
+    for part in (tenant, request.model, request.operation):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    digest.update(sampling.SerializeToString(deterministic=True))
+    return _QUESTIONS + digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Question:
+    """A single-turn request's question, embedded, for the semantic cache."""
+
+    index: str  # questions_key(...)
+    vector: bytes  # float32, unit length
+
+
 def cache_key(request: ChatInput, sampling: common_pb2.SamplingParams, tenant: str) -> str:
     """The hash of everything that decides the answer (``sampling`` with the defaults filled)."""
     digest = hashlib.sha256()
@@ -119,8 +158,32 @@ class ResponseCache:
         self.enabled = settings.response_cache_enabled
         self.redis = client or aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
         self._put = self.redis.register_script(_PUT_LUA)
+        # Embeddings are bytes: a client that does not decode replies.
+        self._binary = aioredis.Redis.from_url(settings.redis_url)
         # Stores run after the answer; kept here so close() can wait for them.
         self._stores: set[asyncio.Task] = set()
+
+    def semantic_for(self, tenant: str) -> bool:
+        return tenant in self.settings.semantic_cache_tenants
+
+    async def similar(self, question: Question) -> tuple[str, float] | None:
+        """The exact key of the most similar earlier question, if similar enough, and how similar."""
+        import numpy as np
+
+        try:
+            stored = await self._binary.hgetall(question.index)
+        except RedisError:
+            log.warning("response cache unavailable", exc_info=True)
+            return None
+        if not stored:
+            return None
+        keys = list(stored)
+        vectors = np.frombuffer(b"".join(binary(stored[k]) for k in keys), dtype=np.float32).reshape(len(keys), -1)
+        similarities = vectors @ np.frombuffer(question.vector, dtype=np.float32)
+        best = int(np.argmax(similarities))
+        if similarities[best] < self.settings.semantic_cache_min_similarity:
+            return None
+        return decoded(keys[best]), float(similarities[best])
 
     def status(self, request: ChatInput, sampling: common_pb2.SamplingParams, experiments: bool) -> str:
         """MISS when the request may be answered from the cache (then looked up), BYPASS when
@@ -140,18 +203,23 @@ class ResponseCache:
             return None
         return CachedResponse.from_json(text) if text else None
 
-    def store_later(self, key: str, response: CachedResponse) -> None:
+    def store_later(self, key: str, response: CachedResponse, question: Question | None = None) -> None:
         """Store in the background: the answer never waits for the cache."""
-        task = asyncio.create_task(self._store(key, response))
+        task = asyncio.create_task(self._store(key, response, question))
         self._stores.add(task)
         task.add_done_callback(self._stores.discard)
 
-    async def _store(self, key: str, response: CachedResponse) -> None:
+    async def _store(self, key: str, response: CachedResponse, question: Question | None) -> None:
         try:
             await self._put(
                 keys=[_ENTRY + key, _INDEX],
                 args=[response.to_json(), self.settings.response_cache_ttl_s, self.settings.response_cache_max_entries],
             )
+            # A question whose entry has expired or was dropped finds nothing: a miss, as it should.
+            limit = self.settings.semantic_cache_max_entries
+            if question is not None and await self._binary.hlen(question.index) < limit:
+                await self._binary.hset(question.index, key, question.vector)
+                await self._binary.expire(question.index, self.settings.response_cache_ttl_s)
         except RedisError:
             log.warning("could not store a response in the cache", exc_info=True)
 
@@ -159,3 +227,4 @@ class ResponseCache:
         if self._stores:
             await asyncio.gather(*self._stores, return_exceptions=True)
         await self.redis.aclose()
+        await self._binary.aclose()

@@ -68,6 +68,14 @@ class GatewaySettings(MeshSettings):
     response_cache_ttl_s: int = Field(default=3600, gt=0)
     response_cache_max_entries: int = Field(default=10_000, gt=0)
     response_cache_charge_hits: bool = True
+    # Semantic cache, opt-in per tenant (on top of the exact cache, which must be enabled): a
+    # single-turn request may be answered with the cached answer of an earlier question whose
+    # embedding (semantic_cache_model, on Triton) is at least this similar; at most this many
+    # questions remembered per tenant, model and sampling parameters.
+    semantic_cache_tenants: list[str] = Field(default_factory=list)
+    semantic_cache_model: str = "all-minilm-l6-v2"
+    semantic_cache_min_similarity: float = Field(default=0.95, gt=0, le=1)
+    semantic_cache_max_entries: int = Field(default=1000, gt=0)
     # A/B tests (gateway/experiments): a YAML file of experiments applied to Redis at start and
     # whenever it changes; how often a gateway looks for changed definitions in Redis.
     experiments_file: Path | None = None

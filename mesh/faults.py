@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import logging
 import random
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -28,8 +27,6 @@ from prometheus_client import Counter
 from mesh.deadlines import Behavior, Context, DetailsClientInterceptor, for_every_call_kind, wrap_handler
 from mesh.errors import abort
 from mesh.settings import MeshSettings
-
-log = logging.getLogger(__name__)
 
 FAULT_HEADER = "x-llmesh-fault"
 ADMIN_KEY_HEADER = "x-llmesh-admin-key"

@@ -74,3 +74,10 @@ def decoded_all(replies: Iterable[object]) -> list[str]:
 def decoded_fields(reply: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
     """A hash (HGETALL) as text."""
     return {decoded(field): decoded(value) for field, value in reply.items()}
+
+
+def binary(reply: object) -> bytes:
+    """A reply that is data, not text (a vector), from a client built without decode_responses."""
+    if isinstance(reply, bytes):
+        return reply
+    raise TypeError(f"expected a bytes reply from Redis, not {type(reply).__name__}")

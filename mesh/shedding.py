@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -23,8 +22,6 @@ from prometheus_client import Counter, Gauge
 
 from mesh.deadlines import Behavior, Context, DetailsClientInterceptor, for_every_call_kind, wrap_handler
 from mesh.errors import abort
-
-log = logging.getLogger(__name__)
 
 PRIORITY_HEADER = "x-llmesh-priority"
 INTERACTIVE = "interactive"

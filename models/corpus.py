@@ -30,8 +30,19 @@ EVAL_MAX_ITEMS = 300
 # Modules that do something on import (print, open a browser, start a GUI), need a display, or
 # are test suites; also ones Debian ships separately, so a "fresh machine" may lack them.
 SKIP_MODULES = {
-    "antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "test", "site",
-    "pydoc_data", "distutils", "lib2to3", "ensurepip", "venv",
+    "antigravity",
+    "this",
+    "idlelib",
+    "tkinter",
+    "turtle",
+    "turtledemo",
+    "test",
+    "site",
+    "pydoc_data",
+    "distutils",
+    "lib2to3",
+    "ensurepip",
+    "venv",
     "posix",  # its functions are documented as os.*
 }
 SKIP_PARTS = {"__main__", "test", "tests", "idle_test"}
@@ -117,8 +128,9 @@ def _signature(obj) -> str:
         sig = inspect.signature(obj)
     except Exception:  # C signatures may reference names that don't exist on this platform
         return ""
-    params = [p if p.default is p.empty else p.replace(default=_portable_default(p.default))
-              for p in sig.parameters.values()]
+    params = [
+        p if p.default is p.empty else p.replace(default=_portable_default(p.default)) for p in sig.parameters.values()
+    ]
     return str(sig.replace(parameters=params))
 
 
@@ -138,8 +150,7 @@ def _items_of_module(modname: str) -> list[Item]:
             continue
         if inspect.isclass(obj):
             if obj.__doc__:
-                items.append(Item(f"{prefix}{attr}", "class", _signature(obj),
-                                  inspect.cleandoc(obj.__doc__)))
+                items.append(Item(f"{prefix}{attr}", "class", _signature(obj), inspect.cleandoc(obj.__doc__)))
             for meth, raw in sorted(vars(obj).items()):
                 raw = getattr(raw, "__func__", raw)  # classmethod / staticmethod
                 if meth.startswith("_") or not (inspect.isroutine(raw) or isinstance(raw, property)):
@@ -147,11 +158,9 @@ def _items_of_module(modname: str) -> list[Item]:
                 # Own docstring only: inherited ones would repeat under every subclass.
                 if isinstance(raw.__doc__, str):
                     sig = "" if isinstance(raw, property) else _signature(raw)
-                    items.append(Item(f"{prefix}{attr}.{meth}", "method", sig,
-                                      inspect.cleandoc(raw.__doc__)))
+                    items.append(Item(f"{prefix}{attr}.{meth}", "method", sig, inspect.cleandoc(raw.__doc__)))
         elif inspect.isroutine(obj) and obj.__doc__:
-            items.append(Item(f"{prefix}{attr}", "function", _signature(obj),
-                              inspect.cleandoc(obj.__doc__)))
+            items.append(Item(f"{prefix}{attr}", "function", _signature(obj), inspect.cleandoc(obj.__doc__)))
     return items
 
 
@@ -180,8 +189,11 @@ def harvest() -> list[Item]:
         out = Path(tmp) / "items.json"
         subprocess.run(
             [sys.executable, "-I", "-S", os.path.abspath(__file__), "--harvest-to", str(out)],
-            check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, timeout=600,
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=600,
         )
         return [Item(**d) for d in json.loads(out.read_text())]
 
@@ -225,8 +237,7 @@ def _topic_body(doc: str) -> str:
 
 
 QUESTIONS = {
-    "module": ["What is the `{n}` module for?", "What does the `{n}` module do?",
-               "Explain the `{n}` module."],
+    "module": ["What is the `{n}` module for?", "What does the `{n}` module do?", "Explain the `{n}` module."],
     "function": ["What does `{n}` do?", "Explain the `{n}` function.", "What is `{n}` used for?"],
     "class": ["What is `{n}`?", "Explain the `{n}` class.", "What does the `{n}` class represent?"],
     "method": ["What does the `{n}` method do?", "Explain `{n}`.", "What is `{n}` for?"],
@@ -271,14 +282,16 @@ def build_corpus(items: list[Item] | None = None) -> Corpus:
         # Two phrasings per item: more chat-format practice for the same answers, and less
         # dependence on one wording of the question.
         for variant in range(CHATS_PER_ITEM):
-            corpus.chats[split].append([{"role": "user", "content": question_for(item, variant)},
-                                        {"role": "assistant", "content": answer}])
+            corpus.chats[split].append(
+                [{"role": "user", "content": question_for(item, variant)}, {"role": "assistant", "content": answer}]
+            )
         question = question_for(item)
         if split == "eval":
             eval_candidates.append((_stable_int(item.name), question, answer, item.name))
     # A fixed, hash-ordered subset keeps eval.jsonl small; the rest of the split is just unused.
-    corpus.eval_rows = [{"prompt": q, "reference": a, "source": n}
-                        for _, q, a, n in sorted(eval_candidates)[:EVAL_MAX_ITEMS]]
+    corpus.eval_rows = [
+        {"prompt": q, "reference": a, "source": n} for _, q, a, n in sorted(eval_candidates)[:EVAL_MAX_ITEMS]
+    ]
     return corpus
 
 
@@ -296,8 +309,10 @@ def main() -> None:
     corpus = build_corpus()
     for split in SPLITS:
         chars = sum(map(len, corpus.documents[split]))
-        print(f"{split:5}: {len(corpus.documents[split]):6} documents ({chars / 1e6:.2f} M chars), "
-              f"{len(corpus.chats[split]):6} chats")
+        print(
+            f"{split:5}: {len(corpus.documents[split]):6} documents ({chars / 1e6:.2f} M chars), "
+            f"{len(corpus.chats[split]):6} chats"
+        )
     print(f"eval.jsonl rows: {len(corpus.eval_rows)}")
     for row in corpus.eval_rows[:5]:
         print(json.dumps(row, ensure_ascii=False)[:300])

@@ -54,13 +54,19 @@ class RunSpec:
 # ~1.4M tokens (about 1.6 passes). At this budget more optimizer steps beat bigger batches. Heads
 # of 32 dimensions: the smallest head size vLLM's CPU attention kernels take.
 FULL = RunSpec(
-    vocab_size=4096, context=256, val_blocks=None, max_items=None,
+    vocab_size=4096,
+    context=256,
+    val_blocks=None,
+    max_items=None,
     models={
         "small": ModelSpec(n_layer=2, n_embd=96, n_head=3, steps=700, batch_size=8, lr=5e-3, warmup=30),
     },
 )
 QUICK = RunSpec(
-    vocab_size=512, context=64, val_blocks=4, max_items=300,
+    vocab_size=512,
+    context=64,
+    val_blocks=4,
+    max_items=300,
     models={
         "small": ModelSpec(n_layer=1, n_embd=64, n_head=2, steps=4, batch_size=4, lr=3e-3, warmup=1),
     },
@@ -71,8 +77,7 @@ def samples(tokenizer, corpus, split: str, max_items: int | None) -> list[str]:
     """Documents and chats (rendered with the tokenizer's own template, so training matches
     serving) of one split, each ending in <|endoftext|>, in a fixed shuffled order."""
     texts = [d + EOT for d in corpus.documents[split][:max_items]]
-    texts += [tokenizer.apply_chat_template(c, tokenize=False) + EOT
-              for c in corpus.chats[split][:max_items]]
+    texts += [tokenizer.apply_chat_template(c, tokenize=False) + EOT for c in corpus.chats[split][:max_items]]
     random.Random(SEED).shuffle(texts)  # interleave, so any prefix of training sees both kinds
     return texts
 
@@ -88,11 +93,18 @@ def to_blocks(tokenizer, texts: list[str], context: int) -> torch.Tensor:
 def gpt2_config(spec: ModelSpec, tokenizer, context: int) -> GPT2Config:
     eot, im_end = tokenizer.convert_tokens_to_ids([EOT, IM_END])
     return GPT2Config(
-        vocab_size=len(tokenizer), n_positions=context, n_embd=spec.n_embd,
-        n_layer=spec.n_layer, n_head=spec.n_head,
+        vocab_size=len(tokenizer),
+        n_positions=context,
+        n_embd=spec.n_embd,
+        n_layer=spec.n_layer,
+        n_head=spec.n_head,
         # Under two passes over the data: too few to overfit, so dropout would only slow learning.
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=eot, eos_token_id=im_end, pad_token_id=eot,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=eot,
+        eos_token_id=im_end,
+        pad_token_id=eot,
     )
 
 
@@ -110,15 +122,17 @@ def evaluate(model, blocks: torch.Tensor, batch_size: int = 16) -> float:
     return total / count
 
 
-def train_model(name: str, spec: ModelSpec, tokenizer, train: torch.Tensor, val: torch.Tensor,
-                context: int) -> tuple[GPT2LMHeadModel, dict]:
+def train_model(
+    name: str, spec: ModelSpec, tokenizer, train: torch.Tensor, val: torch.Tensor, context: int
+) -> tuple[GPT2LMHeadModel, dict]:
     torch.manual_seed(SEED)  # per model, so each init is independent of what trained before
     model = GPT2LMHeadModel(gpt2_config(spec, tokenizer, context))
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]  # biases and LayerNorm gains
     optim = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=spec.lr, betas=(0.9, 0.95),
+        lr=spec.lr,
+        betas=(0.9, 0.95),
     )
     sched = transformers.get_cosine_schedule_with_warmup(optim, spec.warmup, spec.steps)
     order = torch.Generator().manual_seed(SEED)  # data order independent of model init
@@ -155,7 +169,9 @@ def train_model(name: str, spec: ModelSpec, tokenizer, train: torch.Tensor, val:
 def save(model: GPT2LMHeadModel, tokenizer, out: Path) -> None:
     eot, im_end = tokenizer.convert_tokens_to_ids([EOT, IM_END])
     model.generation_config = GenerationConfig(
-        bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=[im_end, eot],
+        pad_token_id=eot,
     )
     model.save_pretrained(out)  # transformers 5 always writes model.safetensors
     # save_jinja_files=False keeps chat_template inside tokenizer_config.json (see ARCHITECTURE.md).
@@ -214,8 +230,10 @@ def _run(out: Path, spec: RunSpec) -> dict:
 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     for name, m in model_metrics.items():
-        print(f"{name:5}: {m['params']:>9,} params  val loss {m['val_loss']:.3f}  "
-              f"val perplexity {m['val_perplexity']:.2f}  ({m['train_seconds']:.0f} s)")
+        print(
+            f"{name:5}: {m['params']:>9,} params  val loss {m['val_loss']:.3f}  "
+            f"val perplexity {m['val_perplexity']:.2f}  ({m['train_seconds']:.0f} s)"
+        )
     print(f"total {metrics['total_seconds']:.0f} s -> {out}")
     return metrics
 

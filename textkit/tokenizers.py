@@ -156,8 +156,10 @@ class TokenBytes:
 
     def text(self, token_id: int) -> str:
         """How the token reads on its own (an alternative in a log-prob report)."""
-        return self(token_id).decode("utf-8", errors="replace") if token_id not in self._special else (
-            self._piece(token_id) or ""
+        return (
+            self(token_id).decode("utf-8", errors="replace")
+            if token_id not in self._special
+            else (self._piece(token_id) or "")
         )
 
     def _piece(self, token_id: int) -> str | None:

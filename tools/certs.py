@@ -22,6 +22,7 @@ from mesh.settings import REPO_ROOT
 DEFAULT_DIR = REPO_ROOT / "certs"
 SERVICES = ("gateway", "preprocess", "router", "inference", "postprocess")
 
+
 def _key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 

@@ -42,6 +42,7 @@ def _breaker_state(breaker: CircuitBreaker) -> Callable[[], float]:
     """The breaker's state as its gauge reads it."""
     return lambda: _BREAKER_STATE_VALUES[breaker.state]
 
+
 _FINISH_REASONS = {
     "stop": common_pb2.FINISH_REASON_STOP,
     "length": common_pb2.FINISH_REASON_LENGTH,
@@ -170,7 +171,9 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
     async def Embed(self, request: inference_pb2.EmbedRequest, context) -> inference_pb2.EmbedResponse:
         model = request.model
         if not any(spec.name == model for spec in self.settings.embedding_models):
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"unknown embedding model {model!r}", "MODEL_NOT_FOUND", model=model)
+            await abort(
+                context, grpc.StatusCode.NOT_FOUND, f"unknown embedding model {model!r}", "MODEL_NOT_FOUND", model=model
+            )
         if not request.inputs:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "no inputs to embed", "EMPTY_INPUT", param="input")
         breaker = self.breakers[model]

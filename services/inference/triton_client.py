@@ -135,7 +135,10 @@ def parse_chunk(result: triton_grpc.InferResult) -> Chunk:
         raise TritonError(f"{top_ids.size} alternatives for {token_ids.size} tokens")
     per_token = top_ids.size // token_ids.size if token_ids.size else 0
     top = [
-        (top_ids[i * per_token : (i + 1) * per_token].tolist(), top_values[i * per_token : (i + 1) * per_token].tolist())
+        (
+            top_ids[i * per_token : (i + 1) * per_token].tolist(),
+            top_values[i * per_token : (i + 1) * per_token].tolist(),
+        )
         for i in range(token_ids.size if per_token else 0)
     ]
     return Chunk(
@@ -198,7 +201,11 @@ class TritonClient:
         return self.settings.default_deadline_s if remaining is None else max(remaining, 0.0)
 
     async def generate_stream(
-        self, model: str, prompt_ids: Sequence[int], params: Mapping[str, Any], span_name: str = semconv.SPAN_TRITON_GENERATE
+        self,
+        model: str,
+        prompt_ids: Sequence[int],
+        params: Mapping[str, Any],
+        span_name: str = semconv.SPAN_TRITON_GENERATE,
     ) -> AsyncIterator[Chunk]:
         """Stream an engine model's chunks until every answer has its finish_reason.
 
@@ -211,7 +218,10 @@ class TritonClient:
             semconv.GEN_AI_REQUEST_MAX_TOKENS: params.get("max_tokens", 0),
             semconv.GEN_AI_USAGE_INPUT_TOKENS: len(prompt_ids),
         }
-        for key, attribute in (("temperature", semconv.GEN_AI_REQUEST_TEMPERATURE), ("top_p", semconv.GEN_AI_REQUEST_TOP_P)):
+        for key, attribute in (
+            ("temperature", semconv.GEN_AI_REQUEST_TEMPERATURE),
+            ("top_p", semconv.GEN_AI_REQUEST_TOP_P),
+        ):
             if key in params:
                 attributes[attribute] = params[key]
         request = {"model_name": model, "inputs": generate_inputs(prompt_ids, params)}

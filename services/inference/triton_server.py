@@ -35,6 +35,10 @@ DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "tritonserver"
 DEFAULT_ENGINE_VENV = REPO_ROOT / ".venv-engine"
 # model.py reads this: the python backend stub runs its interpreter isolated (PYTHONPATH ignored).
 ENGINE_SYS_PATH_ENV = "LLMESH_ENGINE_SYS_PATH"
+# ... and this: the interpreter of that environment. vLLM inspects a model class it has not seen
+# in a `sys.executable -m ...` subprocess, and the stub's sys.executable is the system Python,
+# which has no vLLM ("Model architectures [...] failed to be inspected" on a fresh machine).
+ENGINE_PYTHON_ENV = "LLMESH_ENGINE_PYTHON"
 
 
 class TritonStartError(RuntimeError):
@@ -125,6 +129,8 @@ def server_env(base: Mapping[str, str] | None = None, engine_venv: Path | None =
     ld += [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(dict.fromkeys(p for p in ld if p))
     env[ENGINE_SYS_PATH_ENV] = os.pathsep.join(engine_sys_path(engine_venv))
+    if engine_venv is not None and (engine_venv / "bin" / "python").is_file():
+        env[ENGINE_PYTHON_ENV] = str(engine_venv / "bin" / "python")
     # Each engine is its own stub process on a machine with few cores: one OpenMP thread each,
     # or they fight over the cores (vLLM's CPU worker also drops to one torch thread by itself).
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -141,7 +147,7 @@ def _is_error_line(line: str) -> bool:
     stripped = line.lstrip()
     return (
         (len(line) > 5 and line[0] == "E" and line[1:5].isdigit())
-        or stripped.startswith(("Traceback", "File \"", "raise "))
+        or stripped.startswith(("Traceback", 'File "', "raise "))
         or "Error:" in line
         or "ERROR" in line
     )
@@ -273,8 +279,13 @@ class TritonServer:
             # Own process group: stop() can then also reach the python backend stubs if
             # tritonserver itself has to be killed before it reaps them.
             self.proc = subprocess.Popen(
-                cmd, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                cmd,
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
                 preexec_fn=_die_with_parent_hook() if self.die_with_parent else None,
             )
         return self
@@ -380,25 +391,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(addr.rpartition(":")[2])
 
     p = argparse.ArgumentParser(prog="python -m services.inference.triton_server", description=__doc__.split("\n")[0])
-    p.add_argument("--address", default=settings.triton_grpc_addr.rpartition(":")[0],
-                   help="listen address for HTTP, gRPC and metrics")
+    p.add_argument(
+        "--address",
+        default=settings.triton_grpc_addr.rpartition(":")[0],
+        help="listen address for HTTP, gRPC and metrics",
+    )
     p.add_argument("--http-port", type=int, default=port(settings.triton_http_addr))
     p.add_argument("--grpc-port", type=int, default=port(settings.triton_grpc_addr))
     p.add_argument("--metrics-port", type=int, default=port(settings.triton_metrics_addr))
-    p.add_argument("--model", action="append", dest="models",
-                   help=f"model to load (repeatable); default: {', '.join(DEFAULT_MODELS)}")
+    p.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        help=f"model to load (repeatable); default: {', '.join(DEFAULT_MODELS)}",
+    )
     p.add_argument("--model-repository", default=str(MODEL_REPOSITORY))
-    p.add_argument("--otlp-endpoint", default=settings.otlp_endpoint or None,
-                   help="OTLP/HTTP base URL (default: LLMESH_OTLP_ENDPOINT); turns on Triton's tracing")
+    p.add_argument(
+        "--otlp-endpoint",
+        default=settings.otlp_endpoint or None,
+        help="OTLP/HTTP base URL (default: LLMESH_OTLP_ENDPOINT); turns on Triton's tracing",
+    )
     p.add_argument("--log-file", default=None)
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument("--ready-timeout", type=float, default=300.0)
     args = p.parse_args(argv)
 
     server = TritonServer(
-        http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-        address=args.address, models=args.models or DEFAULT_MODELS, model_repository=args.model_repository,
-        otlp_endpoint=args.otlp_endpoint, log_file=args.log_file, log_verbose=args.log_verbose,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        address=args.address,
+        models=args.models or DEFAULT_MODELS,
+        model_repository=args.model_repository,
+        otlp_endpoint=args.otlp_endpoint,
+        log_file=args.log_file,
+        log_verbose=args.log_verbose,
     )
     ready = False
     stopping = False
@@ -415,14 +442,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.start()
         server.wait_ready(args.ready_timeout)
         ready = True
-        print(f"tritonserver ready: grpc {server.grpc_url}, http {args.address}:{server.http_port}, "
-              f"metrics {args.address}:{server.metrics_port} ({server.startup_s:.1f}s; log {server.log_file})",
-              flush=True)
+        print(
+            f"tritonserver ready: grpc {server.grpc_url}, http {args.address}:{server.http_port}, "
+            f"metrics {args.address}:{server.metrics_port} ({server.startup_s:.1f}s; log {server.log_file})",
+            flush=True,
+        )
         while not stopping and server.proc is not None and server.proc.poll() is None:
             time.sleep(0.5)
         if server.proc is not None and server.proc.returncode is not None:
-            print(f"tritonserver exited with {server.proc.returncode}; log {server.log_file}:\n{server.log_tail()}",
-                  file=sys.stderr)
+            print(
+                f"tritonserver exited with {server.proc.returncode}; log {server.log_file}:\n{server.log_tail()}",
+                file=sys.stderr,
+            )
             return server.proc.returncode or 1
         return 0
     except TritonStartError as e:

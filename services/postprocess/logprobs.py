@@ -56,9 +56,7 @@ class LogprobAligner:
         # Redacted raw text seen so far, lower-cased, for the alternatives' leak check.
         self._redacted: list[str] = []
 
-    def add(
-        self, token_id: int, text: str, logprob: float, alternatives: Sequence[tuple[int, float]] = ()
-    ) -> None:
+    def add(self, token_id: int, text: str, logprob: float, alternatives: Sequence[tuple[int, float]] = ()) -> None:
         """One generated token and the characters the detokenizer released for it."""
         start = len(self.raw)
         self.raw += text

@@ -70,8 +70,12 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
             # The text comes from the same per-token decoding the entries are aligned to.
             aligner = LogprobAligner(TokenBytes(tokenizer), self.lexicon.current())
             raw = detokenize_each(
-                IncrementalDetokenizer(tokenizer), aligner, request.token_ids, request.token_logprobs,
-                request.top_logprobs, final=True,
+                IncrementalDetokenizer(tokenizer),
+                aligner,
+                request.token_ids,
+                request.token_logprobs,
+                request.top_logprobs,
+                final=True,
             )
         else:
             raw = decode_text(tokenizer, request.token_ids, skip_special_tokens=True)
@@ -94,7 +98,11 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
             text, passed = pii.redact(text, found), scanners.redaction_verdict(found)
         verdicts.record(passed)
         return postprocess_pb2.PostprocessResponse(
-            text=text, verdict=passed, finish_reason=request.finish_reason, logprobs=entries, stop_sequence=stops.matched
+            text=text,
+            verdict=passed,
+            finish_reason=request.finish_reason,
+            logprobs=entries,
+            stop_sequence=stops.matched,
         )
 
     async def PostprocessStream(
@@ -114,14 +122,19 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
                 tokenizer = await self._tokenizer(request.model, context)
             if request.index >= expected:
                 await abort(
-                    context, grpc.StatusCode.INVALID_ARGUMENT, f"answer index {request.index} of {expected} answers",
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"answer index {request.index} of {expected} answers",
                     "BAD_ANSWER_INDEX",
                 )
             answer = answers.get(request.index)
             if answer is None:
                 answer = answers[request.index] = _Answer(
                     ModeratedDecoder(
-                        tokenizer, self.lexicon.current(), self.settings.output_pii_action, stop=first.stop,
+                        tokenizer,
+                        self.lexicon.current(),
+                        self.settings.output_pii_action,
+                        stop=first.stop,
                         logprobs=first.logprobs,
                     )
                 )
@@ -175,7 +188,9 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
         tokenizer = self.tokenizers.get(model)
         if tokenizer is None:
             # UNAVAILABLE: the channel's retry policy tries again, which is right while starting.
-            await abort(context, grpc.StatusCode.UNAVAILABLE, f"tokenizer of {model} not loaded yet", "TOKENIZER_NOT_READY")
+            await abort(
+                context, grpc.StatusCode.UNAVAILABLE, f"tokenizer of {model} not loaded yet", "TOKENIZER_NOT_READY"
+            )
         return tokenizer
 
     def _step(
@@ -205,7 +220,10 @@ class PostprocessService(postprocess_pb2_grpc.PostprocessServiceServicer):
         passed = scanners.redaction_verdict(redacted) if redacted else verdicts.PASSED
         verdicts.record(passed)
         return postprocess_pb2.PostprocessStreamResponse(
-            text_delta=text, logprobs=entries, finish_reason=finish_reason, verdict=passed,
+            text_delta=text,
+            logprobs=entries,
+            finish_reason=finish_reason,
+            verdict=passed,
             stop_sequence=decoder.stops.matched,
         )
 

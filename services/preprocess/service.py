@@ -31,7 +31,9 @@ ROLES = {
 
 def input_guard(settings: PreprocessSettings) -> InputGuard:
     """The input guard with the policies the settings choose (``llmesh safety eval`` runs it)."""
-    lexicon = ReloadingLexicon(en=settings.input_lexicon_en, zh=settings.input_lexicon_zh, allow=settings.input_lexicon_allow)
+    lexicon = ReloadingLexicon(
+        en=settings.input_lexicon_en, zh=settings.input_lexicon_zh, allow=settings.input_lexicon_allow
+    )
     block = settings.input_injection_action == "block"
     return InputGuard(
         lexicon,
@@ -92,8 +94,10 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
         texts = [normalize(text) for text in request.texts]
         if sum(map(len, texts)) > self.settings.max_prompt_chars:
             await abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT,
-                f"The inputs are longer than {self.settings.max_prompt_chars} characters in all.", "INPUT_TOO_LONG",
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"The inputs are longer than {self.settings.max_prompt_chars} characters in all.",
+                "INPUT_TOO_LONG",
                 param="input",
             )
         results = []
@@ -150,12 +154,17 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
                         )
                 try:
                     done[id(tokenizer)] = (
-                        render_chat(tokenizer, messages) if messages else (texts[0], encode_user_text(tokenizer, texts[0]))
+                        render_chat(tokenizer, messages)
+                        if messages
+                        else (texts[0], encode_user_text(tokenizer, texts[0]))
                     )
                 except (ValueError, TemplateError) as error:
                     # Templates refuse some conversations themselves (e.g. roles that do not alternate).
                     await abort(
-                        context, grpc.StatusCode.INVALID_ARGUMENT, f"{model}'s chat template: {error}", "TEMPLATE_ERROR",
+                        context,
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{model}'s chat template: {error}",
+                        "TEMPLATE_ERROR",
                         model=model,
                     )
                 verdict = self._check_tokens(done[id(tokenizer)][1])
@@ -176,8 +185,12 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
         for index, message in enumerate(request.messages):
             if message.role not in ROLES:
                 await abort(
-                    context, grpc.StatusCode.INVALID_ARGUMENT, f"messages[{index}] has no known role",
-                    "UNKNOWN_ROLE", index=str(index), role=str(message.role),
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"messages[{index}] has no known role",
+                    "UNKNOWN_ROLE",
+                    index=str(index),
+                    role=str(message.role),
                 )
 
     @staticmethod
@@ -191,7 +204,8 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
         if chars <= limit:
             return None
         return verdicts.blocked(
-            common_pb2.SAFETY_CATEGORY_SIZE_LIMIT, "size:chars",
+            common_pb2.SAFETY_CATEGORY_SIZE_LIMIT,
+            "size:chars",
             f"The prompt is {chars} characters long; the limit is {limit}.",
         )
 
@@ -200,6 +214,7 @@ class PreprocessService(preprocess_pb2_grpc.PreprocessServiceServicer):
         if limit is None or tokens <= limit:
             return None
         return verdicts.blocked(
-            common_pb2.SAFETY_CATEGORY_SIZE_LIMIT, "size:tokens",
+            common_pb2.SAFETY_CATEGORY_SIZE_LIMIT,
+            "size:tokens",
             f"The prompt is {tokens} tokens long; the limit is {limit}.",
         )

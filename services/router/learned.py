@@ -99,7 +99,14 @@ def fit(
 def train(x: np.ndarray, gain: np.ndarray, version: str, trained_on: dict, l2: float = 1.0) -> LearnedRouter:
     w, b, v, c, mean, scale = fit(x, gain, l2)
     return LearnedRouter(
-        version, list(FEATURES), mean.tolist(), scale.tolist(), w.tolist(), b, v.tolist(), c,
+        version,
+        list(FEATURES),
+        mean.tolist(),
+        scale.tolist(),
+        w.tolist(),
+        b,
+        v.tolist(),
+        c,
         {**trained_on, "l2": l2, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     )
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from services.router.ppo import PPORouter
     from services.router.settings import RouterSettings
 
+
 @dataclass(frozen=True)
 class Decision:
     model: str

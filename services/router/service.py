@@ -79,7 +79,9 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
         prompt = next((p for p in request.prompts if p.model == self.settings.scoring_model), None)
         if prompt is None:
             await abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, f"no prompt for the scoring model {self.settings.scoring_model}",
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"no prompt for the scoring model {self.settings.scoring_model}",
                 "EMPTY_PROMPT",
             )
         signals = Signals(self.scorer, prompt.token_ids, self.settings, prompt.text)
@@ -144,8 +146,12 @@ class RouterService(router_pb2_grpc.RouterServiceServicer):
                     BUDGET_REFUSALS.labels(policy).inc()
                     message = f"tenant {tenant!r} has spent its budget of {state.limit:g}"
                     await abort(
-                        context, grpc.StatusCode.RESOURCE_EXHAUSTED, message, "BUDGET_EXHAUSTED",
-                        tenant=tenant, retry_after_s=str(state.retry_after_s),
+                        context,
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        message,
+                        "BUDGET_EXHAUSTED",
+                        tenant=tenant,
+                        retry_after_s=str(state.retry_after_s),
                     )
                 small = self.settings.small_model
                 decision = Decision(

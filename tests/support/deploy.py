@@ -98,7 +98,9 @@ def schema_errors(doc: dict, k8s_version: str = "1.32.0") -> list[str]:
     validator = crd_validator(doc["apiVersion"], doc["kind"])
     if validator is not None:
         errors = list(validator.iter_errors(doc))
-        return [f"{'/'.join(map(str, jsonschema.exceptions.best_match([e]).absolute_path))}: {e.message}" for e in errors]
+        return [
+            f"{'/'.join(map(str, jsonschema.exceptions.best_match([e]).absolute_path))}: {e.message}" for e in errors
+        ]
     try:
         kubernetes_validate.validate(doc, k8s_version, strict=True)
     except kubernetes_validate.ValidationError as error:

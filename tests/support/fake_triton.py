@@ -7,7 +7,10 @@ def answer(*token_ids: int, finish: str = "stop", prompt_tokens: int = 3) -> lis
     """One chunk per token with the engine's running counts, the last one finishing."""
     *head, last = token_ids
     chunks = [Chunk(0, [t], [-0.5], prompt_tokens=prompt_tokens, completion_tokens=i + 1) for i, t in enumerate(head)]
-    return [*chunks, Chunk(0, [last], [-0.5], finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=len(token_ids))]
+    return [
+        *chunks,
+        Chunk(0, [last], [-0.5], finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=len(token_ids)),
+    ]
 
 
 class FakeTriton:

@@ -120,7 +120,9 @@ class FakeUpstreams(
                 message=BLOCKED_MESSAGE,
             )
             return preprocess_pb2.PreprocessResponse(verdict=verdict)
-        prompts = [common_pb2.ModelPrompt(model=m.name, text=text, token_ids=list(text.encode())) for m in default_models()]
+        prompts = [
+            common_pb2.ModelPrompt(model=m.name, text=text, token_ids=list(text.encode())) for m in default_models()
+        ]
         return preprocess_pb2.PreprocessResponse(verdict=common_pb2.SafetyVerdict(), prompts=prompts)
 
     async def Route(self, request, context):
@@ -187,7 +189,9 @@ class FakeUpstreams(
             for index in range(answers):
                 delta = common_pb2.Completion(index=index, finish_reason=finish)
                 last = index == answers - 1
-                yield inference_pb2.GenerateStreamResponse(model=request.model, delta=delta, usage=usage if last else None)
+                yield inference_pb2.GenerateStreamResponse(
+                    model=request.model, delta=delta, usage=usage if last else None
+                )
         except asyncio.CancelledError:
             self.cancelled_streams += 1
             raise
@@ -210,7 +214,9 @@ class FakeUpstreams(
             if request.finish_reason:
                 ended.add(request.index)
                 yield postprocess_pb2.PostprocessStreamResponse(
-                    index=request.index, text_delta=text, finish_reason=request.finish_reason,
+                    index=request.index,
+                    text_delta=text,
+                    finish_reason=request.finish_reason,
                     verdict=common_pb2.SafetyVerdict(),
                 )
                 if len(ended) == answers:

@@ -71,6 +71,8 @@ def catalog(directory: Path, *names: str, context_length: int = 256) -> list:
     from mesh.catalog import ModelSpec
 
     return [
-        ModelSpec(name=name, hf_dir=directory, price_input_per_1k=0.0, price_output_per_1k=0.0, context_length=context_length)
+        ModelSpec(
+            name=name, hf_dir=directory, price_input_per_1k=0.0, price_output_per_1k=0.0, context_length=context_length
+        )
         for name in names or ("test-model",)
     ]

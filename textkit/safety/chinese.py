@@ -160,4 +160,6 @@ def initials(squeezed: str) -> str:
 
 
 # Latin letters touching a Han character: where pinyin may be mixed with characters.
-MIXED = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff][^\w\n]?[a-z]|[a-z][^\w\n]?[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+MIXED = re.compile(
+    r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff][^\w\n]?[a-z]|[a-z][^\w\n]?[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
+)

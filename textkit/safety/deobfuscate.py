@@ -50,7 +50,9 @@ def _confusable_prototypes() -> dict[str, str]:
     for char, glyphs in confusables.confusables_data.items():
         if len(char) != 1 or char.isascii() or _is_wide(char):
             continue
-        ascii_glyphs = sorted({g["c"].lower() for g in glyphs if len(g["c"]) == 1 and g["c"].isascii() and g["c"].isalnum()})
+        ascii_glyphs = sorted(
+            {g["c"].lower() for g in glyphs if len(g["c"]) == 1 and g["c"].isascii() and g["c"].isalnum()}
+        )
         letters = [glyph for glyph in ascii_glyphs if glyph.isalpha()]
         if letters or ascii_glyphs:
             table[char] = (letters or ascii_glyphs)[0]
@@ -96,7 +98,31 @@ _READING = _Reading()
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.DOTALL)
 _HTML_TAG = re.compile(r"</?([a-zA-Z][a-zA-Z0-9-]*)\b[^<>]{0,300}>")
 _BLOCK_TAGS = frozenset(
-    ["br", "p", "div", "li", "ul", "ol", "tr", "td", "th", "table", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "section", "article", "header", "footer", "blockquote", "pre"]
+    [
+        "br",
+        "p",
+        "div",
+        "li",
+        "ul",
+        "ol",
+        "tr",
+        "td",
+        "th",
+        "table",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "hr",
+        "section",
+        "article",
+        "header",
+        "footer",
+        "blockquote",
+        "pre",
+    ]
 )
 _RLO, _LRO, _PDF = "\u202e", "\u202d", "\u202c"
 
@@ -144,11 +170,42 @@ _MORSE = re.compile(r"(?:[.\-·•_−–]{1,7}[ /|]+){5,}[.\-·•_−–]{1,7}
 _BINARY = re.compile(r"(?:[01]{8}\s?){4,}")
 _WORD = re.compile(r"[^\W_]+")
 MORSE = {
-    ".-": "a", "-...": "b", "-.-.": "c", "-..": "d", ".": "e", "..-.": "f", "--.": "g", "....": "h",
-    "..": "i", ".---": "j", "-.-": "k", ".-..": "l", "--": "m", "-.": "n", "---": "o", ".--.": "p",
-    "--.-": "q", ".-.": "r", "...": "s", "-": "t", "..-": "u", "...-": "v", ".--": "w", "-..-": "x",
-    "-.--": "y", "--..": "z", "-----": "0", ".----": "1", "..---": "2", "...--": "3", "....-": "4",
-    ".....": "5", "-....": "6", "--...": "7", "---..": "8", "----.": "9",
+    ".-": "a",
+    "-...": "b",
+    "-.-.": "c",
+    "-..": "d",
+    ".": "e",
+    "..-.": "f",
+    "--.": "g",
+    "....": "h",
+    "..": "i",
+    ".---": "j",
+    "-.-": "k",
+    ".-..": "l",
+    "--": "m",
+    "-.": "n",
+    "---": "o",
+    ".--.": "p",
+    "--.-": "q",
+    ".-.": "r",
+    "...": "s",
+    "-": "t",
+    "..-": "u",
+    "...-": "v",
+    ".--": "w",
+    "-..-": "x",
+    "-.--": "y",
+    "--..": "z",
+    "-----": "0",
+    ".----": "1",
+    "..---": "2",
+    "...--": "3",
+    "....-": "4",
+    ".....": "5",
+    "-....": "6",
+    "--...": "7",
+    "---..": "8",
+    "----.": "9",
 }
 
 

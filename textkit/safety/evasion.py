@@ -33,12 +33,39 @@ from textkit.safety import chinese
 _TOKEN = re.compile(r"[a-z0-9@$]+(?:[!|+]+[a-z0-9@$]+)*")
 # Leetspeak, and the letters that look alike folded together (so 1, l, i, ! and | are one).
 _LEET = str.maketrans(
-    {"0": "o", "1": "i", "l": "i", "!": "i", "|": "i", "3": "e", "4": "a", "@": "a", "5": "s", "$": "s", "7": "t",
-     "+": "t", "8": "b", "9": "g", "2": "z", "6": "g"}
+    {
+        "0": "o",
+        "1": "i",
+        "l": "i",
+        "!": "i",
+        "|": "i",
+        "3": "e",
+        "4": "a",
+        "@": "a",
+        "5": "s",
+        "$": "s",
+        "7": "t",
+        "+": "t",
+        "8": "b",
+        "9": "g",
+        "2": "z",
+        "6": "g",
+    }
 )
 _MULTI_LEET = (
-    ("|\\/|", "m"), ("/\\/\\", "m"), ("|\\|", "n"), ("/\\/", "n"), ("\\/\\/", "w"), ("|3", "b"),
-    ("()", "o"), ("/\\", "a"), ("\\/", "v"), ("|<", "k"), ("|-|", "h"), ("[)", "d"), ("|)", "d"),
+    ("|\\/|", "m"),
+    ("/\\/\\", "m"),
+    ("|\\|", "n"),
+    ("/\\/", "n"),
+    ("\\/\\/", "w"),
+    ("|3", "b"),
+    ("()", "o"),
+    ("/\\", "a"),
+    ("\\/", "v"),
+    ("|<", "k"),
+    ("|-|", "h"),
+    ("[)", "d"),
+    ("|)", "d"),
 )
 _MULTI_LEET_PATTERN = re.compile("|".join(re.escape(sequence) for sequence, _ in _MULTI_LEET))
 _MULTI_LEET_MAP = dict(_MULTI_LEET)
@@ -199,9 +226,7 @@ class EvasionMatcher(Generic[EntryT]):
                 latin.append((spelled + (f"|{initials}" if len(initials) >= 3 else ""), found))
         # Pinyin (or initials) in Latin letters alone: one pass of one regex finds whether any
         # term is there; only then is each term's own pattern tried.
-        self._latin_any = (
-            re.compile(rf"(?<![a-z])(?:{'|'.join(p for p, _ in latin)})(?![a-z])") if latin else None
-        )
+        self._latin_any = re.compile(rf"(?<![a-z])(?:{'|'.join(p for p, _ in latin)})(?![a-z])") if latin else None
         self._latin = [(re.compile(rf"(?<![a-z])(?:{p})(?![a-z])"), term) for p, term in latin]
         for automaton in (self._english, self._han, self._initials):
             if len(automaton):
@@ -217,7 +242,10 @@ class EvasionMatcher(Generic[EntryT]):
     def _find_english(self, reading: str) -> Found[EntryT] | None:
         if not len(self._english):
             return None
-        if not _MULTI_LEET_PATTERN.search(reading) and next(self._english.iter(reading.translate(_ROUGH)), None) is None:
+        if (
+            not _MULTI_LEET_PATTERN.search(reading)
+            and next(self._english.iter(reading.translate(_ROUGH)), None) is None
+        ):
             return None
         words = _Words(reading)
         allowed = _occurrences(words.text, self._allowed_english)

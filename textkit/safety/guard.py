@@ -85,6 +85,10 @@ class InputGuard:
             if self.injection_message is None:
                 return None
             return blocked(
-                common_pb2.SAFETY_CATEGORY_PROMPT_INJECTION, f"injection:classifier:{probability:.2f}", self.injection_message
+                common_pb2.SAFETY_CATEGORY_PROMPT_INJECTION,
+                f"injection:classifier:{probability:.2f}",
+                self.injection_message,
             )
-        return blocked(common_pb2.SAFETY_CATEGORY_SENSITIVE_WORD, f"lexicon:classifier:{probability:.2f}", self.blocked_message)
+        return blocked(
+            common_pb2.SAFETY_CATEGORY_SENSITIVE_WORD, f"lexicon:classifier:{probability:.2f}", self.blocked_message
+        )

@@ -54,8 +54,25 @@ def card_valid(candidate: str) -> bool:
 
 # ISO 13616 lengths of the countries most seen; others are accepted on the checksum alone.
 _IBAN_LENGTHS = {
-    "AD": 24, "AT": 20, "BE": 16, "CH": 21, "CZ": 24, "DE": 22, "DK": 18, "ES": 24, "FI": 18, "FR": 27,
-    "GB": 22, "IE": 22, "IT": 27, "LU": 20, "NL": 18, "NO": 15, "PL": 28, "PT": 25, "SE": 24,
+    "AD": 24,
+    "AT": 20,
+    "BE": 16,
+    "CH": 21,
+    "CZ": 24,
+    "DE": 22,
+    "DK": 18,
+    "ES": 24,
+    "FI": 18,
+    "FR": 27,
+    "GB": 22,
+    "IE": 22,
+    "IT": 27,
+    "LU": 20,
+    "NL": 18,
+    "NO": 15,
+    "PL": 28,
+    "PT": 25,
+    "SE": 24,
 }
 
 
@@ -168,13 +185,88 @@ def always(candidate: str) -> bool:
 
 
 _TLDS = frozenset(
-    ["com", "net", "org", "edu", "gov", "mil", "int", "io", "co", "cn", "uk", "de", "fr", "jp", "in", "au", "nl", "es", "it", "ru", "br", "ch", "se", "no", "dk", "fi", "be", "at", "pl", "cz", "kr", "tw", "hk", "sg", "me", "info", "biz", "dev", "app", "ai", "us", "ca"]
+    [
+        "com",
+        "net",
+        "org",
+        "edu",
+        "gov",
+        "mil",
+        "int",
+        "io",
+        "co",
+        "cn",
+        "uk",
+        "de",
+        "fr",
+        "jp",
+        "in",
+        "au",
+        "nl",
+        "es",
+        "it",
+        "ru",
+        "br",
+        "ch",
+        "se",
+        "no",
+        "dk",
+        "fi",
+        "be",
+        "at",
+        "pl",
+        "cz",
+        "kr",
+        "tw",
+        "hk",
+        "sg",
+        "me",
+        "info",
+        "biz",
+        "dev",
+        "app",
+        "ai",
+        "us",
+        "ca",
+    ]
 )
 
 
 # Words that make "look at this dot com" read like an address.
 _NOT_NAMES = frozenset(
-    ["this", "that", "these", "those", "it", "its", "the", "a", "an", "me", "you", "him", "her", "them", "us", "home", "work", "school", "all", "least", "most", "first", "last", "once", "night", "noon", "lunch", "dinner", "which", "what", "who"]
+    [
+        "this",
+        "that",
+        "these",
+        "those",
+        "it",
+        "its",
+        "the",
+        "a",
+        "an",
+        "me",
+        "you",
+        "him",
+        "her",
+        "them",
+        "us",
+        "home",
+        "work",
+        "school",
+        "all",
+        "least",
+        "most",
+        "first",
+        "last",
+        "once",
+        "night",
+        "noon",
+        "lunch",
+        "dinner",
+        "which",
+        "what",
+        "who",
+    ]
 )
 
 
@@ -210,7 +302,9 @@ DETECTORS = (
     # Spelled out: "name dot surname at gmail dot com", "name(at)mail(dot)cn".
     _Detector(
         EMAIL,
-        _compile(rf"(?i:(?<![\w.])[a-z0-9_%+-]+(?:(?:{_DOT}|\.)[a-z0-9_%+-]+)*{_AT}[a-z0-9-]+(?:(?:{_DOT}|\.)[a-z0-9-]+)+\b)"),
+        _compile(
+            rf"(?i:(?<![\w.])[a-z0-9_%+-]+(?:(?:{_DOT}|\.)[a-z0-9_%+-]+)*{_AT}[a-z0-9-]+(?:(?:{_DOT}|\.)[a-z0-9-]+)+\b)"
+        ),
         obfuscated_email_valid,
     ),
     # Vendor key formats are specific enough to need no validator.
@@ -232,7 +326,11 @@ DETECTORS = (
         secret_valid,
     ),
     # Also written in groups ("110105 19491231 002X").
-    _Detector(CN_ID, _compile(r"(?<![0-9A-Za-z])\d(?:[ \-]?\d){16}[ \-]?[\dXx](?![0-9A-Za-z])"), lambda c: cn_id_valid(re.sub(r"[ \-]", "", c))),
+    _Detector(
+        CN_ID,
+        _compile(r"(?<![0-9A-Za-z])\d(?:[ \-]?\d){16}[ \-]?[\dXx](?![0-9A-Za-z])"),
+        lambda c: cn_id_valid(re.sub(r"[ \-]", "", c)),
+    ),
     _Detector(IBAN, _compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"), iban_valid),
     # A full stop may end the sentence after a number, but not continue it ("1.5").
     _Detector(CARD, _compile(rf"(?<![\d.+])\d(?:{_SEP}\d){{12,18}}(?!\d|\.\d)"), card_valid),

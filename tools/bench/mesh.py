@@ -12,8 +12,10 @@ cache never answers them; the cache levels measure it on purpose.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
+import random
 import sqlite3
 import statistics
 import subprocess
@@ -57,6 +59,8 @@ class Level:
     ttft_p50_ms: float
     gap_p50_ms: float
     completion_tokens: int
+    # Answers the response cache gave (its x-llmesh-cache header said hit).
+    cache_hits: int = 0
 
     @property
     def req_per_s(self) -> float:
@@ -88,12 +92,18 @@ class RestUnary:
         self.trace_ids: list[str] = []
         self.cache_headers: Counter[str] = Counter()
 
-    def call(self, model: str, max_tokens: int, headers: dict[str, str] | None = None) -> One:
-        messages = [{"role": "user", "content": PROMPT}]
-        body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+    def call(
+        self, model: str, max_tokens: int, headers: dict[str, str] | None = None, prompts: Sequence[str] = (PROMPT,)
+    ) -> One:
+        """Request ``index`` asks ``prompts[index % len(prompts)]``."""
+        bodies = [
+            {"model": model, "messages": [{"role": "user", "content": p}], "max_tokens": max_tokens, "temperature": 0}
+            for p in prompts
+        ]
 
         async def one(index: int) -> Stream:
             started = time.perf_counter()
+            body = bodies[index % len(bodies)]
             response = await self.client.post("/v1/chat/completions", json=body, headers=headers)
             latency = time.perf_counter() - started
             if response.status_code != 200:
@@ -194,6 +204,8 @@ class Plan:
     stream_requests: int = 64
     stream_concurrencies: tuple[int, ...] = (1, 32)
     cache_requests: int = 100
+    # The replayed workload: cache_requests requests drawn (seeded) from this many questions.
+    replay_questions: int = 20
 
     def count(self, concurrency: int) -> int:
         return max(self.requests, 4 * concurrency)
@@ -203,7 +215,7 @@ def steps(plan: Plan, full: bool) -> int:
     """How many levels one phase measures (for the progress bar)."""
     if not full:
         return 2 * len(plan.concurrencies)
-    return (1 + 3 * 2) * len(plan.concurrencies) + 2 * len(plan.stream_concurrencies) + 2
+    return (1 + 3 * 2) * len(plan.concurrencies) + 2 * len(plan.stream_concurrencies) + 3
 
 
 async def measure_phase(
@@ -221,12 +233,16 @@ async def measure_phase(
     levels: list[Level] = []
     trace_ids: list[str] = []
 
-    async def run(path: str, model: str, kind: str, one: One, concurrency: int, count: int) -> None:
+    async def run(
+        path: str, model: str, kind: str, one: One, concurrency: int, count: int, warmup: bool = True
+    ) -> None:
         progress(f"{phase}: {path} {model} {kind} x{concurrency}")
-        for index in range(plan.warmup):
+        for index in range(plan.warmup if warmup else 0):
             await one(index)
+        hits_before = rest.cache_headers["hit"]
         streams, errors, wall = await closed_loop(one, concurrency, count)
-        levels.append(level(phase, path, model, kind, concurrency, streams, errors, wall))
+        measured = level(phase, path, model, kind, concurrency, streams, errors, wall)
+        levels.append(dataclasses.replace(measured, cache_hits=rest.cache_headers["hit"] - hits_before))
 
     try:
         for concurrency in plan.concurrencies:
@@ -251,6 +267,12 @@ async def measure_phase(
             # The same deterministic request again and again: after the first, the cache answers.
             await run("rest", FIXED_MODEL, "cache-hit", rest.call(FIXED_MODEL, 1), 1, plan.cache_requests)
             await run("rest", FIXED_MODEL, "cache-miss", rest.call(FIXED_MODEL, 1, NO_CACHE), 1, plan.cache_requests)
+            # A workload with repeats, from a cold start: which share the cache answers.
+            rng = random.Random(11)
+            questions = [f"{PROMPT} Question {q}." for q in range(plan.replay_questions)]
+            replay = [rng.choice(questions) for _ in range(plan.cache_requests)]
+            replayed = rest.call(FIXED_MODEL, 1, prompts=replay)
+            await run("rest", FIXED_MODEL, "cache-replay", replayed, 1, len(replay), warmup=False)
     finally:
         for client in (direct, rest, sse, edge):
             await client.close()
@@ -435,8 +457,12 @@ def summary(levels: Sequence[Level]) -> dict[str, Any]:
     cache = {}
     hit = by.get(("tracing on", "rest", FIXED_MODEL, "cache-hit", 1))
     miss = by.get(("tracing on", "rest", FIXED_MODEL, "cache-miss", 1))
+    replay = by.get(("tracing on", "rest", FIXED_MODEL, "cache-replay", 1))
+    if replay and replay.requests:
+        cache["replay_hit_rate"] = round(replay.cache_hits / replay.requests, 3)
+        cache["replay_p50_ms"] = replay.p50_ms
     if hit and miss:
-        cache = {
+        cache |= {
             "hit_p50_ms": hit.p50_ms, "hit_p99_ms": hit.p99_ms, "miss_p50_ms": miss.p50_ms, "miss_p99_ms": miss.p99_ms,
         }  # fmt: skip
     return {"added": added, "tracing": tracing, "cache": cache}
@@ -484,8 +510,12 @@ def markdown(result: dict[str, Any]) -> str:
         c = result["summary"]["cache"]
         lines += ["", "## Response cache (REST unary, concurrency 1)", "", "| | p50 ms | p99 ms |",
                   "| --- | --- | --- |",
-                  f"| hit | {c['hit_p50_ms']} | {c['hit_p99_ms']} |",
-                  f"| miss | {c['miss_p50_ms']} | {c['miss_p99_ms']} |"]  # fmt: skip
+                  f"| hit | {c.get('hit_p50_ms')} | {c.get('hit_p99_ms')} |",
+                  f"| miss | {c.get('miss_p50_ms')} | {c.get('miss_p99_ms')} |"]  # fmt: skip
+        if "replay_hit_rate" in c:
+            plan = result["plan"]
+            lines += ["", f"Replayed workload ({plan['cache_requests']} requests drawn from {plan['replay_questions']}"
+                      f" questions, cold cache): hit rate {c['replay_hit_rate']:.1%}, p50 {c['replay_p50_ms']} ms."]
     if result.get("hops"):
         lines += ["", "## Where the time goes: spans of REST unary requests at concurrency 1 (median)", "",
                   "| process | span | count | p50 ms |", "| --- | --- | --- | --- |"]  # fmt: skip

@@ -59,7 +59,7 @@ def _key(prompts: list[str], teacher: Path) -> str:
     digest = hashlib.sha256(f"recipe={RECIPE_VERSION};max_new={MAX_NEW_TOKENS};top_k={TOP_K}".encode())
     for prompt in prompts:
         digest.update(prompt.encode() + b"\0")
-    digest.update((teacher / "model.safetensors").read_bytes()[:1 << 20])
+    digest.update((teacher / "model.safetensors").read_bytes()[: 1 << 20])
     return digest.hexdigest()[:16]
 
 
@@ -90,8 +90,14 @@ def teacher_answers(prompts: list[str], teacher: Path) -> list[dict]:
         for entry in completion.logprobs:
             ranked = sorted(entry.items(), key=lambda kv: kv[1].rank or 0)[: TOP_K + 1]
             top.append([[int(t), float(lp.logprob)] for t, lp in ranked])
-        rows.append({"prompt_ids": ids, "answer_ids": list(completion.token_ids), "top": top,
-                     "finished": completion.finish_reason == "stop"})
+        rows.append(
+            {
+                "prompt_ids": ids,
+                "answer_ids": list(completion.token_ids),
+                "top": top,
+                "finished": completion.finish_reason == "stop",
+            }
+        )
     del llm
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(rows))
@@ -170,7 +176,10 @@ def choose_layers(teacher, rows: list[dict], eos: int) -> tuple[list[int], dict[
     with torch.inference_mode():
         for layers in LAYER_CANDIDATES:
             student = build_student(teacher, list(layers))
-            losses[str(list(layers))] = float(sum(loss_on(student, probe[i : i + 16], eos) for i in range(0, len(probe), 16)) / math.ceil(len(probe) / 16))
+            losses[str(list(layers))] = float(
+                sum(loss_on(student, probe[i : i + 16], eos) for i in range(0, len(probe), 16))
+                / math.ceil(len(probe) / 16)
+            )
     best = min(losses, key=losses.__getitem__)
     return json.loads(best), losses
 
@@ -193,7 +202,11 @@ def train(teacher_dir: Path, out: Path, prompts_n: int, epochs: int, seed: int) 
     print(f"{len(rows)} teacher answers, {answer_tokens} tokens ({generated - started:.0f} s)", flush=True)
 
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
-    eos = int(teacher.generation_config.eos_token_id if isinstance(teacher.generation_config.eos_token_id, int) else teacher.generation_config.eos_token_id[0])
+    eos = int(
+        teacher.generation_config.eos_token_id
+        if isinstance(teacher.generation_config.eos_token_id, int)
+        else teacher.generation_config.eos_token_id[0]
+    )
     layers, layer_losses = choose_layers(teacher, rows, eos)
     print(f"kept teacher layers {layers} (initial loss per candidate: {layer_losses})", flush=True)
     student = build_student(teacher, layers)
@@ -225,16 +238,37 @@ def train(teacher_dir: Path, out: Path, prompts_n: int, epochs: int, seed: int) 
         bar.set_postfix(loss=f"{sum(history[-20:]) / len(history[-20:]):.3f}")
     trained = time.perf_counter()
 
-    save(student, teacher_dir, out, {
-        "recipe": RECIPE_VERSION, "seed": seed, "teacher": str(teacher_dir.relative_to(REPO_ROOT)),
-        "kept_layers": layers, "layer_candidates": layer_losses, "prompts": len(rows), "answer_tokens": answer_tokens,
-        "max_new_tokens": MAX_NEW_TOKENS, "top_k": TOP_K, "epochs": epochs, "batch": BATCH, "lr": LR,
-        "steps": total, "loss_first_20": sum(history[:20]) / 20, "loss_last_20": sum(history[-20:]) / 20,
-        "loss_every_10_steps": [round(sum(history[i : i + 10]) / len(history[i : i + 10]), 4) for i in range(0, total, 10)],
-        "seconds": {"teacher_answers": round(generated - started), "training": round(trained - generated),
-                    "total": round(time.perf_counter() - started)},
-        "threads": torch.get_num_threads(),
-    })
+    save(
+        student,
+        teacher_dir,
+        out,
+        {
+            "recipe": RECIPE_VERSION,
+            "seed": seed,
+            "teacher": str(teacher_dir.relative_to(REPO_ROOT)),
+            "kept_layers": layers,
+            "layer_candidates": layer_losses,
+            "prompts": len(rows),
+            "answer_tokens": answer_tokens,
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "top_k": TOP_K,
+            "epochs": epochs,
+            "batch": BATCH,
+            "lr": LR,
+            "steps": total,
+            "loss_first_20": sum(history[:20]) / 20,
+            "loss_last_20": sum(history[-20:]) / 20,
+            "loss_every_10_steps": [
+                round(sum(history[i : i + 10]) / len(history[i : i + 10]), 4) for i in range(0, total, 10)
+            ],
+            "seconds": {
+                "teacher_answers": round(generated - started),
+                "training": round(trained - generated),
+                "total": round(time.perf_counter() - started),
+            },
+            "threads": torch.get_num_threads(),
+        },
+    )
 
 
 def save(student, teacher_dir: Path, out: Path, record: dict) -> None:

@@ -45,8 +45,12 @@ async def _run(client, model: str, prompts: list[list[int]], concurrency: int) -
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     seconds = time.perf_counter() - started
     gaps.sort()
-    return {"tokens_per_s": round(produced / seconds, 1), "ms_per_token_p50": round(1000 * gaps[len(gaps) // 2], 1),
-            "requests": len(prompts), "concurrency": concurrency}
+    return {
+        "tokens_per_s": round(produced / seconds, 1),
+        "ms_per_token_p50": round(1000 * gaps[len(gaps) // 2], 1),
+        "requests": len(prompts),
+        "concurrency": concurrency,
+    }
 
 
 async def measure(grpc_addr: str, rounds: int) -> list[dict]:
@@ -70,7 +74,11 @@ async def measure(grpc_addr: str, rounds: int) -> list[dict]:
         for number in range(rounds):
             for concurrency, n in ((1, 8), (8, 32)):
                 for model in (STUDENT, TEACHER) if number % 2 == 0 else (TEACHER, STUDENT):
-                    result = {"round": number + 1, "model": model, **await _run(client, model, prompts[:n], concurrency)}
+                    result = {
+                        "round": number + 1,
+                        "model": model,
+                        **await _run(client, model, prompts[:n], concurrency),
+                    }
                     print(json.dumps(result), file=sys.stderr, flush=True)
                     out.append(result)
         return out
@@ -93,19 +101,26 @@ def main() -> None:
     for number in range(1, args.rounds + 1):
         for concurrency in (1, 8):
             pick = {r["model"]: r for r in results if r["round"] == number and r["concurrency"] == concurrency}
-            summary.append({"round": number, "concurrency": concurrency,
-                            "student_tokens_per_s": pick[STUDENT]["tokens_per_s"],
-                            "teacher_tokens_per_s": pick[TEACHER]["tokens_per_s"],
-                            "speedup": round(pick[STUDENT]["tokens_per_s"] / pick[TEACHER]["tokens_per_s"], 2),
-                            "student_ms_per_token_p50": pick[STUDENT]["ms_per_token_p50"],
-                            "teacher_ms_per_token_p50": pick[TEACHER]["ms_per_token_p50"]})
+            summary.append(
+                {
+                    "round": number,
+                    "concurrency": concurrency,
+                    "student_tokens_per_s": pick[STUDENT]["tokens_per_s"],
+                    "teacher_tokens_per_s": pick[TEACHER]["tokens_per_s"],
+                    "speedup": round(pick[STUDENT]["tokens_per_s"] / pick[TEACHER]["tokens_per_s"], 2),
+                    "student_ms_per_token_p50": pick[STUDENT]["ms_per_token_p50"],
+                    "teacher_ms_per_token_p50": pick[TEACHER]["ms_per_token_p50"],
+                }
+            )
     if args.json:
         print(json.dumps({"runs": results, "summary": summary}))
         return
     for row in summary:
-        print(f"round {row['round']}, concurrency {row['concurrency']}: student {row['student_tokens_per_s']} tok/s, "
-              f"teacher {row['teacher_tokens_per_s']} tok/s: {row['speedup']}x "
-              f"(ms/token p50 {row['student_ms_per_token_p50']} vs {row['teacher_ms_per_token_p50']})")
+        print(
+            f"round {row['round']}, concurrency {row['concurrency']}: student {row['student_tokens_per_s']} tok/s, "
+            f"teacher {row['teacher_tokens_per_s']} tok/s: {row['speedup']}x "
+            f"(ms/token p50 {row['student_ms_per_token_p50']} vs {row['teacher_ms_per_token_p50']})"
+        )
 
 
 if __name__ == "__main__":

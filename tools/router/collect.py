@@ -96,7 +96,9 @@ def triton_if_needed(settings, models: list[str]) -> Iterator[str | None]:
 
     http, grpc_port, metrics = free_ports(3)
     log_file = REPO_ROOT / ".run/router/collect-triton.log"
-    with TritonServer(http_port=http, grpc_port=grpc_port, metrics_port=metrics, models=models, log_file=log_file) as triton:
+    with TritonServer(
+        http_port=http, grpc_port=grpc_port, metrics_port=metrics, models=models, log_file=log_file
+    ) as triton:
         yield triton.grpc_url
 
 
@@ -158,7 +160,9 @@ async def _collect(items: list[dict], settings, address: str, progress: Callable
                 }
             text, ids = rendered[settings.scoring_model]
             scored = await stub.Score(
-                inference_pb2.ScoreRequest(model=settings.scoring_model, prompt_token_ids=ids[-settings.max_score_tokens :]),
+                inference_pb2.ScoreRequest(
+                    model=settings.scoring_model, prompt_token_ids=ids[-settings.max_score_tokens :]
+                ),
                 timeout=600,
             )
         progress(1)
@@ -177,7 +181,9 @@ async def _collect(items: list[dict], settings, address: str, progress: Callable
         await channel.close()
 
 
-def collect(items: list[dict], settings, key: str, progress: Callable[[int], None] = lambda n: None) -> tuple[dict, list[dict]]:
+def collect(
+    items: list[dict], settings, key: str, progress: Callable[[int], None] = lambda n: None
+) -> tuple[dict, list[dict]]:
     """Answer every item with both tiers and score its prompt; saves and returns (header, rows)."""
     models = list(dict.fromkeys([settings.small_model, settings.large_model, settings.scoring_model]))
     started = time.monotonic()

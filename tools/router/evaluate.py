@@ -63,9 +63,15 @@ class Query:
 def queries(rows: list[dict]) -> list[Query]:
     return [
         Query(
-            row["id"], row["source"], row["split"], row["category"], row["prompt"],
+            row["id"],
+            row["source"],
+            row["split"],
+            row["category"],
+            row["prompt"],
             {m: judge.score(a["text"], row["check"], row["prompt"]) for m, a in row["answers"].items()},
-            dict(row["prompt_tokens"]), {m: a["tokens"] for m, a in row["answers"].items()}, dict(row["signals"]),
+            dict(row["prompt_tokens"]),
+            {m: a["tokens"] for m, a in row["answers"].items()},
+            dict(row["signals"]),
         )
         for row in rows
     ]
@@ -162,7 +168,9 @@ class PolicyResult:
         }
 
 
-def evaluate(items: list[Query], settings: RouterSettings, named: dict[str, ThresholdPolicy]) -> dict[str, PolicyResult]:
+def evaluate(
+    items: list[Query], settings: RouterSettings, named: dict[str, ThresholdPolicy]
+) -> dict[str, PolicyResult]:
     weak, strong = qualities(items, settings)
     small_cost, large_cost = request_costs(items, settings)
     results = {}
@@ -182,13 +190,22 @@ def evaluate(items: list[Query], settings: RouterSettings, named: dict[str, Thre
         # The cascade pays for the small answer on every request, escalated or not.
         wasted = small_cost if name == "cascade" else np.zeros_like(small_cost)
         if name != "random":
-            curve_cost = np.array([np.where(values > t, large_cost + wasted, small_cost).mean() * 1000 for t in curve.thresholds])
+            curve_cost = np.array(
+                [np.where(values > t, large_cost + wasted, small_cost).mean() * 1000 for t in curve.thresholds]
+            )
         per_request = np.where(to_large, large_cost + wasted, small_cost)
         quality = np.where(to_large, strong, weak).mean()
         results[name] = PolicyResult(
-            curve, routellm.apgr(curve), routellm.cpt(curve, 0.5), routellm.cpt(curve, 0.8), float(policy.threshold),
-            float(to_large.mean()), float(routellm.pgr(quality, weak.mean(), strong.mean())), float(quality),
-            float(per_request.mean() * 1000), curve_cost,
+            curve,
+            routellm.apgr(curve),
+            routellm.cpt(curve, 0.5),
+            routellm.cpt(curve, 0.8),
+            float(policy.threshold),
+            float(to_large.mean()),
+            float(routellm.pgr(quality, weak.mean(), strong.mean())),
+            float(quality),
+            float(per_request.mean() * 1000),
+            curve_cost,
         )
     return results
 
@@ -215,8 +232,11 @@ def by_category(items: list[Query], settings: RouterSettings) -> dict[str, dict]
     for category in sorted({q.category for q in items}):
         chosen = [q for q in items if q.category == category]
         weak, strong = qualities(chosen, settings)
-        out[category] = {"items": len(chosen), settings.small_model: round(float(weak.mean()), 3),
-                         settings.large_model: round(float(strong.mean()), 3)}
+        out[category] = {
+            "items": len(chosen),
+            settings.small_model: round(float(weak.mean()), 3),
+            settings.large_model: round(float(strong.mean()), 3),
+        }
     return out
 
 
@@ -242,18 +262,27 @@ def load_scenarios(items: list[Query], settings: RouterSettings, router: learned
     its price rises with the load factor (services/router/load.py), so fewer requests go to it."""
     weak, strong = qualities(items, settings)
     out = {}
-    for label, running in (("idle", 0.0), ("large busy (32 running)", 32.0), ("large saturated (64 running, 8 waiting)", 64.0)):
+    for label, running in (
+        ("idle", 0.0),
+        ("large busy (32 running)", 32.0),
+        ("large saturated (64 running, 8 waiting)", 64.0),
+    ):
         waiting = 8.0 if running >= 64 else 0.0
         factor = 1.0 + running / settings.load_running + waiting / settings.load_waiting
         policy = CostAwarePolicy(settings, router, FixedLoad({settings.large_model: factor}))
         to_large = scores(policy, items, settings) > policy.threshold
         quality = np.where(to_large, strong, weak).mean()
-        out[label] = {"large_price_factor": factor, "large_share": round(float(to_large.mean()), 4),
-                      "pgr": round(float(routellm.pgr(quality, weak.mean(), strong.mean())), 4)}
+        out[label] = {
+            "large_price_factor": factor,
+            "large_share": round(float(to_large.mean()), 4),
+            "pgr": round(float(routellm.pgr(quality, weak.mean(), strong.mean())), 4),
+        }
     return out
 
 
-def budget_scenario(items: list[Query], settings: RouterSettings, policy: ThresholdPolicy, share_of_all_large: float) -> dict:
+def budget_scenario(
+    items: list[Query], settings: RouterSettings, policy: ThresholdPolicy, share_of_all_large: float
+) -> dict:
     """A tenant whose daily budget is ``share_of_all_large`` of what sending every request to the
     large model would cost: requests in order, the policy decides, and once the budget is spent
     every further request goes to the small model (``LLMESH_BUDGET_EXHAUSTED_ACTION=degrade``)."""
@@ -261,12 +290,17 @@ def budget_scenario(items: list[Query], settings: RouterSettings, policy: Thresh
     small_cost, large_cost = request_costs(items, settings)
     budget = share_of_all_large * large_cost.sum()
     spent, chosen = 0.0, []
-    for wants_large, s, lc in zip(scores(policy, items, settings) > policy.threshold, small_cost, large_cost, strict=True):
+    for wants_large, s, lc in zip(
+        scores(policy, items, settings) > policy.threshold, small_cost, large_cost, strict=True
+    ):
         large = bool(wants_large) and spent < budget
         spent += lc if large else s
         chosen.append(large)
     to_large = np.array(chosen)
     quality = np.where(to_large, strong, weak).mean()
-    return {"budget_share_of_all_large": share_of_all_large, "spent_share_of_all_large": round(spent / large_cost.sum(), 4),
-            "large_share": round(float(to_large.mean()), 4),
-            "pgr": round(float(routellm.pgr(quality, weak.mean(), strong.mean())), 4)}
+    return {
+        "budget_share_of_all_large": share_of_all_large,
+        "spent_share_of_all_large": round(spent / large_cost.sum(), 4),
+        "large_share": round(float(to_large.mean()), 4),
+        "pgr": round(float(routellm.pgr(quality, weak.mean(), strong.mean())), 4),
+    }

@@ -41,7 +41,11 @@ ITEMS: list[tuple[str, str, dict]] = [
     ("factual", "What is the main ingredient of guacamole?", _c("avocado")),
     ("factual", "wich planet do we live on?", _c("Earth")),
     ("factual", "What's the opposite of 'cheap'?", _c("expensive", "dear", "costly")),
-    ("factual", "Which is heavier, a kilogram of feathers or a kilogram of iron?", _c("same", "equal", "neither", "both")),
+    (
+        "factual",
+        "Which is heavier, a kilogram of feathers or a kilogram of iron?",
+        _c("same", "equal", "neither", "both"),
+    ),
     ("factual", "Name the largest country in the world by area.", _c("Russia")),
     ("factual", "What do we call the frozen form of water?", _c("ice")),
     ("factual", "Who was the first person to walk on the Moon?", _c("Armstrong")),
@@ -52,12 +56,20 @@ ITEMS: list[tuple[str, str, dict]] = [
     ("math", "I had 12 apples and ate 3. How many apples do I have now?", _n(9)),
     ("math", "A pizza is cut into 8 slices. If 4 friends share it equally, how many slices does each get?", _n(2)),
     ("math", "Tom is 7 years old. His sister is twice his age. How old is his sister?", _n(14)),
-    ("math", "If a train leaves at 3 pm and the trip takes 2 hours, at what hour does it arrive?", _c("5 pm", "5pm", "5:00", "17:00", "five")),
+    (
+        "math",
+        "If a train leaves at 3 pm and the trip takes 2 hours, at what hour does it arrive?",
+        _c("5 pm", "5pm", "5:00", "17:00", "five"),
+    ),
     ("math", "What's 15% of 200?", _n(30)),
     ("math", "I bought 3 notebooks at 4 dollars each. How much did I spend?", _n(12)),
     ("math", "A rectangle is 5 cm wide and 3 cm tall. What is its area in square centimetres?", _n(15)),
     ("math", "How many minutes are there in two and a half hours?", _n(150)),
-    ("math", "There are 30 students and 6 tables. How many students sit at each table if they are spread evenly?", _n(5)),
+    (
+        "math",
+        "There are 30 students and 6 tables. How many students sit at each table if they are spread evenly?",
+        _n(5),
+    ),
     ("math", "what is one hundred minus thirty-seven", _n(63)),
     ("math", "If I save 10 dollars a week, how much do I have after 8 weeks?", _n(80)),
     ("math", "Sara read 20 pages on Monday and 35 on Tuesday. How many pages in total?", _n(55)),
@@ -65,25 +77,101 @@ ITEMS: list[tuple[str, str, dict]] = [
     ("math", "A dozen eggs minus 5 eggs leaves how many eggs?", _n(7)),
     ("math", "It is 9 degrees now and the temperature drops by 12 degrees. What is the new temperature?", _n(-3)),
     # instructions a user would give
-    ("instruction", "Give me just one word that means 'very happy'. One word only, please.", _r(("max_words", 1),)),
-    ("instruction", "Could you answer in ALL CAPS: what color is the sky on a clear day?", _r(("all_caps", None), ("contains", "blue"))),
-    ("instruction", "Please list two fruits, separated by a comma, nothing else.", _r(("comma_items", 2), ("max_words", 6))),
-    ("instruction", "Write me a two-line rhyme about rain. Exactly two lines.", _r(("lines", 2),)),
-    ("instruction", "Respond with the number 42 and nothing else.", _r(("one_of", ["42"]),)),
+    (
+        "instruction",
+        "Give me just one word that means 'very happy'. One word only, please.",
+        _r(
+            ("max_words", 1),
+        ),
+    ),
+    (
+        "instruction",
+        "Could you answer in ALL CAPS: what color is the sky on a clear day?",
+        _r(("all_caps", None), ("contains", "blue")),
+    ),
+    (
+        "instruction",
+        "Please list two fruits, separated by a comma, nothing else.",
+        _r(("comma_items", 2), ("max_words", 6)),
+    ),
+    (
+        "instruction",
+        "Write me a two-line rhyme about rain. Exactly two lines.",
+        _r(
+            ("lines", 2),
+        ),
+    ),
+    (
+        "instruction",
+        "Respond with the number 42 and nothing else.",
+        _r(
+            ("one_of", ["42"]),
+        ),
+    ),
     ("instruction", "Tell me a very short joke, under 25 words.", _r(("max_words", 25), ("min_words", 4))),
-    ("instruction", "Start your reply with 'Sure!' and then name a vegetable.", _r(("starts_with", "Sure!"),)),
-    ("instruction", "In no more than eight words, why is sleep important?", _r(("max_words", 8),)),
-    ("instruction", "Reply in lowercase only: what is your favourite season?", _r(("all_lower", None),)),
+    (
+        "instruction",
+        "Start your reply with 'Sure!' and then name a vegetable.",
+        _r(
+            ("starts_with", "Sure!"),
+        ),
+    ),
+    (
+        "instruction",
+        "In no more than eight words, why is sleep important?",
+        _r(
+            ("max_words", 8),
+        ),
+    ),
+    (
+        "instruction",
+        "Reply in lowercase only: what is your favourite season?",
+        _r(
+            ("all_lower", None),
+        ),
+    ),
     ("instruction", "Type the word 'banana' backwards.", _c("ananab")),
-    ("instruction", 'Give me a JSON object with keys "city" and "country" for Paris.', _r(("json", None), ("contains", "France"))),
-    ("instruction", "Write a sentence that mentions both 'moon' and 'coffee'.", _r(("contains", "moon"), ("contains", "coffee"))),
-    ("instruction", "Say 'good morning' in English without any punctuation.", _r(("contains", "good morning"), ("not_contains", "!"))),
-    ("instruction", "Answer yes or no only. Is a whale a mammal?", _r(("one_of", ["yes"]),)),
-    ("instruction", "List three primary colours, one per line.", _r(("lines", 3),)),
-    ("instruction", "Write one sentence about dogs that does not contain the word 'dog'.", _r(("not_contains", "dog"), ("min_words", 3))),
+    (
+        "instruction",
+        'Give me a JSON object with keys "city" and "country" for Paris.',
+        _r(("json", None), ("contains", "France")),
+    ),
+    (
+        "instruction",
+        "Write a sentence that mentions both 'moon' and 'coffee'.",
+        _r(("contains", "moon"), ("contains", "coffee")),
+    ),
+    (
+        "instruction",
+        "Say 'good morning' in English without any punctuation.",
+        _r(("contains", "good morning"), ("not_contains", "!")),
+    ),
+    (
+        "instruction",
+        "Answer yes or no only. Is a whale a mammal?",
+        _r(
+            ("one_of", ["yes"]),
+        ),
+    ),
+    (
+        "instruction",
+        "List three primary colours, one per line.",
+        _r(
+            ("lines", 3),
+        ),
+    ),
+    (
+        "instruction",
+        "Write one sentence about dogs that does not contain the word 'dog'.",
+        _r(("not_contains", "dog"), ("min_words", 3)),
+    ),
     # rewriting
     ("rewriting", "Can you fix the spelling in this: 'I recieved the pakage yesterday.'", _c("received the package")),
-    ("rewriting", "Make this all uppercase please: good night everyone", _c("GOOD NIGHT EVERYONE", case_sensitive=True)),
+    (
+        "rewriting",
+        "Make this all uppercase please: good night everyone",
+        _c("GOOD NIGHT EVERYONE", case_sensitive=True),
+    ),
     ("rewriting", "Change 'I am happy' into the past tense.", _c("I was happy")),
     ("rewriting", "Turn this into a question: You like tea.", _c("Do you like tea")),
     ("rewriting", "Make 'The dogs are barking' singular.", _c("The dog is barking")),
@@ -129,7 +217,13 @@ ITEMS: list[tuple[str, str, dict]] = [
     ("chinese", "请把“good morning”翻译成中文。", _c("早上好", "早安")),
     ("chinese", "一周有几天？", _n(7)),
     ("chinese", "水在摄氏多少度结冰？", _n(0)),
-    ("chinese", "请用中文说一句问候的话。", _r(("chinese", None),)),
+    (
+        "chinese",
+        "请用中文说一句问候的话。",
+        _r(
+            ("chinese", None),
+        ),
+    ),
     ("chinese", "What is the capital of China? 请用中文回答。", _c("北京")),
     ("chinese", "三加五等于几？", _n(8)),
 ]

@@ -31,11 +31,43 @@ from typing import Any
 
 JUDGE_VERSION = 1
 
-_EN_UNITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
-_EN_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
+_EN_UNITS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
+_EN_TENS = {
+    "twenty": 20,
+    "thirty": 30,
+    "forty": 40,
+    "fifty": 50,
+    "sixty": 60,
+    "seventy": 70,
+    "eighty": 80,
+    "ninety": 90,
+}
 _ZH_DIGITS = {c: i for i, c in enumerate("零一二三四五六七八九")} | {"两": 2}
 # ASCII boundaries: a number right after Chinese text ("结果是8") is still a number.
-_NUMBER = re.compile(r"(?<![0-9A-Za-z.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![0-9A-Za-z])|(?<![0-9A-Za-z.])-?\d+(?:\.\d+)?(?![0-9A-Za-z])")
+_NUMBER = re.compile(
+    r"(?<![0-9A-Za-z.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![0-9A-Za-z])|(?<![0-9A-Za-z.])-?\d+(?:\.\d+)?(?![0-9A-Za-z])"
+)
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 

@@ -53,14 +53,24 @@ def _mlp(inputs: int, outputs: int):
     import torch
 
     return torch.nn.Sequential(
-        torch.nn.Linear(inputs, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, HIDDEN), torch.nn.Tanh(),
+        torch.nn.Linear(inputs, HIDDEN),
+        torch.nn.Tanh(),
+        torch.nn.Linear(HIDDEN, HIDDEN),
+        torch.nn.Tanh(),
         torch.nn.Linear(HIDDEN, outputs),
     )
 
 
 def train(
-    x: np.ndarray, q_small: np.ndarray, q_large: np.ndarray, c_small: np.ndarray, c_large: np.ndarray,
-    trained_on: dict, iterations: int = ITERATIONS, seed: int = SEED, progress=None,
+    x: np.ndarray,
+    q_small: np.ndarray,
+    q_large: np.ndarray,
+    c_small: np.ndarray,
+    c_large: np.ndarray,
+    trained_on: dict,
+    iterations: int = ITERATIONS,
+    seed: int = SEED,
+    progress=None,
 ) -> tuple[PPORouter, TrainingLog]:
     import torch
 
@@ -111,13 +121,27 @@ def train(
 
     layers = [
         {"w": layer.weight.detach().double().numpy().T.tolist(), "b": layer.bias.detach().double().numpy().tolist()}
-        for layer in policy if isinstance(layer, torch.nn.Linear)
+        for layer in policy
+        if isinstance(layer, torch.nn.Linear)
     ]
     router = PPORouter(
-        "unsaved", list(FEATURES), mean.tolist(), scale.tolist(), layers, (lo, hi),
-        {**trained_on, "seed": seed, "iterations": iterations, "batch": BATCH, "hidden": HIDDEN,
-         "lambda_range": list(LAMBDA_RANGE), "cost_unit": unit, "seconds": round(log.seconds, 1),
-         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        "unsaved",
+        list(FEATURES),
+        mean.tolist(),
+        scale.tolist(),
+        layers,
+        (lo, hi),
+        {
+            **trained_on,
+            "seed": seed,
+            "iterations": iterations,
+            "batch": BATCH,
+            "hidden": HIDDEN,
+            "lambda_range": list(LAMBDA_RANGE),
+            "cost_unit": unit,
+            "seconds": round(log.seconds, 1),
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
     )
     return router, log
 

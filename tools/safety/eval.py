@@ -22,16 +22,44 @@ from tools.safety import corpus, heldout, pii_values
 
 # Text with numbers shaped like PII that must be left as it is: code, versions, sections, ids.
 DEV_NEAR_MISSES = [
-    "Version 2.10.3 fixed the bug from 2.9.1.", "Order number 1234567890123 has shipped.",
-    "The test card 4111 1111 1111 1112 fails validation on purpose.", "Meeting at 12:30:45 in room 101.",
-    "a[::2] reverses nothing", "use localhost:8000", "版本号3.11.7和3.12.0有什么不同？", "arr[1:10:2]", "df.iloc[::3, 1:]",
-    "x[::-1]", "numpy a[..., ::2]", "release 10.4.2.1 is out", "RFC 7230 section 3.2.6", "OID 1.3.6.1.4.1.311",
-    "semver 1.0.0-rc.1", "build 2024.01.15.3", "ISBN 978-3-16-148410-0", "uuid 123e4567-e89b-12d3-a456-426614174000",
-    "sha1 da39a3ee5e6b4b0d3255bfef95601890afd80709", "MAC 00:1A:2B:3C:4D:5E", "CIDR 10.0.0.0/8 in the docs",
-    "time 23:59:59.999", "ratio 16:9:4", "coordinates 51.5074, -0.1278", "price 1,234,567.89", "bind 0.0.0.0:80",
-    "localhost ::1 loopback", "the value 3.14159265358979", "chapter 12.3.4.5 covers it", "dates 2024/01/15 and 15.01.2024",
-    "file size 1048576 bytes", "timestamp 1700000000123", "frame 0x7ffee3b4a9c0", "prefix fe80::/10 is link-local",
-    "```python\nprint(a[1::2])\n```", "a::b::c in C++ namespaces", "std::vector<int>::iterator", "lst[2:4:1]",
+    "Version 2.10.3 fixed the bug from 2.9.1.",
+    "Order number 1234567890123 has shipped.",
+    "The test card 4111 1111 1111 1112 fails validation on purpose.",
+    "Meeting at 12:30:45 in room 101.",
+    "a[::2] reverses nothing",
+    "use localhost:8000",
+    "版本号3.11.7和3.12.0有什么不同？",
+    "arr[1:10:2]",
+    "df.iloc[::3, 1:]",
+    "x[::-1]",
+    "numpy a[..., ::2]",
+    "release 10.4.2.1 is out",
+    "RFC 7230 section 3.2.6",
+    "OID 1.3.6.1.4.1.311",
+    "semver 1.0.0-rc.1",
+    "build 2024.01.15.3",
+    "ISBN 978-3-16-148410-0",
+    "uuid 123e4567-e89b-12d3-a456-426614174000",
+    "sha1 da39a3ee5e6b4b0d3255bfef95601890afd80709",
+    "MAC 00:1A:2B:3C:4D:5E",
+    "CIDR 10.0.0.0/8 in the docs",
+    "time 23:59:59.999",
+    "ratio 16:9:4",
+    "coordinates 51.5074, -0.1278",
+    "price 1,234,567.89",
+    "bind 0.0.0.0:80",
+    "localhost ::1 loopback",
+    "the value 3.14159265358979",
+    "chapter 12.3.4.5 covers it",
+    "dates 2024/01/15 and 15.01.2024",
+    "file size 1048576 bytes",
+    "timestamp 1700000000123",
+    "frame 0x7ffee3b4a9c0",
+    "prefix fe80::/10 is link-local",
+    "```python\nprint(a[1::2])\n```",
+    "a::b::c in C++ namespaces",
+    "std::vector<int>::iterator",
+    "lst[2:4:1]",
 ]
 # The targets, judged on the held-out part (latency on the conversation).
 TARGETS = {
@@ -92,7 +120,9 @@ def evaluate_part(guard: InputGuard, samples: list[corpus.Sample], near_misses: 
             misses.append({"label": sample.label, "family": sample.family, "text": sample.text[:120]})
     redacted = [bool(pii.find_pii(normalize(text))) for text in near_misses]
     return {
-        "counts": {name: len(values) for name, values in sorted(hits.items()) if not name.endswith(("_lexicon", "_injection"))},
+        "counts": {
+            name: len(values) for name, values in sorted(hits.items()) if not name.endswith(("_lexicon", "_injection"))
+        },
         "sensitive_recall": _rate(hits["sensitive"]),
         "sensitive_fpr_lookalike": _rate(hits["benign_look-alike_lexicon"]),
         "sensitive_fpr_ordinary": _rate(hits["benign_ordinary_lexicon"]),
@@ -165,4 +195,3 @@ def _met(report: dict, name: str) -> bool:
     op, target = TARGETS[name]
     value = report[name] if name in report else report["held_out"][name]
     return value is not None and (value >= target if op == ">=" else value <= target)
-

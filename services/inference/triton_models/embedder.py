@@ -91,7 +91,9 @@ class TritonPythonModel:
                     pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
                 )
                 continue
-            batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            batch = self.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
             with torch.inference_mode():
                 hidden = self.model(**batch).last_hidden_state
             vectors = mean_pool(hidden, batch["attention_mask"])

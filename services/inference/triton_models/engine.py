@@ -89,7 +89,11 @@ def parse_value(raw: str) -> Any:
 
 def engine_settings(parameters: Mapping[str, str]) -> tuple[dict[str, Any], int | None]:
     """(AsyncEngineArgs keyword arguments, CPU KV cache GiB) from the model's config parameters."""
-    kwargs = {key[len(ENGINE_PREFIX) :]: parse_value(value) for key, value in parameters.items() if key.startswith(ENGINE_PREFIX)}
+    kwargs = {
+        key[len(ENGINE_PREFIX) :]: parse_value(value)
+        for key, value in parameters.items()
+        if key.startswith(ENGINE_PREFIX)
+    }
     kv_gib = parameters.get(CPU_KV_CACHE_GIB)
     return kwargs, int(kv_gib) if kv_gib else None
 
@@ -371,7 +375,9 @@ class TritonPythonModel:
             invalid = isinstance(error, VLLMClientError) or (isinstance(error, ValueError) and not started)
             if not invalid:
                 self._log(f"generation failed: {type(error).__name__}: {error}", "error")
-            self._send_error(flight.sender, str(error) if invalid else f"{type(error).__name__}: {error}", invalid=invalid)
+            self._send_error(
+                flight.sender, str(error) if invalid else f"{type(error).__name__}: {error}", invalid=invalid
+            )
             final_sent = True
         finally:
             self.flights.pop(flight.request_id, None)

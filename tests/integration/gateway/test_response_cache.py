@@ -1,10 +1,14 @@
-"""The exact response cache through the REST edge, with fake upstreams and a real Redis: a
+"""The response cache through the REST edge, with fake upstreams and a real Redis: a
 deterministic request is answered again from the cache (unary and streamed), every hit still
-goes through postprocess's current rules, is audited and charged, and no-cache bypasses it."""
+goes through postprocess's current rules, is audited and charged, and no-cache bypasses it; the
+semantic cache answers a similar single-turn question of an opted-in tenant, and nothing else."""
 
+import hashlib
 import json
+import re
 
 import httpx
+import numpy as np
 import pytest
 import redis
 
@@ -13,6 +17,7 @@ from gateway.pipeline import Pipeline
 from gateway.rest import create_app
 from gateway.tenancy import Tenancy
 from llmesh.common.v1 import common_pb2
+from llmesh.inference.v1 import inference_pb2
 from llmesh.postprocess.v1 import postprocess_pb2
 from mesh.server import start_service
 from mesh.settings import MeshSettings
@@ -157,3 +162,77 @@ async def test_the_cache_keeps_at_most_its_bound(gateway, settings):
     # The oldest went first.
     assert (await gateway.post(CHAT, json=_ask("question 0"))).headers["x-llmesh-cache"] == "miss"
     assert (await gateway.post(CHAT, json=_ask("question 4"))).headers["x-llmesh-cache"] == "hit"
+
+
+# -- the semantic cache ---------------------------------------------------------------------------
+
+
+class WithEmbeddings(RulesChange):
+    """An embedding model that knows words: texts with the same words (case and punctuation
+    aside) embed alike."""
+
+    async def Embed(self, request, context):
+        self.requests["embed"].append(request)
+        embeddings = []
+        for text in request.inputs:
+            vector = np.zeros(64, dtype=np.float32)
+            for word in re.findall(r"\w+", text.lower()):
+                vector[int(hashlib.sha256(word.encode()).hexdigest(), 16) % 64] += 1
+            embeddings.append(inference_pb2.Embedding(values=(vector / np.linalg.norm(vector)).tolist()))
+        return inference_pb2.EmbedResponse(model=request.model, embeddings=embeddings)
+
+
+@pytest.fixture
+async def semantic(redis_url, tmp_path):
+    """A REST edge whose tenant acme opted in to the semantic cache (tenant other did not)."""
+    fakes = WithEmbeddings()
+    running = await start_service(fakes, MeshSettings(), "127.0.0.1:0")
+    url = redis_url.rsplit("/", 1)[0] + "/10"
+    redis.Redis.from_url(url).flushdb()
+    settings = gateway_settings(
+        f"127.0.0.1:{running.port}", redis_url=url, auth_required=True, audit_dir=tmp_path,
+        response_cache_enabled=True, semantic_cache_tenants=["acme"], semantic_cache_min_similarity=0.99,
+    )  # fmt: skip
+    tenancy = Tenancy(settings)
+    keys = {tenant: (await tenancy.create_key(tenant))[0] for tenant in ("acme", "other")}
+    pipeline = Pipeline(settings)
+    app = create_app(settings, pipeline)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        client.app = app
+
+        async def ask(tenant, body):
+            response = await client.post(CHAT, json=body, headers={"authorization": f"Bearer {keys[tenant]}"})
+            await _settled(client)
+            return response
+
+        yield fakes, ask
+    await app.state.guard.close()
+    await pipeline.close()
+    await running.stop(None)
+
+
+async def test_a_similar_single_turn_question_gets_the_cached_answer(semantic):
+    fakes, ask = semantic
+    first = await ask("acme", _ask("What is the capital of France?"))
+    similar = await ask("acme", _ask("what is the capital of france"))
+    other = await ask("acme", _ask("Tell me a story about a cat."))
+    assert [r.headers["x-llmesh-cache"] for r in (first, similar, other)] == ["miss", "semantic", "miss"]
+    assert similar.json()["choices"][0]["message"]["content"] == reply_for("llmesh-small")
+    assert similar.headers["x-llmesh-route-reason"].startswith("cached answer to a similar question")
+    assert len(fakes.requests["inference"]) == 2
+
+
+async def test_the_semantic_cache_is_per_tenant_opt_in_and_single_turn(semantic):
+    fakes, ask = semantic
+    await ask("acme", _ask("What is the capital of France?"))
+    # Another tenant (not opted in) asking the same words: never another tenant's answer.
+    assert (await ask("other", _ask("what is the capital of france"))).headers["x-llmesh-cache"] == "miss"
+    # The same last question inside a conversation: only the whole conversation could match.
+    conversation = _ask("what is the capital of france")
+    conversation["messages"] = [
+        {"role": "user", "content": "Let us talk about Spain."},
+        {"role": "assistant", "content": "Gladly."},
+        *conversation["messages"],
+    ]
+    assert (await ask("acme", conversation)).headers["x-llmesh-cache"] == "miss"
+    assert len(fakes.requests["inference"]) == 3

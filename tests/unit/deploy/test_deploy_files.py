@@ -43,7 +43,9 @@ def test_variant_routes_follow_the_assignment_header():
     routes = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "VirtualService"}
     http = routes["router"]["spec"]["http"]
     by_name = {route["name"]: route for route in http}
-    assert by_name["router-threshold-b"]["match"] == [{"headers": {"x-llmesh-experiment-router-threshold": {"exact": "b"}}}]
+    assert by_name["router-threshold-b"]["match"] == [
+        {"headers": {"x-llmesh-experiment-router-threshold": {"exact": "b"}}}
+    ]
     assert by_name["router-threshold-b"]["route"][0]["destination"]["subset"] == "b"
     assert by_name["router-threshold-a"]["route"][0]["destination"]["subset"] == PRIMARY
     assert http[-1]["name"] == "default" and "match" not in http[-1]
@@ -53,9 +55,14 @@ def test_compose_file_follows_the_compose_specification():
     schema_file = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
     schema = json.loads(schema_file.read_text())
     document = yaml.safe_load(COMPOSE_FILE.read_text())
-    errors = sorted(error.message for error in jsonschema.validators.validator_for(schema)(schema).iter_errors(document))
+    errors = sorted(
+        error.message for error in jsonschema.validators.validator_for(schema)(schema).iter_errors(document)
+    )
     assert not errors
-    broken = {**document, "services": {**document["services"], "redis": {**document["services"]["redis"], "helthcheck": {}}}}
+    broken = {
+        **document,
+        "services": {**document["services"], "redis": {**document["services"]["redis"], "helthcheck": {}}},
+    }
     assert list(jsonschema.validators.validator_for(schema)(schema).iter_errors(broken))
     for profile in ("cpu", "gpu"):
         # compose itself: anchors, interpolation, profiles, depends_on targets.
@@ -78,7 +85,9 @@ def test_network_policies_allow_exactly_the_request_path():
     policies = of_kind(docs, "NetworkPolicy").values()
     pods = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in of_kind(docs, "Deployment").items()}
     pods["redis"] = of_kind(docs, "StatefulSet")["redis"]["spec"]["template"]["metadata"]["labels"]
-    assert any(p["spec"]["podSelector"] == {} and "ingress" not in p["spec"] and "egress" not in p["spec"] for p in policies)
+    assert any(
+        p["spec"]["podSelector"] == {} and "ingress" not in p["spec"] and "egress" not in p["spec"] for p in policies
+    )
 
     def allowed(direction: str, pod: str, peer: str, port: int) -> bool:
         for policy in policies:

@@ -98,7 +98,9 @@ def test_autoscaling_targets_and_the_adapter_rules_that_feed_them():
     hpas = of_kind(docs, "HorizontalPodAutoscaler")
     deployments = of_kind(docs, "Deployment")
     assert {hpa["spec"]["scaleTargetRef"]["name"] for hpa in hpas.values()} <= deployments.keys()
-    triton = {m["pods"]["metric"]["name"]: m["pods"]["target"]["averageValue"] for m in hpas["triton"]["spec"]["metrics"]}
+    triton = {
+        m["pods"]["metric"]["name"]: m["pods"]["target"]["averageValue"] for m in hpas["triton"]["spec"]["metrics"]
+    }
     assert triton == {"triton_gpu_utilization": "70", "triton_queue_length": "50"}
     for tier in ("gateway", "preprocess", "router", "inference", "postprocess"):
         kinds = {m["type"] for m in hpas[tier]["spec"]["metrics"]}

@@ -106,7 +106,9 @@ def test_k8s_env_ports_probes_and_services_agree_with_the_settings(overlay):
 def test_compose_env_ports_health_checks_and_scrapes_agree_with_the_settings(profile):
     config = compose_config(profile)
     services = config["services"]
-    aliases = [(network or {}).get("aliases", []) for s in services.values() for network in s.get("networks", {}).values()]
+    aliases = [
+        (network or {}).get("aliases", []) for s in services.values() for network in s.get("networks", {}).values()
+    ]
     names = set(services).union(*aliases)
     scrape = yaml.safe_load((REPO_ROOT / "deploy/compose/prometheus.yml").read_text())
     targets = {target for job in scrape["scrape_configs"] for c in job["static_configs"] for target in c["targets"]}

@@ -64,10 +64,9 @@ def test_quick_model_loads_and_generates(quick_run):
     stop_ids = set(model.generation_config.eos_token_id)
     assert stop_ids == {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")}
     prompt = torch.tensor([ids])
-    generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5,
-                               do_sample=False)
+    generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > prompt.shape[1]
-    assert tok.decode(generated[0, prompt.shape[1]:]) is not None
+    assert tok.decode(generated[0, prompt.shape[1] :]) is not None
 
 
 def test_quick_run_writes_metrics_and_eval(quick_run):

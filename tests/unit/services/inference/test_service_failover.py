@@ -129,8 +129,16 @@ async def test_every_model_failing_is_unavailable():
         (request(n=9), grpc.StatusCode.INVALID_ARGUMENT),
     ],
     ids=[
-        "unknown-model", "unknown-fallback", "empty-prompt", "prompt-too-long", "no-room-for-max-tokens",
-        "max-tokens-beyond-32-bits", "bad-top-p", "bad-temperature", "nan-temperature", "too-many-answers",
+        "unknown-model",
+        "unknown-fallback",
+        "empty-prompt",
+        "prompt-too-long",
+        "no-room-for-max-tokens",
+        "max-tokens-beyond-32-bits",
+        "bad-top-p",
+        "bad-temperature",
+        "nan-temperature",
+        "too-many-answers",
     ],
 )
 async def test_bad_requests_never_reach_triton(req, code):
@@ -144,7 +152,7 @@ async def test_bad_requests_never_reach_triton(req, code):
 async def test_sampling_defaults_max_tokens_and_sends_only_what_is_set():
     triton = FakeTriton({LARGE: answer(1), SMALL: answer(1)})
     await InferenceService(SETTINGS, triton).Generate(request(temperature=0.0, stop=["\n"]), FakeContext())
-    (_, _, params), = triton.calls
+    ((_, _, params),) = triton.calls
     assert params == {"max_tokens": SETTINGS.default_max_tokens, "temperature": 0.0, "stop": ["\n"]}
 
 
@@ -190,7 +198,7 @@ async def test_score_reports_perplexity():
     response = await InferenceService(SETTINGS, triton).Score(
         inference_pb2.ScoreRequest(model=SMALL, prompt_token_ids=[1, 2, 3]), FakeContext()
     )
-    assert response.perplexity == pytest.approx(2.718281828 ** 2.0)
+    assert response.perplexity == pytest.approx(2.718281828**2.0)
 
 
 async def test_error_past_the_callers_deadline_is_not_the_models_fault():

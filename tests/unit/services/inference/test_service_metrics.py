@@ -37,7 +37,9 @@ def test_finished_requests_count_tokens_and_variants():
     observe_finished(
         Outcome("r1", "t", "auto", model="llmesh-small", completion_tokens=7, latency_ms=250.0, experiments=variant)
     )
-    observe_finished(Outcome("r2", "t", "auto", model="llmesh-small", finish_reason="content_filter", experiments=variant))
+    observe_finished(
+        Outcome("r2", "t", "auto", model="llmesh-small", finish_reason="content_filter", experiments=variant)
+    )
     assert _value(tokens, model="llmesh-small", kind="output") == before_output + 7
     assert _value(requests, experiment="exp-metrics", variant="b", status="ok") == before_ok + 1
     assert _value(requests, experiment="exp-metrics", variant="b", status="blocked") == before_blocked + 1

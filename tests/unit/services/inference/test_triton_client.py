@@ -61,23 +61,46 @@ def test_generate_inputs_are_token_ids_and_json_parameters():
 def test_engine_parameters_send_only_what_is_set():
     assert engine_parameters(common_pb2.SamplingParams(max_tokens=4)) == {"max_tokens": 4}
     sampling = common_pb2.SamplingParams(
-        max_tokens=4, temperature=0.0, top_p=0.5, seed=42, stop=["\n"], n=2, top_logprobs=3,
-        presence_penalty=0.5, logit_bias={7: -100.0},
+        max_tokens=4,
+        temperature=0.0,
+        top_p=0.5,
+        seed=42,
+        stop=["\n"],
+        n=2,
+        top_logprobs=3,
+        presence_penalty=0.5,
+        logit_bias={7: -100.0},
         structured_output=common_pb2.StructuredOutput(json_schema='{"type": "object"}'),
     )
     assert engine_parameters(sampling) == {
-        "max_tokens": 4, "temperature": 0.0, "top_p": 0.5, "seed": 42, "stop": ["\n"], "n": 2, "logprobs": 3,
-        "presence_penalty": 0.5, "logit_bias": {"7": -100.0}, "structured_output": {"json": {"type": "object"}},
+        "max_tokens": 4,
+        "temperature": 0.0,
+        "top_p": 0.5,
+        "seed": 42,
+        "stop": ["\n"],
+        "n": 2,
+        "logprobs": 3,
+        "presence_penalty": 0.5,
+        "logit_bias": {"7": -100.0},
+        "structured_output": {"json": {"type": "object"}},
     }
     with pytest.raises(RequestRejected):
         engine_parameters(common_pb2.SamplingParams(structured_output=common_pb2.StructuredOutput(json_schema="{")))
 
 
 def test_parse_chunk():
-    parsed = parse_chunk(chunk_result([3, 4], [-0.5, -1.5], "length", index=1, usage=(9, 2, 4), top=([3, 5, 4, 6], [-0.5, -2, -1.5, -3])))
+    parsed = parse_chunk(
+        chunk_result([3, 4], [-0.5, -1.5], "length", index=1, usage=(9, 2, 4), top=([3, 5, 4, 6], [-0.5, -2, -1.5, -3]))
+    )
     assert parsed == Chunk(
-        index=1, token_ids=[3, 4], token_logprobs=[-0.5, -1.5], top_logprobs=[([3, 5], [-0.5, -2.0]), ([4, 6], [-1.5, -3.0])],
-        finish_reason="length", prompt_tokens=9, completion_tokens=2, cached_tokens=4,
+        index=1,
+        token_ids=[3, 4],
+        token_logprobs=[-0.5, -1.5],
+        top_logprobs=[([3, 5], [-0.5, -2.0]), ([4, 6], [-1.5, -3.0])],
+        finish_reason="length",
+        prompt_tokens=9,
+        completion_tokens=2,
+        cached_tokens=4,
     )
     # The last chunk may carry no tokens at all.
     assert parse_chunk(chunk_result([], [], "stop")).finish_reason == "stop"

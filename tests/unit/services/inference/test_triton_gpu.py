@@ -28,7 +28,9 @@ def test_every_model_gets_gpu_instances_and_the_engine_parameters(tmp_path):
         assert "cpu_kv_cache_gib" not in config.parameters
         # The model's GPU configuration otherwise, with the CPU one's tensor contract.
         assert list(config.input) == list(cpu.input) and list(config.output) == list(cpu.output)
-        assert all(config.parameters[key] == value for key, value in original.parameters.items() if key not in overridden)
+        assert all(
+            config.parameters[key] == value for key, value in original.parameters.items() if key not in overridden
+        )
 
 
 def test_a_model_sharded_over_several_gpus_is_one_engine_instance():
@@ -42,9 +44,14 @@ def test_a_model_sharded_over_several_gpus_is_one_engine_instance():
 
 def test_ports_and_tracing_come_from_the_mesh_settings(tmp_path):
     settings = TritonGpuSettings(
-        work_dir=tmp_path, triton_grpc_addr="triton:9001", triton_http_addr="triton:9000",
-        triton_metrics_addr="triton:9002", otlp_endpoint="http://collector:4318",
+        work_dir=tmp_path,
+        triton_grpc_addr="triton:9001",
+        triton_http_addr="triton:9000",
+        triton_metrics_addr="triton:9002",
+        otlp_endpoint="http://collector:4318",
     )
     argv = command(settings, ["a", "b"])
-    assert {"--grpc-port=9001", "--http-port=9000", "--metrics-port=9002", "--load-model=a", "--load-model=b"} <= set(argv)
+    assert {"--grpc-port=9001", "--http-port=9000", "--metrics-port=9002", "--load-model=a", "--load-model=b"} <= set(
+        argv
+    )
     assert "opentelemetry,url=http://collector:4318/v1/traces" in argv

@@ -21,7 +21,9 @@ def tokenizer():
 
 def _tops(ids: list[int], alternatives: dict[int, list[int]]) -> list[common_pb2.TopLogprobs]:
     return [
-        common_pb2.TopLogprobs(token_ids=alternatives.get(i, [token]), logprobs=[-0.5] * len(alternatives.get(i, [token])))
+        common_pb2.TopLogprobs(
+            token_ids=alternatives.get(i, [token]), logprobs=[-0.5] * len(alternatives.get(i, [token]))
+        )
         for i, token in enumerate(ids)
     ]
 

@@ -120,9 +120,15 @@ def learned_router(weight_on_log_ppl: float, gain_per_log_ppl: float, gain_bias:
     """A hand-made artifact that looks at log-perplexity only (features are not rescaled)."""
     n = len(FEATURES)
     return LearnedRouter(
-        "v-test", list(FEATURES), [0.0] * n, [1.0] * n,
-        [weight_on_log_ppl] + [0.0] * (n - 1), -weight_on_log_ppl * math.log(10.0),
-        [gain_per_log_ppl] + [0.0] * (n - 1), gain_bias, {},
+        "v-test",
+        list(FEATURES),
+        [0.0] * n,
+        [1.0] * n,
+        [weight_on_log_ppl] + [0.0] * (n - 1),
+        -weight_on_log_ppl * math.log(10.0),
+        [gain_per_log_ppl] + [0.0] * (n - 1),
+        gain_bias,
+        {},
     )
 
 
@@ -146,7 +152,11 @@ async def test_fixed_policy():
 async def test_cascade_starts_small_and_names_the_escalation():
     policy = CascadePolicy(SETTINGS.model_copy(update={"cascade_min_logprob": -2.0}))
     decision = await policy.decide(router_pb2.RouteRequest(), signals_for(50))
-    assert (decision.model, decision.escalate_to, decision.escalate_below) == ("smollm2-student", "smollm2-135m-instruct", -2.0)
+    assert (decision.model, decision.escalate_to, decision.escalate_below) == (
+        "smollm2-student",
+        "smollm2-135m-instruct",
+        -2.0,
+    )
 
 
 @pytest.mark.parametrize(("ppl", "model"), [(50.0, "smollm2-135m-instruct"), (5.0, "smollm2-student")])
@@ -202,7 +212,9 @@ async def test_cost_aware_weighs_predicted_gain_against_extra_cost():
 
 async def test_a_saturated_model_gets_dearer():
     request = router_pb2.RouteRequest()
-    assert (await cost_aware(FixedLoad({"smollm2-135m-instruct": 1.0})).decide(request, signals_for(5))).model == "smollm2-135m-instruct"
+    assert (
+        await cost_aware(FixedLoad({"smollm2-135m-instruct": 1.0})).decide(request, signals_for(5))
+    ).model == "smollm2-135m-instruct"
     saturated = cost_aware(FixedLoad({"smollm2-135m-instruct": 4.0}))
     decision = await saturated.decide(request, signals_for(5))
     assert decision.model == "smollm2-student" and decision.reason.startswith("gain per extra cost")

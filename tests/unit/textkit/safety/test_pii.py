@@ -83,8 +83,16 @@ def test_unsafe_suffix_is_what_pii_could_still_continue(text, held):
 
 @pytest.mark.parametrize(
     "text",
-    ["x[1::2] and lst[::2]", "upgrade to v2.3.0.1", "see section 1.2.3.4", "listen on 127.0.0.1 and ::1",
-     "```\nip = '10.1.2.3'\n```", "run `ping 192.168.1.1`", "look at this dot com bubble", "on 01-02-2023"],
+    [
+        "x[1::2] and lst[::2]",
+        "upgrade to v2.3.0.1",
+        "see section 1.2.3.4",
+        "listen on 127.0.0.1 and ::1",
+        "```\nip = '10.1.2.3'\n```",
+        "run `ping 192.168.1.1`",
+        "look at this dot com bubble",
+        "on 01-02-2023",
+    ],
 )
 def test_code_and_near_misses_are_left_alone(text):
     assert pii.find_pii(text) == []

@@ -28,8 +28,16 @@ def test_chinese_references_match_inside_text():
 
 @pytest.mark.parametrize(
     ("answer", "value"),
-    [("12", 12), ("It is twelve.", 12), ("twenty-one", 21), ("二十三", 23), ("十五个", 15),
-     ("1,024 bytes", 1024), ("-3 degrees", -3), ("结果是8。", 8)],
+    [
+        ("12", 12),
+        ("It is twelve.", 12),
+        ("twenty-one", 21),
+        ("二十三", 23),
+        ("十五个", 15),
+        ("1,024 bytes", 1024),
+        ("-3 degrees", -3),
+        ("结果是8。", 8),
+    ],
 )
 def test_numbers_are_read_in_digits_words_and_chinese(answer, value):
     assert value in numbers_in(answer)

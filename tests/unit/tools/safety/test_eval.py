@@ -7,8 +7,15 @@ from typer.testing import CliRunner
 from cli.main import app
 
 PART_METRICS = {  # what each part reports
-    "sensitive_recall", "sensitive_fpr_lookalike", "sensitive_fpr_ordinary", "injection_recall", "injection_fpr",
-    "pii_recall", "pii_near_miss_redacted", "code_rewritten", "recall_by_family",
+    "sensitive_recall",
+    "sensitive_fpr_lookalike",
+    "sensitive_fpr_ordinary",
+    "injection_recall",
+    "injection_fpr",
+    "pii_recall",
+    "pii_near_miss_redacted",
+    "code_rewritten",
+    "recall_by_family",
 }
 
 

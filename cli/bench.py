@@ -207,6 +207,8 @@ def mesh(
                     if full:
                         gateway = next(child for child in stack.children if child.name == "gateway")
                         if profile_s:
+                            if gateway.proc is None:
+                                raise RuntimeError("the stack is up but its gateway has no process")
                             progress.update(task, description=f"{phase}: py-spy on the gateway for {profile_s:.0f}s")
                             raw = out / "gateway.pyspy.txt"
                             extra["profile"] = asyncio.run(

@@ -53,7 +53,7 @@ def up(
 ) -> None:
     """Start the whole stack (Redis, collector, Triton, services, gateway) until Ctrl-C; a
     process that exits is restarted with backoff (`llmesh status` shows the restarts)."""
-    from tools.stack import SERVICES, Deployment, Ports, Stack, StackError
+    from tools.stack import DEFAULT_RUN_DIR, SERVICES, Deployment, Ports, Stack, StackError
 
     try:
         deployments = [Deployment.parse(spec) for spec in deployment]
@@ -82,7 +82,7 @@ def up(
         tls=tls,
         deployments=deployments,
         replicas=counts,
-        **({"run_dir": run_dir} if run_dir else {}),
+        run_dir=run_dir or DEFAULT_RUN_DIR,
     )
     console.print(f"starting llmesh (logs in {stack.run_dir / 'logs'}) ...")
     try:

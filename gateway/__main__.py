@@ -37,7 +37,8 @@ async def run(settings: GatewaySettings) -> None:
             # Logs go through mesh's JSON formatter; the REST edge writes its own access line.
             log_config=None,
             access_log=False,
-            timeout_graceful_shutdown=settings.shutdown_grace_s,
+            # Annotated int, used as asyncio.wait_for's timeout, which takes seconds as a float.
+            timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
         ),
     )
 

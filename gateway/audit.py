@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from gateway.settings import GatewaySettings
 from llmesh.common.v1 import common_pb2
-from mesh.redis_client import async_redis
+from mesh.redis_client import async_redis, decoded
 from textkit.safety import pii
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,8 @@ class AuditLog:
         content = build_record(outcome, self.settings.audit_include_text)
         keep_from_ms = int((time.time() - self.settings.audit_retention_days * 86400) * 1000)
         if self._head is None:
-            head = await self.redis.hmget(HEAD, "seq", "hash")
-            self._head = int(head[0] or 0), head[1] or GENESIS
+            stored_seq, stored_hash = await self.redis.hmget(HEAD, "seq", "hash")
+            self._head = int(stored_seq or 0), decoded(stored_hash or GENESIS)
         seq, prev = self._head
         for _ in range(_APPEND_ATTEMPTS):
             record = {**content, "seq": seq + 1, "prev": prev}
@@ -190,7 +190,7 @@ class AuditLog:
                 args=[
                     str(seq), str(seq + 1), canonical(record).decode(), record["hash"], keep_from_ms,
                     prev if seq else "",
-                ],  # fmt: skip
+                ],
             )
             if int(done):
                 self._head = seq + 1, record["hash"]
@@ -227,6 +227,8 @@ def verify(
 ) -> tuple[int, list[Problem]]:
     """Walk the chain in order; return how many records were read and every break found."""
     problems: list[Problem] = []
+    expected_seq: int | None
+    expected_prev: str | None
     expected_seq, expected_prev = (anchor[0] + 1, anchor[1]) if anchor else (None, GENESIS)
     last: Entry | None = None
     count = 0
@@ -274,11 +276,15 @@ def redis_entries(client: redis.Redis, batch: int = 1000) -> Iterator[Entry]:
     start = "-"
     while True:
         rows = client.xrange(STREAM, min=start, count=batch)
+        if rows is None:
+            raise RedisError(f"XRANGE of {STREAM} answered nil instead of a list")
         for entry_id, fields in rows:
-            yield Entry(f"stream id {entry_id}", _parse(fields.get("record", "")))
+            if entry_id is None or fields is None:
+                raise RedisError(f"XRANGE of {STREAM} answered an entry without an id or fields")
+            yield Entry(f"stream id {decoded(entry_id)}", _parse(decoded(fields.get("record", ""))))
         if len(rows) < batch:
             return
-        start = "(" + rows[-1][0]
+        start = "(" + decoded(rows[-1][0] or "")
 
 
 def file_entries(directory: Path) -> list[Entry]:
@@ -295,7 +301,7 @@ def file_entries(directory: Path) -> list[Entry]:
 def redis_anchor_and_head(client: redis.Redis) -> tuple[tuple[int, str] | None, tuple[int, str] | None]:
     def pair(key: str) -> tuple[int, str] | None:
         fields = client.hgetall(key)
-        return (int(fields["seq"]), fields["hash"]) if fields else None
+        return (int(fields["seq"]), decoded(fields["hash"])) if fields else None
 
     return pair(ANCHOR), pair(HEAD)
 

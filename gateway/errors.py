@@ -8,6 +8,7 @@ whose ``type`` is ``error_type`` and whose ``code`` is the reason in lower case.
 from __future__ import annotations
 
 import logging
+from typing import TypedDict, Unpack
 
 import grpc
 
@@ -85,13 +86,21 @@ class Unauthorized(GatewayError):
     reason = "INVALID_API_KEY"
 
 
+class ErrorDetails(TypedDict, total=False):
+    """GatewayError's keyword arguments, for subclasses that pass them on."""
+
+    reason: str | None
+    param: str | None
+    metadata: dict[str, str] | None
+
+
 class ModelNotFound(GatewayError):
     grpc_code = grpc.StatusCode.NOT_FOUND
     http_status = 404
     error_type = "invalid_request_error"
     reason = "MODEL_NOT_FOUND"
 
-    def __init__(self, model: str, message: str | None = None, **kwargs) -> None:
+    def __init__(self, model: str, message: str | None = None, **kwargs: Unpack[ErrorDetails]) -> None:
         kwargs.setdefault("param", "model")
         kwargs.setdefault("metadata", {"model": model})
         super().__init__(message or f"The model '{model}' does not exist.", **kwargs)
@@ -193,6 +202,7 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> GatewayError:
         message = error.details() or "invalid request"
     else:
         message = f"The {service} service {cls.phrase}; please retry."
+    failure: GatewayError
     if cls is ModelNotFound:
         failure = ModelNotFound(metadata.get("model", ""), message, reason=reason, metadata=metadata)
     else:

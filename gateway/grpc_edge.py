@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
@@ -26,7 +26,7 @@ from mesh.errors import abort
 class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
     """A mesh.server.MeshService; errors leave as status codes with ErrorInfo details."""
 
-    service_names = [gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name]
+    service_names: Sequence[str] = (gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,)
 
     def __init__(
         self,

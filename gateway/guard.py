@@ -16,7 +16,15 @@ from gateway.audit import AuditLog, Outcome
 from gateway.errors import GatewayError
 from gateway.metrics import observe_finished
 from gateway.pipeline import Pipeline
-from gateway.records import ChatInput, ChatResult, ChatStream, EmbedResult, ModerationResult, StreamChunk, finish_reason_name
+from gateway.records import (
+    ChatInput,
+    ChatResult,
+    ChatStream,
+    EmbedResult,
+    ModerationResult,
+    StreamChunk,
+    finish_reason_name,
+)
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey, Tenancy
 from llmesh.common.v1 import common_pb2

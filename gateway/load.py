@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.settings import GatewaySettings
-from mesh.redis_client import async_redis
+from mesh.redis_client import async_redis, decoded_fields
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class InteractiveLoad:
 async def interactive_in_flight(client: aioredis.Redis, interval_s: float) -> int:
     """Interactive requests in flight across every live gateway replica (at their peak over
     the last interval); removes entries of replicas gone for a minute."""
-    entries = await client.hgetall(KEY)
+    entries = decoded_fields(await client.hgetall(KEY))
     now_ms = time.time() * 1000
     total = 0
     gone = []

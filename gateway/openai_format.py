@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -206,6 +205,9 @@ class ChatFormat(ResponseFormat):
             # (here in one piece: the answer is read whole).
             opening = self._calls(chunk.tool_calls, streamed=True)
             key = next(iter(opening))
+            # One call (legacy functions) or a list of them, under the same key.
+            named: dict[str, Any]
+            arguments: dict[str, Any]
             if self.legacy_functions:
                 named = {key: {**opening[key], "arguments": ""}}
                 arguments = {key: {"arguments": opening[key]["arguments"]}}

@@ -27,6 +27,16 @@ from gateway import cascade, tools
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamError, from_rpc_error
 from gateway.experiments.runtime import Answer, Experiments, Trial
 from gateway.metrics import TTFT
+from gateway.records import (
+    ChatInput,
+    ChatResult,
+    ChatStream,
+    ChoiceResult,
+    EmbedResult,
+    ModerationResult,
+    StreamChunk,
+    finish_reason_name,
+)
 from gateway.response_cache import (
     HIT,
     MISS,
@@ -38,16 +48,6 @@ from gateway.response_cache import (
     cache_key,
     question,
     questions_key,
-)
-from gateway.records import (
-    ChatInput,
-    ChatResult,
-    ChatStream,
-    ChoiceResult,
-    EmbedResult,
-    ModerationResult,
-    StreamChunk,
-    finish_reason_name,
 )
 from gateway.settings import GatewaySettings
 from llmesh.common.v1 import common_pb2
@@ -75,11 +75,12 @@ class _Stubs:
 
     @classmethod
     def over(cls, channels: Mapping[str, grpc.aio.Channel]) -> _Stubs:
+        # grpc_tools generates the stubs' constructors unannotated.
         return cls(
-            preprocess_pb2_grpc.PreprocessServiceStub(channels["preprocess"]),
-            router_pb2_grpc.RouterServiceStub(channels["router"]),
-            inference_pb2_grpc.InferenceServiceStub(channels["inference"]),
-            postprocess_pb2_grpc.PostprocessServiceStub(channels["postprocess"]),
+            preprocess_pb2_grpc.PreprocessServiceStub(channels["preprocess"]),  # type: ignore[no-untyped-call]
+            router_pb2_grpc.RouterServiceStub(channels["router"]),  # type: ignore[no-untyped-call]
+            inference_pb2_grpc.InferenceServiceStub(channels["inference"]),  # type: ignore[no-untyped-call]
+            postprocess_pb2_grpc.PostprocessServiceStub(channels["postprocess"]),  # type: ignore[no-untyped-call]
         )
 
 
@@ -106,14 +107,21 @@ class _Plan:
         return max(self.sampling.n, 1)
 
     @property
+    def routed(self) -> router_pb2.RouteResponse:
+        """The route of a prompt that was not blocked: only such a prompt is generated for."""
+        if self.route is None:
+            raise RuntimeError("a prompt that preprocess blocked has no route; nothing may be generated for it")
+        return self.route
+
+    @property
     def logprobs(self) -> bool:
         return self.sampling.logprobs or self.sampling.top_logprobs > 0
 
     def generate_request(self) -> inference_pb2.GenerateRequest:
         return inference_pb2.GenerateRequest(
             context=self.context,
-            model=self.route.model,
-            fallback_models=self.route.fallback_models,
+            model=self.routed.model,
+            fallback_models=self.routed.fallback_models,
             prompts=self.prompt.prompts,
             sampling=self.sampling,
         )
@@ -510,12 +518,13 @@ class Pipeline:
     async def _generate(self, plan: _Plan) -> ChatResult:
         with _calling("inference"):
             generated = await plan.stubs.inference.Generate(plan.generate_request())
-        route_reason = plan.route.reason
-        if plan.route.cascade.escalate_model:
+        route = plan.routed
+        route_reason = route.reason
+        if route.cascade.escalate_model:
             generated, route_reason = await cascade.escalate(
-                plan.route, generated, plan.generate_request(), plan.stubs.inference, trace.get_current_span()
+                route, generated, plan.generate_request(), plan.stubs.inference, trace.get_current_span()
             )
-        model = generated.model or plan.route.model
+        model = generated.model or route.model
         answers = list(generated.choices) or [common_pb2.Completion()]
         with _calling("postprocess"):
             posts = await asyncio.gather(
@@ -587,7 +596,7 @@ class _TokenFeed:
         self.ended: set[int] = set()
         # Every answer's tokens and the engine's finish reason (for the response cache).
         self.tokens: dict[int, list[int]] = {}
-        self.finish_reasons: dict[int, int] = {}
+        self.finish_reasons: dict[int, common_pb2.FinishReason] = {}
 
     def end(self, index: int) -> None:
         self.ended.add(index)
@@ -688,11 +697,11 @@ async def _release(
         last = dataclasses.replace(last, usage=feed.usage)
         verdict = next((c.verdict for c in finals.values() if c.verdict is not None and c.verdict.blocked), last.verdict)
         _record_result(span, model, last.finish_reason, last.usage, verdict)
-        trial.finished(Answer(model, "".join(trial.text), finals.get(0, last).finish_reason, last.usage))
+        trial.finished(Answer(model, "".join(trial.text), finals.get(0, last).finish_reason, feed.usage))
         complete = len(feed.finish_reasons) == feed.answers and not missing
         if remember is not None and complete and all(_cacheable(c.finish_reason, c.verdict) for c in finals.values()):
             answers = [CachedAnswer(i, feed.tokens.get(i, []), feed.finish_reasons[i]) for i in range(feed.answers)]
-            remember(CachedResponse(model, plan.route.reason, feed.usage, answers))
+            remember(CachedResponse(model, plan.routed.reason, feed.usage, answers))
         yield last
     except Exception:
         trial.failed()

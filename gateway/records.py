@@ -11,7 +11,8 @@ from llmesh.common.v1 import common_pb2
 from llmesh.preprocess.v1 import preprocess_pb2
 from mesh.catalog import AUTO_MODEL
 
-_FINISH_REASON_NAMES = {
+# Keyed by int: records carry finish reasons as the ints protos hold them as.
+_FINISH_REASON_NAMES: dict[int, str] = {
     common_pb2.FINISH_REASON_STOP: "stop",
     common_pb2.FINISH_REASON_LENGTH: "length",
     common_pb2.FINISH_REASON_CONTENT_FILTER: "content_filter",
@@ -59,7 +60,7 @@ class ChoiceResult:
 
     index: int
     text: str
-    finish_reason: int  # common_pb2.FinishReason
+    finish_reason: common_pb2.FinishReason
     # Explains a content_filter finish when blocked; empty otherwise.
     verdict: common_pb2.SafetyVerdict = field(default_factory=common_pb2.SafetyVerdict)
     # With logprobs: entries that spell `text` exactly.
@@ -90,7 +91,7 @@ class ChatResult:
         return self.choices[0].text
 
     @property
-    def finish_reason(self) -> int:
+    def finish_reason(self) -> common_pb2.FinishReason:
         return self.choices[0].finish_reason
 
     @property
@@ -105,7 +106,7 @@ class StreamChunk:
     reason, and the stream's last chunk also the usage of all answers."""
 
     text: str = ""
-    finish_reason: int = common_pb2.FINISH_REASON_UNSPECIFIED
+    finish_reason: common_pb2.FinishReason = common_pb2.FINISH_REASON_UNSPECIFIED
     usage: common_pb2.Usage | None = None
     verdict: common_pb2.SafetyVerdict | None = None
     index: int = 0

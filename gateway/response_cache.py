@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from gateway.records import ChatInput
 from gateway.settings import GatewaySettings
 from llmesh.common.v1 import common_pb2
+from mesh.redis_client import binary, decoded
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class CachedAnswer:
     index: int
     token_ids: Sequence[int]
     # The engine's finish reason; postprocess derives the released one again.
-    finish_reason: int
+    finish_reason: common_pb2.FinishReason
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class CachedResponse:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> CachedResponse:
+    def from_json(cls, text: str | bytes) -> CachedResponse:
         data = json.loads(text)
         prompt, completion, total = data["usage"]
         return cls(
@@ -177,12 +178,12 @@ class ResponseCache:
         if not stored:
             return None
         keys = list(stored)
-        vectors = np.frombuffer(b"".join(stored[k] for k in keys), dtype=np.float32).reshape(len(keys), -1)
+        vectors = np.frombuffer(b"".join(binary(stored[k]) for k in keys), dtype=np.float32).reshape(len(keys), -1)
         similarities = vectors @ np.frombuffer(question.vector, dtype=np.float32)
         best = int(np.argmax(similarities))
         if similarities[best] < self.settings.semantic_cache_min_similarity:
             return None
-        return keys[best].decode(), float(similarities[best])
+        return decoded(keys[best]), float(similarities[best])
 
     def status(self, request: ChatInput, sampling: common_pb2.SamplingParams, experiments: bool) -> str:
         """MISS when the request may be answered from the cache (then looked up), BYPASS when

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import uvicorn
@@ -31,13 +31,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import anthropic_api, keys_api, readiness, responses_api
 from gateway.batch import api as batch_api
 from gateway.batch.api import MULTIPART_OVERHEAD_BYTES, Batches
-from gateway.errors import GatewayError, Overloaded, RedisUnavailable, injected_error, log_failure
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    Overloaded,
+    RedisUnavailable,
+    injected_error,
+    log_failure,
+)
 from gateway.experiments import api as experiments_api
 from gateway.guard import Guard
 from gateway.keys_api import api_key
 from gateway.load import InteractiveLoad
 from gateway.metrics import DURATION, IN_FLIGHT, REQUESTS
-from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.models import CatalogEntry, catalog_entries
 from gateway.openai_format import (
     EventStream,
     FastJSONResponse,
@@ -54,7 +62,6 @@ from gateway.openai_schema import (
     ModerationRequest,
     describe_validation_error,
 )
-from gateway.models import CatalogEntry, catalog_entries
 from gateway.pipeline import Pipeline
 from gateway.response_cache import CACHE_HEADER
 from gateway.settings import GatewaySettings
@@ -178,7 +185,7 @@ def create_app(
 
     # One span per request; a span per ASGI message would bury a stream's trace.
     FastAPIInstrumentor.instrument_app(app, excluded_urls=_UNTRACED_URLS, exclude_spans=["send", "receive"])
-    app.openapi = lambda: _openapi(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
     return app
 
 
@@ -407,8 +414,8 @@ class _Faults:
         self.injector.forward(header, key)
         code = await faults.inject(fault)
         if code is not None:
-            error = injected_error(code, "Fault injected into the gateway.")
-            await JSONResponse(gateway_error_object(error), status_code=error.http_status, headers=error.headers)(
+            failure = injected_error(code, "Fault injected into the gateway.")
+            await JSONResponse(gateway_error_object(failure), status_code=failure.http_status, headers=failure.headers)(
                 scope, receive, send
             )
             return

@@ -14,14 +14,16 @@ import math
 import secrets
 import time
 from dataclasses import asdict, dataclass
+from typing import Unpack
 
 import grpc
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
-from gateway.errors import GatewayError, RedisUnavailable, Unauthorized
+from gateway.errors import ErrorDetails, GatewayError, RedisUnavailable, Unauthorized
 from gateway.settings import GatewaySettings
-from mesh.redis_client import async_redis
+from mesh.redis_client import async_redis, decoded, decoded_fields
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class RateLimited(GatewayError):
     error_type = "rate_limit_error"
     reason = "RATE_LIMIT_EXCEEDED"
 
-    def __init__(self, message: str, retry_after_s: float, **kwargs) -> None:
+    def __init__(self, message: str, retry_after_s: float, **kwargs: Unpack[ErrorDetails]) -> None:
         # Whole seconds, at least one: what the Retry-After header can say.
         self.retry_after = max(1, math.ceil(retry_after_s))
         kwargs.setdefault("metadata", {"retry_after": str(self.retry_after)})
@@ -144,7 +146,7 @@ class Tenancy:
             pipe.hset(_BY_HASH + digest, mapping={k: str(v) for k, v in asdict(record).items()})
             pipe.set(_BY_ID + key_id, digest)
             pipe.sadd(_TENANT_KEYS + tenant, key_id)
-            limits = {k: str(v) for k, v in (("rpm", rpm), ("tpm", tpm)) if v is not None}
+            limits: dict[FieldT, EncodableT] = {k: str(v) for k, v in (("rpm", rpm), ("tpm", tpm)) if v is not None}
             if limits:
                 pipe.hset(_TENANT_LIMITS + tenant, mapping=limits)
             await pipe.execute()
@@ -164,7 +166,11 @@ class Tenancy:
         record = await self._record_by_id(key_id)
         if record is None or (tenant is not None and record.tenant != tenant):
             raise KeyNotFound(f"No API key with id '{key_id}'.", param="key_id")
-        digest = await self.redis.get(_BY_ID + key_id)
+        stored = await self.redis.get(_BY_ID + key_id)
+        if stored is None:
+            # Revoked by another replica since its record was read.
+            raise KeyNotFound(f"No API key with id '{key_id}'.", param="key_id")
+        digest = decoded(stored)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(_BY_HASH + digest, _BY_ID + key_id)
             pipe.srem(_TENANT_KEYS + record.tenant, key_id)
@@ -179,8 +185,8 @@ class Tenancy:
 
     async def _record_by_id(self, key_id: str) -> ApiKey | None:
         digest = await self.redis.get(_BY_ID + key_id)
-        fields = await self.redis.hgetall(_BY_HASH + digest) if digest else {}
-        return _record(fields)
+        fields = await self.redis.hgetall(_BY_HASH + decoded(digest)) if digest else {}
+        return _record(decoded_fields(fields))
 
     async def authenticate(self, authorization: str | None) -> ApiKey:
         """The key's record, from an ``Authorization: Bearer <key>`` value; 401 otherwise.
@@ -196,7 +202,7 @@ class Tenancy:
         if known is not None and time.monotonic() - known[1] < ttl:
             return known[0]
         try:
-            record = _record(await self.redis.hgetall(_BY_HASH + digest))
+            record = _record(decoded_fields(await self.redis.hgetall(_BY_HASH + digest)))
         except RedisError as error:
             # A key this process verified a moment ago stays valid while Redis is away: only
             # keys seen within the window, so revoking a key still takes effect at once

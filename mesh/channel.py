@@ -8,9 +8,9 @@ import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from mesh.deadlines import client_interceptors as deadline_interceptors
-from mesh.routing import client_interceptors as assignment_interceptors
 from mesh.faults import client_interceptors as fault_interceptors
 from mesh.replicas import Replica, ReplicaChannel
+from mesh.routing import client_interceptors as assignment_interceptors
 from mesh.server import transport_options
 from mesh.settings import MeshSettings
 from mesh.shedding import client_interceptors as priority_interceptors
@@ -61,7 +61,7 @@ def _channel(target: str, settings: MeshSettings) -> grpc.aio.Channel:
         *assignment_interceptors(),
         *priority_interceptors(settings.request_priority),
         *fault_interceptors(),
-        *aio_client_interceptors(),
+        *aio_client_interceptors(),  # type: ignore[no-untyped-call]  # the instrumentation leaves it unannotated
     ]
     if not settings.tls_enabled:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

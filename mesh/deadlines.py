@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -27,6 +27,8 @@ def remaining_s() -> float | None:
 
 # A method handler's behaviour: (request or request iterator, context) -> response or iterator.
 Behavior = Callable[..., Any]
+# What a behaviour is called with besides its request (grpc.aio's stubs name no other type).
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 def wrap_handler(
@@ -55,20 +57,20 @@ def _with_deadline(behavior: Behavior, _request_streaming: bool, response_stream
     # grpc.aio runs every RPC in its own task, whose context is a copy: setting the variable
     # there needs no reset (a reset would fail when a cancelled stream is closed from
     # another task).
-    def enter(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def enter(context: Context) -> None:
         remaining = context.time_remaining()
         _inbound_deadline.set(None if remaining is None else time.monotonic() + remaining)
 
     if response_streaming:
 
-        async def stream_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def stream_behavior(request: Any, context: Context) -> AsyncIterator[Any]:
             enter(context)
             async for response in behavior(request, context):
                 yield response
 
         return stream_behavior
 
-    async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def unary_behavior(request: Any, context: Context) -> Any:
         enter(context)
         return await behavior(request, context)
 

@@ -17,12 +17,14 @@ import contextlib
 import contextvars
 import random
 import secrets
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from prometheus_client import Counter
 
-from mesh.deadlines import DetailsClientInterceptor, for_every_call_kind, wrap_handler
+from mesh.deadlines import Behavior, Context, DetailsClientInterceptor, for_every_call_kind, wrap_handler
 from mesh.errors import abort
 from mesh.settings import MeshSettings
 
@@ -135,7 +137,7 @@ async def inject(fault: Fault) -> grpc.StatusCode | None:
     return code
 
 
-def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
+def _metadata(context: Context, key: str) -> str | None:
     return next((value for k, value in context.invocation_metadata() or () if k == key), None)
 
 
@@ -145,16 +147,20 @@ class FaultServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, settings: MeshSettings) -> None:
         self.injector = FaultInjector(settings)
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler_call_details.method.startswith(_EXEMPT_PREFIXES):
             return handler
         return wrap_handler(handler, self._faulty)
 
-    def _faulty(self, behavior, _request_streaming: bool, response_streaming: bool):
+    def _faulty(self, behavior: Behavior, _request_streaming: bool, response_streaming: bool) -> Behavior:
         injector = self.injector
 
-        async def before(context) -> None:
+        async def before(context: Context) -> None:
             header, key = _metadata(context, FAULT_HEADER), _metadata(context, ADMIN_KEY_HEADER)
             try:
                 fault = injector.fault_for(header, key)
@@ -167,7 +173,7 @@ class FaultServerInterceptor(grpc.aio.ServerInterceptor):
 
         if response_streaming:
 
-            async def stream_behavior(request, context):
+            async def stream_behavior(request: Any, context: Context) -> AsyncIterator[Any]:
                 await before(context)
                 async with contextlib.aclosing(behavior(request, context)) as responses:
                     async for response in responses:
@@ -175,7 +181,7 @@ class FaultServerInterceptor(grpc.aio.ServerInterceptor):
 
             return stream_behavior
 
-        async def unary_behavior(request, context):
+        async def unary_behavior(request: Any, context: Context) -> Any:
             await before(context)
             return await behavior(request, context)
 
@@ -197,5 +203,5 @@ class FaultClientInterceptor(DetailsClientInterceptor):
         )
 
 
-def client_interceptors() -> list:
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     return for_every_call_kind(FaultClientInterceptor)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from mesh import semconv
-from mesh.deadlines import Behavior, wrap_handler
-
-Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+from mesh.deadlines import Behavior, Context, wrap_handler
 
 RPC_DURATION = Histogram(
     semconv.METRIC_RPC_SERVER_DURATION,

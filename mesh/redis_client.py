@@ -8,6 +8,9 @@ restarted Redis leaves in the pool), so clients recover by themselves once Redis
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -23,7 +26,7 @@ _BACKOFF = ExponentialWithJitterBackoff(base=0.05, cap=0.5)
 _RETRY_ON = [RedisConnectionError, RedisTimeoutError]
 
 
-def _options(settings: MeshSettings) -> dict:
+def _options(settings: MeshSettings) -> dict[str, Any]:
     return {
         "socket_connect_timeout": settings.redis_connect_timeout_s,
         "socket_timeout": settings.redis_socket_timeout_s,
@@ -51,3 +54,30 @@ def sync_redis(settings: MeshSettings, url: str | None = None, *, decode_respons
         retry=Retry(_BACKOFF, settings.redis_retries),
         **_options(settings),
     )
+
+
+# redis-py types every reply as bytes | str (or a union of a command's reply shapes), whatever
+# the client; these read one as text, from a client built with decode_responses=True (str
+# already) or without it (UTF-8 bytes).
+def decoded(reply: object) -> str:
+    if isinstance(reply, bytes):
+        return reply.decode()
+    if isinstance(reply, str):
+        return reply
+    raise TypeError(f"expected a text reply from Redis, not {type(reply).__name__}")
+
+
+def decoded_all(replies: Iterable[object]) -> list[str]:
+    return [decoded(reply) for reply in replies]
+
+
+def decoded_fields(reply: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    """A hash (HGETALL) as text."""
+    return {decoded(field): decoded(value) for field, value in reply.items()}
+
+
+def binary(reply: object) -> bytes:
+    """A reply that is data, not text (a vector), from a client built without decode_responses."""
+    if isinstance(reply, bytes):
+        return reply
+    raise TypeError(f"expected a bytes reply from Redis, not {type(reply).__name__}")

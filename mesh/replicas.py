@@ -16,7 +16,9 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from prometheus_client import Counter
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 _UNCOUNTED_PREFIX = "/grpc.health.v1."
 _REPLICA_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 
+# What a channel's unary_unary and its kin return (grpc.aio.UnaryUnaryMultiCallable and so on):
+# called with a request, it starts the call.
+MultiCallable = Callable[..., Any]
+
 EJECTIONS = Counter("llmesh_replica_ejections_total", "Replicas ejected by outlier detection", ["target"])
 
 
@@ -40,7 +46,7 @@ class Replica:
     consecutive_errors: int = 0
     ejections: int = 0
     ejected_until: float = 0.0
-    _callables: dict = field(default_factory=dict)
+    _callables: dict[tuple[str, str], MultiCallable] = field(default_factory=dict)
 
     def ejected(self, now: float) -> bool:
         return now < self.ejected_until
@@ -50,13 +56,15 @@ class ReplicaChannel:
     """What mesh.channel.build_channel returns for a target naming several replicas; stubs use
     it as they use a grpc.aio.Channel."""
 
-    def __init__(self, replicas: list[Replica], settings: MeshSettings, clock=time.monotonic) -> None:
+    def __init__(
+        self, replicas: list[Replica], settings: MeshSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.replicas = replicas
         self.consecutive_errors = settings.outlier_consecutive_errors
         self.base_ejection_s = settings.outlier_base_ejection_s
         self.max_ejected = max(1, math.floor(len(replicas) * settings.outlier_max_ejection_percent / 100))
         self.clock = clock
-        self._pending: set[asyncio.Task] = set()
+        self._pending: set[asyncio.Task[grpc.StatusCode]] = set()
 
     def pick(self) -> Replica:
         now = self.clock()
@@ -84,17 +92,17 @@ class ReplicaChannel:
             extra={"target": replica.target, "for_s": self.base_ejection_s * replica.ejections, "code": code.name},
         )
 
-    def _call(self, kind: str, method: str, *args, **kwargs):
+    def _call(self, kind: str, method: str, *args: Any, **kwargs: Any) -> tuple[Replica, MultiCallable]:
         replica = self.pick()
         key = (kind, method)
         if key not in replica._callables:
             replica._callables[key] = getattr(replica.channel, kind)(method, *args, **kwargs)
         return replica, replica._callables[key]
 
-    def _multicallable(self, kind: str, method: str, *args, **kwargs):
+    def _multicallable(self, kind: str, method: str, *args: Any, **kwargs: Any) -> MultiCallable:
         channel = self
 
-        def invoke(*call_args, **call_kwargs):
+        def invoke(*call_args: Any, **call_kwargs: Any) -> Any:
             replica, multicallable = channel._call(kind, method, *args, **kwargs)
             call = multicallable(*call_args, **call_kwargs)
             replica.outstanding += 1
@@ -104,7 +112,7 @@ class ReplicaChannel:
 
         return invoke
 
-    def _finished(self, replica: Replica, call, counted: bool) -> None:
+    def _finished(self, replica: Replica, call: grpc.aio.Call, counted: bool) -> None:
         replica.outstanding -= 1
         if not counted:
             return
@@ -113,23 +121,23 @@ class ReplicaChannel:
         task = asyncio.ensure_future(call.code())
         self._pending.add(task)
 
-        def recorded(done: asyncio.Task) -> None:
+        def recorded(done: asyncio.Task[grpc.StatusCode]) -> None:
             self._pending.discard(done)
             if not done.cancelled() and done.exception() is None:
                 self.record(replica, done.result())
 
         task.add_done_callback(recorded)
 
-    def unary_unary(self, method: str, *args, **kwargs):
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> MultiCallable:
         return self._multicallable("unary_unary", method, *args, **kwargs)
 
-    def unary_stream(self, method: str, *args, **kwargs):
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> MultiCallable:
         return self._multicallable("unary_stream", method, *args, **kwargs)
 
-    def stream_unary(self, method: str, *args, **kwargs):
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> MultiCallable:
         return self._multicallable("stream_unary", method, *args, **kwargs)
 
-    def stream_stream(self, method: str, *args, **kwargs):
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> MultiCallable:
         return self._multicallable("stream_stream", method, *args, **kwargs)
 
     async def close(self, grace: float | None = None) -> None:
@@ -139,5 +147,5 @@ class ReplicaChannel:
     async def __aenter__(self) -> ReplicaChannel:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()

@@ -6,23 +6,22 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from prometheus_client import start_http_server
 
-from google.protobuf.message import DecodeError
-
-from mesh.deadlines import DeadlineServerInterceptor, wrap_handler
+from mesh.deadlines import Behavior, Context, DeadlineServerInterceptor, wrap_handler
 from mesh.errors import abort
 from mesh.faults import FaultServerInterceptor
-from mesh.metrics import MetricsServerInterceptor
 from mesh.logging import setup_logging
+from mesh.metrics import MetricsServerInterceptor
 from mesh.settings import MeshSettings
 from mesh.shedding import SheddingServerInterceptor
 from mesh.telemetry import setup_tracing
@@ -47,7 +46,7 @@ def transport_options(settings: MeshSettings) -> list[tuple[str, int]]:
     ]
 
 
-def _written_stream(behavior, _request_streaming: bool, response_streaming: bool):
+def _written_stream(behavior: Behavior, _request_streaming: bool, response_streaming: bool) -> Behavior:
     """A response stream sent with ``context.write`` by one coroutine instead of returned as an
     async generator. Works around grpc.aio leaving the generator of a call the client cancelled
     suspended at a ``yield``, to be closed later by the event loop's finaliser in another task:
@@ -56,7 +55,7 @@ def _written_stream(behavior, _request_streaming: bool, response_streaming: bool
     if not response_streaming:
         return behavior
 
-    async def written(request, context) -> None:
+    async def written(request: Any, context: Context) -> None:
         async with contextlib.aclosing(behavior(request, context)) as responses:
             async for response in responses:
                 await context.write(response)
@@ -65,7 +64,11 @@ def _written_stream(behavior, _request_streaming: bool, response_streaming: bool
 
 
 class _StreamClosingInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         return wrap_handler(await continuation(handler_call_details), _written_stream)
 
 
@@ -78,11 +81,11 @@ class _Undecodable:
         self.error = error
 
 
-def _tolerant(deserializer):
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
 
-    def deserialize(data: bytes):
+    def deserialize(data: bytes) -> Any:
         try:
             return deserializer(data)
         except DecodeError as error:
@@ -91,13 +94,13 @@ def _tolerant(deserializer):
     return deserialize
 
 
-async def _refuse_undecodable(context, request: _Undecodable) -> None:
+async def _refuse_undecodable(context: Context, request: _Undecodable) -> None:
     message = f"the request could not be parsed: {request.error}"
     await abort(context, grpc.StatusCode.INVALID_ARGUMENT, message, "MALFORMED_REQUEST")
 
 
-def _checking_requests(behavior, request_streaming: bool, response_streaming: bool):
-    async def checked_iterator(requests, context):
+def _checking_requests(behavior: Behavior, request_streaming: bool, response_streaming: bool) -> Behavior:
+    async def checked_iterator(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         async for request in requests:
             if isinstance(request, _Undecodable):
                 await _refuse_undecodable(context, request)
@@ -106,20 +109,20 @@ def _checking_requests(behavior, request_streaming: bool, response_streaming: bo
     if request_streaming:
         if response_streaming:
 
-            async def stream_stream(requests, context):
+            async def stream_stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
                 async with contextlib.aclosing(behavior(checked_iterator(requests, context), context)) as responses:
                     async for response in responses:
                         yield response
 
             return stream_stream
 
-        async def stream_unary(requests, context):
+        async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
             return await behavior(checked_iterator(requests, context), context)
 
         return stream_unary
     if response_streaming:
 
-        async def unary_stream(request, context):
+        async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
             if isinstance(request, _Undecodable):
                 await _refuse_undecodable(context, request)
             async with contextlib.aclosing(behavior(request, context)) as responses:
@@ -128,7 +131,7 @@ def _checking_requests(behavior, request_streaming: bool, response_streaming: bo
 
         return unary_stream
 
-    async def unary_unary(request, context):
+    async def unary_unary(request: Any, context: Context) -> Any:
         if isinstance(request, _Undecodable):
             await _refuse_undecodable(context, request)
         return await behavior(request, context)
@@ -137,7 +140,11 @@ def _checking_requests(behavior, request_streaming: bool, response_streaming: bo
 
 
 class _MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         handler = wrap_handler(await continuation(handler_call_details), _checking_requests)
         if handler is None:
             return None
@@ -156,7 +163,7 @@ def create_server(addr: str, settings: MeshSettings, *, mtls: bool = True) -> tu
         # directly, so that closing one closes the other in the same task.
         interceptors=[
             _StreamClosingInterceptor(),
-            aio_server_interceptor(),
+            aio_server_interceptor(),  # type: ignore[no-untyped-call]  # the instrumentation leaves it unannotated
             _MalformedRequestInterceptor(),
             DeadlineServerInterceptor(),
             MetricsServerInterceptor(),
@@ -327,7 +334,7 @@ class RunningService:
     server: grpc.aio.Server
     port: int
     health: Health
-    watcher: asyncio.Task
+    watcher: asyncio.Task[None]
 
     async def stop(self, grace: float | None = None) -> None:
         self.watcher.cancel()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import grpc
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -138,7 +138,10 @@ class MeshSettings(BaseSettings):
 
     def tls_material(self) -> tuple[bytes, bytes, bytes]:
         """CA bundle, this process's certificate chain and private key (PEM)."""
-        return self.tls_ca_file.read_bytes(), self.tls_cert_file.read_bytes(), self.tls_key_file.read_bytes()
+        ca, cert, key = self.tls_ca_file, self.tls_cert_file, self.tls_key_file
+        if ca is None or cert is None or key is None:
+            raise ValueError(f"TLS material is read only with {ENV_PREFIX}TLS_ENABLED, which requires the three files")
+        return ca.read_bytes(), cert.read_bytes(), key.read_bytes()
 
     @field_validator("preprocess_addr", "router_addr", "inference_addr", "postprocess_addr")
     @classmethod
@@ -176,7 +179,7 @@ class MeshSettings(BaseSettings):
 SettingsT = TypeVar("SettingsT", bound=MeshSettings)
 
 
-def load_settings(cls: type[SettingsT], **overrides) -> SettingsT:
+def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
     """Build settings from the environment; exit with the failing variable named on error."""
     try:
         return cls(**overrides)

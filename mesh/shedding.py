@@ -14,12 +14,13 @@ import asyncio
 import contextlib
 import contextvars
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from prometheus_client import Counter, Gauge
 
-from mesh.deadlines import DetailsClientInterceptor, for_every_call_kind, wrap_handler
+from mesh.deadlines import Behavior, Context, DetailsClientInterceptor, for_every_call_kind, wrap_handler
 from mesh.errors import abort
 
 PRIORITY_HEADER = "x-llmesh-priority"
@@ -51,7 +52,7 @@ class Admission:
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
         self.in_flight = 0
-        self._waiting: dict[str, deque[asyncio.Future]] = {priority: deque() for priority in PRIORITIES}
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {priority: deque() for priority in PRIORITIES}
 
     @property
     def queued(self) -> int:
@@ -120,7 +121,7 @@ def set_priority(priority: str) -> None:
     _priority.set(priority)
 
 
-def _inbound_priority(context: grpc.aio.ServicerContext) -> str:
+def _inbound_priority(context: Context) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == PRIORITY_HEADER:
             return BATCH if value == BATCH else INTERACTIVE
@@ -134,16 +135,20 @@ class SheddingServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, max_concurrent: int, max_queued: int) -> None:
         self.admission = Admission(max_concurrent, max_queued)
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler_call_details.method.startswith(_EXEMPT_PREFIXES):
             return handler
         return wrap_handler(handler, self._admitted)
 
-    def _admitted(self, behavior, _request_streaming: bool, response_streaming: bool):
+    def _admitted(self, behavior: Behavior, _request_streaming: bool, response_streaming: bool) -> Behavior:
         admission = self.admission
 
-        async def refuse(context, priority: str) -> None:
+        async def refuse(context: Context, priority: str) -> None:
             await abort(
                 context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -156,20 +161,19 @@ class SheddingServerInterceptor(grpc.aio.ServerInterceptor):
 
         if response_streaming:
 
-            async def stream_behavior(request, context):
+            async def stream_behavior(request: Any, context: Context) -> AsyncIterator[Any]:
                 priority = _inbound_priority(context)
                 set_priority(priority)
                 try:
-                    async with admission.slot(priority):
-                        async with contextlib.aclosing(behavior(request, context)) as responses:
-                            async for response in responses:
-                                yield response
+                    async with admission.slot(priority), contextlib.aclosing(behavior(request, context)) as responses:
+                        async for response in responses:
+                            yield response
                 except Overloaded:
                     await refuse(context, priority)
 
             return stream_behavior
 
-        async def unary_behavior(request, context):
+        async def unary_behavior(request: Any, context: Context) -> Any:
             priority = _inbound_priority(context)
             set_priority(priority)
             try:
@@ -200,5 +204,5 @@ class PriorityClientInterceptor(DetailsClientInterceptor):
         )
 
 
-def client_interceptors(default: str) -> list:
+def client_interceptors(default: str) -> list[grpc.aio.ClientInterceptor]:
     return for_every_call_kind(PriorityClientInterceptor, default)

@@ -331,6 +331,8 @@ class BatchRunner:
                 "completed",
                 answer.usage,
             )
+        if failure is None:
+            raise RuntimeError("batch_line_attempts is below 1: the request was never tried")
         return _failed(batch, request, failure.http_status, gateway_error_object(failure))
 
     # -- finishing -------------------------------------------------------------------------
@@ -347,13 +349,17 @@ class BatchRunner:
         await self._patiently(lambda: self.store.transition(batch_id, {"in_progress"}, "finalizing"))
         output: list[bytes] = []
         errors: list[bytes] = []
-        async for _, value in self.store.results(batch_id, batch.total):
+        async for index, value in self.store.results(batch_id, batch.total):
+            if value is None:
+                raise RuntimeError(f"batch {batch_id}: request {index} has no result though every request was counted")
             (output if value[0] == OUTPUT else errors).append(value[1:].encode() + b"\n")
         files = {
             "output_file_id": await self._save(batch, "output", output),
             "error_file_id": await self._save(batch, "error", errors),
         }
         current = await self._patiently(lambda: self.store.any_batch(batch_id))
+        if current is None:
+            raise RuntimeError(f"batch {batch_id} disappeared while it was being finalized")
         if current.status == "cancelling":
             final = "cancelled"
         elif current.count("expired"):

@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.errors import RedisUnavailable
-from mesh.redis_client import async_redis
+from mesh.redis_client import async_redis, decoded, decoded_all, decoded_fields
 from mesh.settings import MeshSettings
 
 _FILE = "llmesh:file:"
@@ -227,7 +227,7 @@ class BatchStore:
 
     async def file(self, tenant: str, file_id: str) -> FileRecord | None:
         with _available("file"):
-            fields = await self.redis.hgetall(_FILE + file_id)
+            fields = decoded_fields(await self.redis.hgetall(_FILE + file_id))
         if not fields or fields.get("tenant") != tenant:
             return None
         return FileRecord.from_fields(fields)
@@ -240,7 +240,7 @@ class BatchStore:
         with _available("file"):
             ids = await self._page(_TENANT_FILES + tenant, after, descending)
             for file_id in ids:
-                fields = await self.redis.hgetall(_FILE + file_id)
+                fields = decoded_fields(await self.redis.hgetall(_FILE + file_id))
                 if fields and (purpose is None or fields.get("purpose") == purpose):
                     records.append(FileRecord.from_fields(fields))
                     if len(records) > limit:
@@ -249,7 +249,7 @@ class BatchStore:
 
     async def file_users(self, file_id: str) -> set[str]:
         with _available("file"):
-            return set(await self.redis.smembers(_FILE_USERS + file_id))
+            return set(decoded_all(await self.redis.smembers(_FILE_USERS + file_id)))
 
     async def delete_file(self, record: FileRecord) -> None:
         with _available("file"):
@@ -265,7 +265,8 @@ class BatchStore:
         with _available("batch"):
             sequence = await self.redis.incr(_SEQUENCE)
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(_BATCH + values["id"], mapping=values)
+                # A fresh dict: hset's mapping is a Mapping invariant in its key type, which dict[str, str] is not.
+                pipe.hset(_BATCH + values["id"], mapping={field: value for field, value in values.items()})
                 pipe.zadd(_TENANT_BATCHES + values["tenant"], {values["id"]: sequence})
                 pipe.sadd(_FILE_USERS + values["input_file_id"], values["id"])
                 await pipe.execute()
@@ -287,14 +288,14 @@ class BatchStore:
     async def any_batch(self, batch_id: str) -> BatchRecord | None:
         """Whoever's it is (workers act for the batch's own tenant)."""
         with _available("batch"):
-            fields = await self.redis.hgetall(_BATCH + batch_id)
+            fields = decoded_fields(await self.redis.hgetall(_BATCH + batch_id))
         return BatchRecord(fields) if fields else None
 
     async def batches(self, tenant: str, *, after: str | None, limit: int) -> tuple[list[BatchRecord], bool]:
         records: list[BatchRecord] = []
         with _available("batch"):
             for batch_id in await self._page(_TENANT_BATCHES + tenant, after, descending=True):
-                fields = await self.redis.hgetall(_BATCH + batch_id)
+                fields = decoded_fields(await self.redis.hgetall(_BATCH + batch_id))
                 if fields:
                     records.append(BatchRecord(fields))
                     if len(records) > limit:
@@ -303,13 +304,14 @@ class BatchStore:
 
     async def _page(self, index: str, after: str | None, descending: bool) -> list[str]:
         if after is None:
-            return await (self.redis.zrevrange(index, 0, -1) if descending else self.redis.zrange(index, 0, -1))
+            ids = await (self.redis.zrevrange(index, 0, -1) if descending else self.redis.zrange(index, 0, -1))
+            return decoded_all(ids)
         score = await self.redis.zscore(index, after)
         if score is None:
             return []
         if descending:
-            return await self.redis.zrevrangebyscore(index, f"({score}", "-inf")
-        return await self.redis.zrangebyscore(index, f"({score}", "+inf")
+            return decoded_all(await self.redis.zrevrangebyscore(index, f"({score}", "-inf"))
+        return decoded_all(await self.redis.zrangebyscore(index, f"({score}", "+inf"))
 
     async def transition(
         self, batch_id: str, allowed: frozenset[str] | set[str], status: str, **fields: Any
@@ -369,7 +371,7 @@ class BatchStore:
             with _available("batch"):
                 values = await self.redis.hmget(_results_key(batch_id), [str(i) for i in indices])
             for index, value in zip(indices, values, strict=True):
-                yield index, value
+                yield index, None if value is None else decoded(value)
 
     async def drop_results(self, batch_id: str) -> None:
         with _available("batch"):

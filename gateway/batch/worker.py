@@ -55,12 +55,18 @@ class WorkerProcess:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="batch-loop", daemon=True)
         self.provider = setup_tracing(settings)
-        self.runner: BatchRunner | None = None
-        self._background: list[asyncio.Task] = []
+        self._runner: BatchRunner | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         self.thread.start()
-        self.runner = self.run(self._open())
+        self._runner = self.run(self._open())
+
+    @property
+    def runner(self) -> BatchRunner:
+        if self._runner is None:
+            raise RuntimeError("the batch worker process has not been started (WorkerProcess.start)")
+        return self._runner
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
@@ -77,16 +83,16 @@ class WorkerProcess:
         return runner
 
     async def _close(self) -> None:
-        if self.runner is not None:
-            self.runner.stopping = True
+        if self._runner is not None:
+            self._runner.stopping = True
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        if self.runner is not None:
-            await self.runner.store.redis.hdel(READY_KEY + self.node, str(os.getpid()))
-            await self.runner.store.close()
-            await self.runner.guard.close()
-            await self.runner.guard.pipeline.close()
+        if self._runner is not None:
+            await self._runner.store.redis.hdel(READY_KEY + self.node, str(os.getpid()))
+            await self._runner.store.close()
+            await self._runner.guard.close()
+            await self._runner.guard.pipeline.close()
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -109,6 +115,8 @@ def _durably(batch_id: str) -> Iterator[WorkerProcess]:
     take it now either, it stays unacknowledged and the visibility timeout brings it back); any
     other failure fails the batch, visibly, rather than leaving it in progress forever."""
     worker = _ThisProcess.worker
+    if worker is None:
+        raise RuntimeError("no WorkerProcess in this pool process: worker_process_init has not run")
     try:
         yield worker
     except (Retry, Reject):

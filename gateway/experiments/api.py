@@ -21,8 +21,8 @@ from gateway.experiments.definitions import Experiment, conflicts
 from gateway.experiments.runtime import Experiments
 from gateway.experiments.stats import experiment_report
 from gateway.keys_api import api_key
-from gateway.tenancy import ApiKey
 from gateway.records import ChatInput
+from gateway.tenancy import ApiKey
 
 SESSION_HEADER = "x-llmesh-session"
 EXPERIMENT_HEADER_PREFIX = "x-llmesh-experiment-"

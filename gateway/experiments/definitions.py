@@ -56,6 +56,13 @@ class Target(_Strict):
             raise ValueError("a model target names no service")
         return self
 
+    @property
+    def named_service(self) -> str:
+        """The service of a service or setting target (the validator makes sure it names one)."""
+        if self.service is None:
+            raise ValueError(f"a {self.kind} target names no service")
+        return self.service
+
 
 class Variant(_Strict):
     name: Name

@@ -15,10 +15,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
-from llmesh.common.v1 import common_pb2
 from opentelemetry.trace import Span
 from redis.exceptions import RedisError
 
@@ -27,6 +26,7 @@ from gateway.experiments.assignment import assign, in_share
 from gateway.experiments.definitions import Experiment, Shadow, conflicts, load_file
 from gateway.experiments.store import ExperimentStore, Outcome, ShadowComparison
 from gateway.settings import GatewaySettings
+from llmesh.common.v1 import common_pb2
 from mesh import routing, semconv
 from mesh.catalog import AUTO_MODEL, find_model
 from mesh.discovery import PRIMARY, ChannelPool
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 # Background writes beyond this many in flight are dropped (Redis is not keeping up).
 MAX_PENDING_WRITES = 1000
+
+# How the pipeline runs a request again, for a shadow (set by the Pipeline that owns these).
+Replay: TypeAlias = "Callable[[ChatInput, Trial], Awaitable[ChatResult]]"
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class Experiments:
         self.settings = settings
         self.store = ExperimentStore.from_url(settings.redis_url, settings)
         self.pool = ChannelPool(settings, channels)
-        self.replay: Callable[[ChatInput, Trial], Awaitable[ChatResult]] | None = None
+        self.replay: Replay | None = None
         # Running experiments this gateway can serve, by name.
         self.active: dict[str, Experiment] = {}
         self._version: int | None = None
@@ -126,9 +129,10 @@ class Experiments:
         """Why this gateway cannot serve the experiment; None when it can."""
         arms: list[Any] = list(experiment.variants) + ([experiment.shadow] if experiment.shadow else [])
         for arm in arms:
-            service = experiment.target.service
-            if experiment.target.kind == "service" and self.pool.discovery.address(service, arm.deployment) is None:
-                return f"{arm.name}: deployment {arm.deployment!r} of {service} has no address (LLMESH_VARIANT_ADDRS)"
+            target = experiment.target
+            if target.kind == "service" and self.pool.discovery.address(target.named_service, arm.deployment) is None:
+                where = f"deployment {arm.deployment!r} of {target.service}"
+                return f"{arm.name}: {where} has no address (LLMESH_VARIANT_ADDRS)"
             if arm.model is not None and find_model(self.settings.models, arm.model) is None:
                 return f"{arm.name}: model {arm.model!r} is not in the catalog"
         return None
@@ -199,19 +203,30 @@ class Experiments:
     def mirror(self, experiment: Experiment, request: ChatInput, primary: Answer, latency_s: float) -> None:
         """Replays the request on the shadow in the background; skipped when the shadow is
         already as busy as allowed, so mirroring never queues up behind itself."""
-        if self.replay is None or self._shadows_in_flight >= self.settings.shadow_max_concurrency:
+        replay, shadow = self.replay, experiment.shadow
+        if replay is None or self._shadows_in_flight >= self.settings.shadow_max_concurrency:
             return
+        if shadow is None:
+            raise ValueError(f"experiment {experiment.name!r} has no shadow to mirror to")
         self._shadows_in_flight += 1
         # A fresh context: the shadow is its own trace, and the caller's deadline is not its own.
-        self.spawn(self._shadow(experiment, request, primary, latency_s), context=contextvars.Context())
+        work = self._shadow(replay, experiment, shadow, request, primary, latency_s)
+        self.spawn(work, context=contextvars.Context())
 
-    async def _shadow(self, experiment: Experiment, request: ChatInput, primary: Answer, latency_s: float) -> None:
-        shadow = experiment.shadow
+    async def _shadow(
+        self,
+        replay: Replay,
+        experiment: Experiment,
+        shadow: Shadow,
+        request: ChatInput,
+        primary: Answer,
+        latency_s: float,
+    ) -> None:
         trial = Trial(self, request, shadow=(experiment, shadow))
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.shadow_timeout_s):
-                answer = await self.replay(replace(request, forced_variants={}), trial)
+                answer = await replay(replace(request, forced_variants={}), trial)
         except (GatewayError, TimeoutError) as error:
             log.info("shadow request failed", extra={"experiment": experiment.name, "error": str(error)})
             comparison = ShadowComparison(True, latency_s, 0.0, primary.usage.completion_tokens, 0, False, False)
@@ -270,6 +285,11 @@ class Trial:
             if forced is None:
                 self.recorded[experiment.name] = name
             variant = experiment.variant(name)
+            if variant is None:
+                # Forced variants were checked by Experiments.trial; a refresh since may have dropped one.
+                raise InvalidRequest(
+                    f"Experiment {experiment.name!r} has no variant {name!r}.", param="x-llmesh-force-variant"
+                )
             self._steer(experiment, variant.deployment, variant.model)
         span.set_attributes({semconv.LLMESH_EXPERIMENT_PREFIX + name: v for name, v in context.experiments.items()})
         routing.set_assignment(context.experiments)
@@ -280,7 +300,7 @@ class Trial:
 
     def _steer(self, experiment: Experiment, deployment: str, model: str | None) -> None:
         if experiment.target.kind == "service" and deployment != PRIMARY:
-            self.deployments[experiment.target.service] = deployment
+            self.deployments[experiment.target.named_service] = deployment
         if experiment.target.kind == "model":
             self.model = model
 
@@ -332,8 +352,9 @@ class Trial:
             return
         for name in self.recorded:
             experiment = self.experiments.active.get(name)
-            shadow = experiment.shadow if experiment else None
-            if shadow is not None and in_share(f"{experiment.hash_salt}:shadow", self.context.request_id, shadow.share):
+            if experiment is None or experiment.shadow is None:
+                continue
+            if in_share(f"{experiment.hash_salt}:shadow", self.context.request_id, experiment.shadow.share):
                 self.experiments.mirror(experiment, self.request, result, latency_s)
 
     def _write(self, outcome: Outcome) -> None:

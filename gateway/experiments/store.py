@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import redis.asyncio as redis
 
 from gateway.experiments.definitions import Experiment
-from mesh.redis_client import async_redis
+from mesh.redis_client import async_redis, decoded, decoded_fields
 from mesh.settings import MeshSettings
 
 PREFIX = "llmesh:exp:"
@@ -170,7 +170,7 @@ class ExperimentStore:
         """Keeps a request's assignments, and whose request it was, for feedback on it; written
         when it is assigned, so that the record exists by the time a client has the answer to score."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(f"{PREFIX}req:{request_id}", mapping=dict(assignments))
+            pipe.hset(f"{PREFIX}req:{request_id}", mapping={name: variant for name, variant in assignments.items()})
             pipe.set(f"{PREFIX}req-tenant:{request_id}", tenant, ex=REQUEST_TTL_S)
             pipe.expire(f"{PREFIX}req:{request_id}", REQUEST_TTL_S)
             await pipe.execute()
@@ -181,12 +181,9 @@ class ExperimentStore:
         request ids of other tenants cannot be probed). A second score for a request replaces
         nothing: the first one counts."""
         owner = await self.redis.get(f"{PREFIX}req-tenant:{request_id}")
-        if owner is None or owner.decode() != tenant:
+        if owner is None or decoded(owner) != tenant:
             return None
-        assignments = {
-            key.decode(): value.decode()
-            for key, value in (await self.redis.hgetall(f"{PREFIX}req:{request_id}")).items()
-        }
+        assignments = decoded_fields(await self.redis.hgetall(f"{PREFIX}req:{request_id}"))
         if not assignments:
             return None
         if await self.redis.set(f"{PREFIX}fb:{request_id}", 1, nx=True, ex=REQUEST_TTL_S):

@@ -162,9 +162,12 @@ def mesh(
 
     settings = load_settings(MeshSettings)
     plan = bench.Plan(
-        concurrencies=tuple(sorted(concurrency)), requests=requests, stream_tokens=stream_tokens,
-        stream_requests=stream_requests, cache_requests=cache_requests,
-    )  # fmt: skip
+        concurrencies=tuple(sorted(concurrency)),
+        requests=requests,
+        stream_tokens=stream_tokens,
+        stream_requests=stream_requests,
+        cache_requests=cache_requests,
+    )
     phases = [("tracing on", True), *([("tracing off", False)] if tracing_off else [])]
     # One Triton for both stacks (its engines take a minute to load); the stacks, one after the
     # other, reuse one set of free ports, so Triton's spans reach whichever collector is up.
@@ -176,9 +179,14 @@ def mesh(
     # The catalog's models (LLMESH_MODELS), not every model of the repository.
     served = [m.name for m in settings.models] + [m.name for m in settings.embedding_models]
     triton = TritonServer(
-        models=served, http_port=ports.triton_http, grpc_port=ports.triton_grpc, metrics_port=ports.triton_metrics,
-        otlp_endpoint=f"http://127.0.0.1:{ports.collector}", log_file=run_dir / "logs" / "triton.log", env=os.environ,
-    ).start()  # fmt: skip
+        models=served,
+        http_port=ports.triton_http,
+        grpc_port=ports.triton_grpc,
+        metrics_port=ports.triton_metrics,
+        otlp_endpoint=f"http://127.0.0.1:{ports.collector}",
+        log_file=run_dir / "logs" / "triton.log",
+        env=os.environ,
+    ).start()
     try:
         err.print(f"  ready triton {triton.wait_ready(600):5.1f}s")
         with Progress(console=err) as progress:
@@ -197,9 +205,11 @@ def mesh(
                 with Stack(ports=ports, run_dir=run_dir, extra_env=env, external_triton=triton) as stack:
                     key = create_key(stack.env["LLMESH_REDIS_URL"], "bench", "llmesh bench", rpm=10**8, tpm=10**10)[0]
                     endpoints = bench.Endpoints(
-                        stack.gateway_url, stack.env["LLMESH_GATEWAY_GRPC_ADDR"],
-                        stack.env["LLMESH_TRITON_GRPC_ADDR"], key,
-                    )  # fmt: skip
+                        stack.gateway_url,
+                        stack.env["LLMESH_GATEWAY_GRPC_ADDR"],
+                        stack.env["LLMESH_TRITON_GRPC_ADDR"],
+                        key,
+                    )
                     measured, trace_ids = asyncio.run(
                         bench.measure_phase(phase, endpoints, settings.models, plan, full, step)
                     )
@@ -233,10 +243,17 @@ def mesh(
         table.add_column(column, justify="left" if left else "right", no_wrap=True)
     for row in result["summary"]["added"]:
         table.add_row(
-            row["phase"], row["path"], row["model"], row["kind"], str(row["concurrency"]),
-            f"{row['added_p50_ms']:.1f}", f"{row['added_p99_ms']:.1f}", str(row["p99_ratio"]),
-            str(row["throughput_share"]), f"{row['added_ttft_p50_ms']:.1f}",
-        )  # fmt: skip
+            row["phase"],
+            row["path"],
+            row["model"],
+            row["kind"],
+            str(row["concurrency"]),
+            f"{row['added_p50_ms']:.1f}",
+            f"{row['added_p99_ms']:.1f}",
+            str(row["p99_ratio"]),
+            str(row["throughput_share"]),
+            f"{row['added_ttft_p50_ms']:.1f}",
+        )
     console = Console(width=max(Console().width, 120))
     console.print(table)
     console.print(f"report {out / 'mesh.json'}, {out / 'mesh.md'}, plot {plot}")

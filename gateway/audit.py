@@ -188,7 +188,11 @@ class AuditLog:
             done, head_seq, head_hash = await self._append(
                 keys=[STREAM, HEAD, ANCHOR],
                 args=[
-                    str(seq), str(seq + 1), canonical(record).decode(), record["hash"], keep_from_ms,
+                    str(seq),
+                    str(seq + 1),
+                    canonical(record).decode(),
+                    record["hash"],
+                    keep_from_ms,
                     prev if seq else "",
                 ],
             )

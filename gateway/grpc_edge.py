@@ -114,7 +114,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         except GatewayError as error:
             await _abort(context, error)
 
-    async def Embed(self, request: gateway_pb2.EmbedRequest, context: grpc.aio.ServicerContext) -> gateway_pb2.EmbedResponse:
+    async def Embed(
+        self, request: gateway_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.EmbedResponse:
         try:
             result = await self.guard.embed(await self._key(context), request.model, list(request.inputs), request.user)
         except GatewayError as error:

@@ -194,12 +194,16 @@ class ChatFormat(ResponseFormat):
         }
 
     def first_chunks(self, stream: ChatStream, answers: int) -> list[dict]:
-        return [self._chunk(stream, [self._choice(index, {"role": "assistant", "content": ""})]) for index in range(answers)]
+        return [
+            self._chunk(stream, [self._choice(index, {"role": "assistant", "content": ""})]) for index in range(answers)
+        ]
 
     def chunks(self, stream: ChatStream, chunk: StreamChunk) -> list[dict]:
         out = []
         if chunk.text or chunk.logprobs:
-            out.append(self._chunk(stream, [self._choice(chunk.index, {"content": chunk.text}, entries=chunk.logprobs)]))
+            out.append(
+                self._chunk(stream, [self._choice(chunk.index, {"content": chunk.text}, entries=chunk.logprobs)])
+            )
         if chunk.tool_calls:
             # OpenAI's shape: the call's id and name first, then its arguments as they come
             # (here in one piece: the answer is read whole).
@@ -214,7 +218,10 @@ class ChatFormat(ResponseFormat):
             else:
                 named = {key: [{**call, "function": {**call["function"], "arguments": ""}} for call in opening[key]]}
                 arguments = {
-                    key: [{"index": call["index"], "function": {"arguments": call["function"]["arguments"]}} for call in opening[key]]
+                    key: [
+                        {"index": call["index"], "function": {"arguments": call["function"]["arguments"]}}
+                        for call in opening[key]
+                    ]
                 }
             out.append(self._chunk(stream, [self._choice(chunk.index, named)]))
             out.append(self._chunk(stream, [self._choice(chunk.index, arguments)]))
@@ -259,7 +266,11 @@ class CompletionFormat(ResponseFormat):
         if chunk.text or chunk.logprobs:
             offset = self._offsets.get(chunk.index, 0)
             self._offsets[chunk.index] = offset + len(chunk.text)
-            out.append(self._chunk(stream, [self._choice(chunk.index, chunk.text, entries=list(chunk.logprobs), offset=offset)]))
+            out.append(
+                self._chunk(
+                    stream, [self._choice(chunk.index, chunk.text, entries=list(chunk.logprobs), offset=offset)]
+                )
+            )
         if chunk.finish_reason:
             out.append(self._chunk(stream, [self._choice(chunk.index, "", chunk.finish_reason)]))
         return out

@@ -51,7 +51,9 @@ _ROLES = {
 def _lone_surrogate(value: Any) -> str | None:
     """The first lone surrogate in a string, or in the strings of a list or an object."""
     if isinstance(value, str):
-        return next((f"U+{ord(c):04X} at character {i}" for i, c in enumerate(value) if "\ud800" <= c <= "\udfff"), None)
+        return next(
+            (f"U+{ord(c):04X} at character {i}" for i, c in enumerate(value) if "\ud800" <= c <= "\udfff"), None
+        )
     if isinstance(value, dict):
         value = [*value.keys(), *value.values()]
     if isinstance(value, list | tuple):
@@ -440,7 +442,11 @@ def describe_validation_error(errors: Sequence[Mapping[str, Any]]) -> tuple[str,
     loc = list(error["loc"])
     # A union's error names the member that failed (e.g. tool_choice.NamedToolChoice): the
     # caller only knows the field.
-    loc = [part for part in loc if not (isinstance(part, str) and (part[:1].isupper() or part.startswith(("literal[", "function-"))))]
+    loc = [
+        part
+        for part in loc
+        if not (isinstance(part, str) and (part[:1].isupper() or part.startswith(("literal[", "function-"))))
+    ]
     param = _param(loc)
     if error["type"] == "missing":
         return f"Missing required parameter: '{param}'.", param

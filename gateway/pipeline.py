@@ -64,6 +64,7 @@ from mesh.telemetry import tracer
 _tracer = tracer(__name__)
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class _Stubs:
     """The upstreams one request talks to (an A/B variant may swap in another deployment)."""
@@ -214,7 +215,9 @@ class Pipeline:
                 }
             )
             with _calling("preprocess"):
-                checked = await self.stubs.preprocess.Moderate(preprocess_pb2.ModerateRequest(context=context, texts=inputs))
+                checked = await self.stubs.preprocess.Moderate(
+                    preprocess_pb2.ModerateRequest(context=context, texts=inputs)
+                )
             for position, result in enumerate(checked.results):
                 if result.verdict.blocked:
                     _record_verdict(span, result.verdict)
@@ -241,7 +244,9 @@ class Pipeline:
             raise InvalidRequest("At least one input is required.", param="input")
         context = self._context("modr-", tenant, "")
         with _calling("preprocess"):
-            checked = await self.stubs.preprocess.Moderate(preprocess_pb2.ModerateRequest(context=context, texts=inputs))
+            checked = await self.stubs.preprocess.Moderate(
+                preprocess_pb2.ModerateRequest(context=context, texts=inputs)
+            )
         return ModerationResult(context.request_id, list(checked.results))
 
     def _context(self, prefix: str, tenant: str, user: str) -> common_pb2.RequestContext:
@@ -264,9 +269,16 @@ class Pipeline:
                     result = await self._replay(request, cached, span, status)
                     close = _closer(span)
                     return ChatStream(
-                        result.id, result.created, result.model, result.route_reason,
-                        _replayed_chunks(result, span, close, trial), close, {}, len(result.choices), status,
-                    )  # fmt: skip
+                        result.id,
+                        result.created,
+                        result.model,
+                        result.route_reason,
+                        _replayed_chunks(result, span, close, trial),
+                        close,
+                        {},
+                        len(result.choices),
+                        status,
+                    )
                 plan = await self._plan(request, span, trial, stream=True, cache_key=key, question=asked)
                 if plan.route is None:
                     refusal = plan.refusal(request.model)
@@ -693,9 +705,15 @@ async def _release(
         for index in missing[:-1]:
             yield StreamChunk(finish_reason=common_pb2.FINISH_REASON_STOP, index=index)
         # With every answer ended, the last one to end was held back for this.
-        last = StreamChunk(finish_reason=common_pb2.FINISH_REASON_STOP, index=missing[-1]) if missing else [*finals.values()][-1]
+        last = (
+            StreamChunk(finish_reason=common_pb2.FINISH_REASON_STOP, index=missing[-1])
+            if missing
+            else [*finals.values()][-1]
+        )
         last = dataclasses.replace(last, usage=feed.usage)
-        verdict = next((c.verdict for c in finals.values() if c.verdict is not None and c.verdict.blocked), last.verdict)
+        verdict = next(
+            (c.verdict for c in finals.values() if c.verdict is not None and c.verdict.blocked), last.verdict
+        )
         _record_result(span, model, last.finish_reason, last.usage, verdict)
         trial.finished(Answer(model, "".join(trial.text), finals.get(0, last).finish_reason, feed.usage))
         complete = len(feed.finish_reasons) == feed.answers and not missing
@@ -710,9 +728,7 @@ async def _release(
         close()
 
 
-def _final_chunk(
-    plan: _Plan, response: postprocess_pb2.PostprocessStreamResponse, held: str | None
-) -> StreamChunk:
+def _final_chunk(plan: _Plan, response: postprocess_pb2.PostprocessStreamResponse, held: str | None) -> StreamChunk:
     """An answer's last chunk; under a tool plan, the whole answer read as text or a call."""
     chunk = StreamChunk(
         response.text_delta,
@@ -725,7 +741,9 @@ def _final_chunk(
     if held is None:
         return chunk
     choice = plan.read(ChoiceResult(response.index, held, response.finish_reason, response.verdict))
-    return dataclasses.replace(chunk, text=choice.text, tool_calls=list(choice.tool_calls), finish_reason=choice.finish_reason)
+    return dataclasses.replace(
+        chunk, text=choice.text, tool_calls=list(choice.tool_calls), finish_reason=choice.finish_reason
+    )
 
 
 def _cacheable(finish_reason: int, verdict: common_pb2.SafetyVerdict | None) -> bool:
@@ -769,7 +787,9 @@ async def _refusal_chunks(
         last = len(refusal.choices) - 1
         for choice in refusal.choices:
             usage = refusal.usage if choice.index == last else None
-            yield StreamChunk(finish_reason=choice.finish_reason, usage=usage, verdict=choice.verdict, index=choice.index)
+            yield StreamChunk(
+                finish_reason=choice.finish_reason, usage=usage, verdict=choice.verdict, index=choice.index
+            )
     finally:
         close()
 

@@ -143,7 +143,6 @@ class ChatStream:
         self.close()
 
 
-
 @dataclass(frozen=True)
 class EmbedResult:
     id: str
@@ -156,5 +155,3 @@ class EmbedResult:
 class ModerationResult:
     id: str
     results: Sequence[preprocess_pb2.ModerationResult]
-
-

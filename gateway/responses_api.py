@@ -119,7 +119,9 @@ class ResponseStore:
         except RedisError as error:
             raise RedisUnavailable("The response store is unavailable; please retry.") from error
         if raw is None:
-            raise InvalidRequest(f"No stored response '{response_id}'.", param="previous_response_id", reason="NOT_FOUND")
+            raise InvalidRequest(
+                f"No stored response '{response_id}'.", param="previous_response_id", reason="NOT_FOUND"
+            )
         return json.loads(raw)
 
     async def save(self, tenant: str, record: dict) -> None:
@@ -210,7 +212,11 @@ def router(response_ttl_s: int) -> APIRouter:
     @api.post("/v1/responses")
     async def create(body: ResponseRequest, request: Request, key: ApiKey = Depends(api_key)) -> Response:
         responses = store(request)
-        history = (await responses.load(key.tenant, body.previous_response_id))["messages"] if body.previous_response_id else []
+        history = (
+            (await responses.load(key.tenant, body.previous_response_id))["messages"]
+            if body.previous_response_id
+            else []
+        )
         messages = body.messages(history)
         sampling = common_pb2.SamplingParams(
             max_tokens=body.max_output_tokens or 0, temperature=body.temperature, top_p=body.top_p
@@ -225,7 +231,10 @@ def router(response_ttl_s: int) -> APIRouter:
             shape = _Shape(body, result.model)
             status, incomplete = _status(result.finish_reason)
             answer = shape.response(
-                [shape.message(result.text, result.finish_reason, result.verdict)], status, incomplete, _usage(result.usage)
+                [shape.message(result.text, result.finish_reason, result.verdict)],
+                status,
+                incomplete,
+                _usage(result.usage),
             )
             if body.store is not False:
                 await responses.save(key.tenant, {"response": answer, "messages": [*kept, _said(result.text)]})

@@ -266,7 +266,10 @@ def _model_object(entry: CatalogEntry, created: int) -> dict:
     if entry.dimensions:
         body["dimensions"] = entry.dimensions
     if entry.kind != "router":
-        body["pricing"] = {"input_per_1k_tokens": entry.price_input_per_1k, "output_per_1k_tokens": entry.price_output_per_1k}
+        body["pricing"] = {
+            "input_per_1k_tokens": entry.price_input_per_1k,
+            "output_per_1k_tokens": entry.price_output_per_1k,
+        }
     return body
 
 
@@ -313,7 +316,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RedisError)
     async def redis_error(request: Request, error: RedisError) -> JSONResponse:
         # What needs Redis and did not wrap its failure itself (keys, stored objects).
-        return await gateway_error(request, RedisUnavailable(f"Redis is unavailable ({type(error).__name__}); please retry."))
+        return await gateway_error(
+            request, RedisUnavailable(f"Redis is unavailable ({type(error).__name__}); please retry.")
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -427,7 +432,14 @@ class _Shed:
     Retry-After at once. Every REST caller is interactive (batch work runs in the batch worker)."""
 
     _PATHS = frozenset(
-        {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/moderations", "/v1/responses", anthropic_api.PATH}
+        {
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/v1/moderations",
+            "/v1/responses",
+            anthropic_api.PATH,
+        }
     )
 
     def __init__(self, app: ASGIApp, admission: Admission) -> None:

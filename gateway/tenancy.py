@@ -233,7 +233,9 @@ class Tenancy:
             )
         except RedisError as error:
             if self.settings.rate_limits_fail_open:
-                log.warning("rate limiter unavailable: admitting unlimited", extra={"tenant": tenant, "error": str(error)})
+                log.warning(
+                    "rate limiter unavailable: admitting unlimited", extra={"tenant": tenant, "error": str(error)}
+                )
                 return
             raise RedisUnavailable("The rate limiter is unavailable; please retry.") from error
         if not int(allowed):

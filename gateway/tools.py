@@ -94,7 +94,9 @@ def plan(tools: Sequence[common_pb2.Tool], choice: common_pb2.ToolChoice) -> Too
     if mode == FUNCTION:
         chosen = [tool for tool in tools if tool.name == choice.function_name]
         if not chosen:
-            raise InvalidRequest(f"tool_choice names '{choice.function_name}', which is not among the tools.", param="tool_choice")
+            raise InvalidRequest(
+                f"tool_choice names '{choice.function_name}', which is not among the tools.", param="tool_choice"
+            )
     calls = [_call_schema(tool) for tool in chosen]
     call = calls[0] if len(calls) == 1 else {"anyOf": calls}
     if mode == AUTO:

@@ -96,10 +96,14 @@ class DetailsClientInterceptor:
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         raise NotImplementedError
 
-    async def intercept_unary_unary(self, continuation: Continuation, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+    async def intercept_unary_unary(
+        self, continuation: Continuation, details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
         return await continuation(self._details(details), request)
 
-    async def intercept_unary_stream(self, continuation: Continuation, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+    async def intercept_unary_stream(
+        self, continuation: Continuation, details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
         return await continuation(self._details(details), request)
 
     async def intercept_stream_unary(

@@ -63,7 +63,9 @@ def check_sampling(sampling: common_pb2.SamplingParams) -> None:
         raise SamplingError("top_k", "top_k must be at least 1.")
     for token, bias in sampling.logit_bias.items():
         if token < 0 or not _finite_in(bias, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS):
-            raise SamplingError("logit_bias", f"logit_bias maps token ids to values between -100 and 100; got {token}: {bias}.")
+            raise SamplingError(
+                "logit_bias", f"logit_bias maps token ids to values between -100 and 100; got {token}: {bias}."
+            )
     if sampling.structured_output.WhichOneof("format") == "json_schema":
         try:
             schema = json.loads(sampling.structured_output.json_schema)

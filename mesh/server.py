@@ -204,9 +204,7 @@ class Health:
         self.serving = False
 
     async def set(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in self.service_names:
             await self.servicer.set(name, status)
         if serving != self.serving:
@@ -365,7 +363,9 @@ def run_service(settings: SettingsT, own_addr: str, factory: Callable[[SettingsT
         service = factory(settings)
         server, _ = create_server(listen_addr(settings, own_addr), settings)
         service.register(server)
-        await serve(server, Health(server, service.service_names), settings, readiness=service.ready, on_stop=service.close)
+        await serve(
+            server, Health(server, service.service_names), settings, readiness=service.ready, on_stop=service.close
+        )
 
     try:
         asyncio.run(main())

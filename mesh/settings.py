@@ -175,7 +175,6 @@ class MeshSettings(BaseSettings):
         return check_host_port(value) if value else value
 
 
-
 SettingsT = TypeVar("SettingsT", bound=MeshSettings)
 
 

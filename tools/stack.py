@@ -187,7 +187,9 @@ class Stack:
     def __post_init__(self) -> None:
         if self.external_triton is not None:
             t = self.external_triton
-            self.ports = replace(self.ports, triton_http=t.http_port, triton_grpc=t.grpc_port, triton_metrics=t.metrics_port)
+            self.ports = replace(
+                self.ports, triton_http=t.http_port, triton_grpc=t.grpc_port, triton_metrics=t.metrics_port
+            )
         self.deployments = [replace(d, port=d.port or free_port()) for d in self.deployments]
         variant_addrs: dict[str, dict[str, str]] = {}
         for deployment in self.deployments:
@@ -195,7 +197,9 @@ class Stack:
         variants = {"LLMESH_VARIANT_ADDRS": json.dumps(variant_addrs)} if variant_addrs else {}
         # service -> (port, metrics port) of each replica after the first.
         self.replica_ports = {
-            service: [tuple(free_ports(2)) for _ in range(count - 1)] for service, count in self.replicas.items() if count > 1
+            service: [tuple(free_ports(2)) for _ in range(count - 1)]
+            for service, count in self.replicas.items()
+            if count > 1
         }
         replica_addrs = {
             f"LLMESH_{service.upper()}_ADDR": ",".join(
@@ -316,8 +320,13 @@ class Stack:
         child.log_path = logs / f"{child.name}.log"
         with open(child.log_path, "ab") as out:
             child.proc = subprocess.Popen(
-                child.argv, env={**self.env, "LLMESH_SERVICE_NAME": child.name, **child.env}, cwd=REPO_ROOT,
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                child.argv,
+                env={**self.env, "LLMESH_SERVICE_NAME": child.name, **child.env},
+                cwd=REPO_ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         child.started_at = time.monotonic()
 
@@ -398,7 +407,9 @@ class Stack:
 
     def _supervised(self) -> list[Child]:
         if self.triton is not None and self._triton_child is None:
-            self._triton_child = Child("triton", [], lambda: False, proc=self.triton.proc, log_path=self.triton.log_file)
+            self._triton_child = Child(
+                "triton", [], lambda: False, proc=self.triton.proc, log_path=self.triton.log_file
+            )
             self._triton_child.started_at = time.monotonic()
         return [*self.children, *([self._triton_child] if self._triton_child else [])]
 

@@ -133,7 +133,9 @@ def validate(chunks: Iterable[bytes], max_requests: int, models: Sequence[ModelS
             )
         seen[request.custom_id] = number
         if endpoint and request.url != endpoint:
-            raise InvalidFile(number, f"'url' is {request.url}, but earlier lines use {endpoint}; a file has one endpoint.")
+            raise InvalidFile(
+                number, f"'url' is {request.url}, but earlier lines use {endpoint}; a file has one endpoint."
+            )
         endpoint = request.url
         count += 1
         if count > max_requests:
@@ -173,9 +175,7 @@ def plan_chunks(chunks: Iterable[bytes], lines_per_chunk: int) -> list[Chunk]:
     return plan
 
 
-def read_chunk(
-    data: bytes, chunk: Chunk, models: Sequence[ModelSpec]
-) -> Iterator[BatchRequest | LineProblem]:
+def read_chunk(data: bytes, chunk: Chunk, models: Sequence[ModelSpec]) -> Iterator[BatchRequest | LineProblem]:
     """The requests of one chunk, from its bytes."""
     index = chunk.first_index
     for number, raw in enumerate(data.split(b"\n"), start=chunk.first_line):

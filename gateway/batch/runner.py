@@ -257,7 +257,9 @@ class BatchRunner:
                 return
             started = time.perf_counter()
             with _tracer.start_as_current_span(semconv.SPAN_BATCH_LINE) as span:
-                span.set_attributes({semconv.LLMESH_BATCH_ID: batch.id, semconv.LLMESH_BATCH_CUSTOM_ID: request.custom_id})
+                span.set_attributes(
+                    {semconv.LLMESH_BATCH_ID: batch.id, semconv.LLMESH_BATCH_CUSTOM_ID: request.custom_id}
+                )
                 try:
                     result = await self._result(batch, request, task, key_valid)
                 except Deferred as deferred:
@@ -283,13 +285,18 @@ class BatchRunner:
             return _unexecuted(batch, request, "batch_cancelled", "The batch was cancelled before this request ran.")
         if time.time() > batch.expires_at:
             return _unexecuted(
-                batch, request, "batch_expired", "This request could not be executed before the completion window expired."
+                batch,
+                request,
+                "batch_expired",
+                "This request could not be executed before the completion window expired.",
             )
         if isinstance(request, jsonl.LineProblem):
             body = _error_body(request.problem, "invalid_request_error", "invalid_file")
             return _failed(batch, request, 400, body)
         if not key_valid:
-            body = _error_body("The API key that created this batch has been revoked.", "authentication_error", "invalid_api_key")
+            body = _error_body(
+                "The API key that created this batch has been revoked.", "authentication_error", "invalid_api_key"
+            )
             return _failed(batch, request, 401, body)
         try:
             return await asyncio.wait_for(self._execute(batch, request, task), self.settings.batch_line_timeout_s)
@@ -327,7 +334,8 @@ class BatchRunner:
             except GatewayError as error:
                 return _failed(batch, request, error.http_status, gateway_error_object(error))
             return _Result(
-                OUTPUT + jsonl.response_line(batch.id, request.index, request.custom_id, 200, answer.id, fmt.result(answer)),
+                OUTPUT
+                + jsonl.response_line(batch.id, request.index, request.custom_id, 200, answer.id, fmt.result(answer)),
                 "completed",
                 answer.usage,
             )

@@ -180,7 +180,11 @@ class BatchRecord:
             "created_at": int(fields["created_at"]),
             "expires_at": self.expires_at,
             **{name: int(fields[name]) if fields.get(name) else None for name in _TIMESTAMPS},
-            "request_counts": {"total": self.total, "completed": self.count("completed"), "failed": self.count("failed")},
+            "request_counts": {
+                "total": self.total,
+                "completed": self.count("completed"),
+                "failed": self.count("failed"),
+            },
             "usage": {
                 "input_tokens": input_tokens,
                 "input_tokens_details": {"cached_tokens": 0},

@@ -122,7 +122,9 @@ def test_each_batch_line_is_traced_through_every_hop(client, stack):
             break
         time.sleep(0.5)
     assert sorted(line["attributes"]["llmesh.batch.custom_id"] for line in lines) == ["t0", "t1", "t2"]
-    assert any(service_edges(spans) >= BATCH_EDGES for spans in collected), [service_edges(spans) for spans in collected]
+    assert any(service_edges(spans) >= BATCH_EDGES for spans in collected), [
+        service_edges(spans) for spans in collected
+    ]
     spans = next(spans for spans in collected if service_edges(spans) >= BATCH_EDGES)
     by_id = {span["span_id"]: span for span in spans}
     chat = next(span for span in spans if span["name"] == "gateway.chat")

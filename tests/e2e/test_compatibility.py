@@ -50,9 +50,15 @@ REST = {
     ("chat", "presence_penalty"): ("/v1/chat/completions", {**CHAT, "presence_penalty": 1.0}),
     ("chat", "logit_bias"): ("/v1/chat/completions", {**CHAT, "logit_bias": {"5": -100}}),
     ("chat", "stop"): ("/v1/chat/completions", {**CHAT, "stop": ["a", "b", "c", "d"]}),
-    ("chat", "max_completion_tokens"): ("/v1/chat/completions", {**CHAT, "max_tokens": None, "max_completion_tokens": 2}),
+    ("chat", "max_completion_tokens"): (
+        "/v1/chat/completions",
+        {**CHAT, "max_tokens": None, "max_completion_tokens": 2},
+    ),
     ("chat", "seed"): ("/v1/chat/completions", {**CHAT, "seed": 1}),
-    ("chat", "stream_options"): ("/v1/chat/completions", {**CHAT, "stream": True, "stream_options": {"include_usage": True}}),
+    ("chat", "stream_options"): (
+        "/v1/chat/completions",
+        {**CHAT, "stream": True, "stream_options": {"include_usage": True}},
+    ),
     ("chat", "store"): ("/v1/chat/completions", {**CHAT, "store": True}),
     ("chat", "modalities"): ("/v1/chat/completions", {**CHAT, "modalities": ["text", "audio"]}),
     ("chat", "audio"): ("/v1/chat/completions", {**CHAT, "audio": {"voice": "alloy", "format": "wav"}}),
@@ -96,7 +102,9 @@ _USER = [common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="Name a colou
 
 
 def _chat(**sampling) -> tuple[str, gateway_pb2.ChatRequest]:
-    return "Chat", gateway_pb2.ChatRequest(model=SMALL, messages=_USER, sampling=common_pb2.SamplingParams(max_tokens=2, **sampling))
+    return "Chat", gateway_pb2.ChatRequest(
+        model=SMALL, messages=_USER, sampling=common_pb2.SamplingParams(max_tokens=2, **sampling)
+    )
 
 
 def _tools(mode: int) -> tuple[str, gateway_pb2.ChatRequest]:
@@ -143,7 +151,9 @@ ROWS = _table()
 def test_every_row_has_its_request_and_every_request_its_row():
     assert {(endpoint, param) for endpoint, param, _, _ in ROWS} == set(REST)
     assert {(endpoint, param) for endpoint, param, _, grpc_edge in ROWS if grpc_edge != "—"} == set(GRPC)
-    assert all(rest in ("supported", "refused") and grpc_edge in ("supported", "refused", "—") for *_, rest, grpc_edge in ROWS)
+    assert all(
+        rest in ("supported", "refused") and grpc_edge in ("supported", "refused", "—") for *_, rest, grpc_edge in ROWS
+    )
 
 
 def _stored_response(base_url: str, headers: dict) -> str:
@@ -160,7 +170,9 @@ def test_rest(base_url, headers, endpoint, param, rest, grpc_edge):
     if body is None:
         response = httpx.get(f"{base_url}{path}", headers=headers, timeout=60)
     else:
-        response = httpx.post(f"{base_url}{path}", json={k: v for k, v in body.items() if v is not None}, headers=headers, timeout=120)
+        response = httpx.post(
+            f"{base_url}{path}", json={k: v for k, v in body.items() if v is not None}, headers=headers, timeout=120
+        )
     if rest == "supported":
         assert response.status_code == 200, response.text
         return

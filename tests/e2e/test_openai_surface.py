@@ -113,7 +113,13 @@ def test_several_answers_and_their_usage(client):
     assert three.usage.prompt_tokens == one.usage.prompt_tokens
     assert three.usage.completion_tokens > max(1, one.usage.completion_tokens)
     stream = client.chat.completions.create(
-        model=SMALL, messages=FRANCE, max_tokens=8, temperature=1, n=2, stream=True, stream_options={"include_usage": True}
+        model=SMALL,
+        messages=FRANCE,
+        max_tokens=8,
+        temperature=1,
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     texts, finished, usage = {0: "", 1: ""}, set(), None
     for chunk in stream:
@@ -195,12 +201,22 @@ def test_tool_calls_stream_in_openais_deltas_and_results_go_back_in(client):
     jsonschema.validate(json.loads(calls[0]["arguments"]), WEATHER["function"]["parameters"])
     conversation = [
         *ask,
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": calls[0]["id"], "type": "function", "function": {"name": "get_weather", "arguments": calls[0]["arguments"]}}
-        ]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": calls[0]["id"],
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": calls[0]["arguments"]},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": calls[0]["id"], "content": '{"temperature": 21, "sky": "sunny"}'},
     ]
-    answer = client.chat.completions.create(model=SMOL, messages=conversation, tools=[WEATHER], tool_choice="none", max_tokens=24)
+    answer = client.chat.completions.create(
+        model=SMOL, messages=conversation, tools=[WEATHER], tool_choice="none", max_tokens=24
+    )
     assert answer.choices[0].finish_reason in ("stop", "length") and answer.choices[0].message.content
 
 
@@ -248,7 +264,8 @@ def test_stop_max_completion_tokens_and_seed(client, gateway_stub, metadata):
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "stop" in refused.value.details().lower()
     seeded = [
         client.chat.completions.create(model=SMOL, messages=FRANCE, max_tokens=16, temperature=1, seed=seed)
-        .choices[0].message.content
+        .choices[0]
+        .message.content
         for seed in (7, 7, 8)
     ]
     assert seeded[0] == seeded[1]
@@ -258,7 +275,9 @@ def test_grpc_edge_carries_choices_logprobs_and_tools(gateway_stub, metadata):
     ask = [common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=FRANCE[0]["content"])]
     reply = gateway_stub.Chat(
         gateway_pb2.ChatRequest(
-            model=SMOL, messages=ask, sampling=common_pb2.SamplingParams(max_tokens=12, temperature=1, seed=5, n=2, top_logprobs=2)
+            model=SMOL,
+            messages=ask,
+            sampling=common_pb2.SamplingParams(max_tokens=12, temperature=1, seed=5, n=2, top_logprobs=2),
         ),
         timeout=60,
         metadata=metadata,
@@ -266,7 +285,9 @@ def test_grpc_edge_carries_choices_logprobs_and_tools(gateway_stub, metadata):
     assert [c.index for c in reply.choices] == [0, 1]
     assert all("".join(e.token for e in c.logprobs) == c.text for c in reply.choices)
     tool = common_pb2.Tool(
-        name="get_weather", description="Current weather in a city", parameters_json=json.dumps(WEATHER["function"]["parameters"])
+        name="get_weather",
+        description="Current weather in a city",
+        parameters_json=json.dumps(WEATHER["function"]["parameters"]),
     )
     called = gateway_stub.Chat(
         gateway_pb2.ChatRequest(
@@ -281,7 +302,9 @@ def test_grpc_edge_carries_choices_logprobs_and_tools(gateway_stub, metadata):
     )
     assert called.choices[0].finish_reason == common_pb2.FINISH_REASON_TOOL_CALLS
     jsonschema.validate(json.loads(called.choices[0].tool_calls[0].arguments), WEATHER["function"]["parameters"])
-    models = {m.id: m for m in gateway_stub.ListModels(gateway_pb2.ListModelsRequest(), timeout=10, metadata=metadata).models}
+    models = {
+        m.id: m for m in gateway_stub.ListModels(gateway_pb2.ListModelsRequest(), timeout=10, metadata=metadata).models
+    }
     assert models[SMOL].context_length == 2048 and models[EMBEDDER].dimensions == 384
 
 
@@ -312,11 +335,15 @@ def test_embeddings_from_the_model_on_triton_tell_paraphrases_apart(client, gate
     pairs = [similarity[2 * i, 2 * i + 1] for i in range(len(PARAPHRASES))]
     unrelated = [similarity[i, j] for i in range(len(texts)) for j in range(len(texts)) if i // 2 != j // 2]
     with capsys.disabled():
-        print(f"\nembeddings: paraphrase cosine {np.mean(pairs):.2f} (min {min(pairs):.2f}), unrelated {np.mean(unrelated):.2f} (max {max(unrelated):.2f})")
+        print(
+            f"\nembeddings: paraphrase cosine {np.mean(pairs):.2f} (min {min(pairs):.2f}), unrelated {np.mean(unrelated):.2f} (max {max(unrelated):.2f})"
+        )
     assert min(pairs) > max(unrelated)
     floats = client.embeddings.create(model=EMBEDDER, input=texts[0], encoding_format="float")
     assert np.allclose(floats.data[0].embedding, vectors[0], atol=1e-5)
-    grpc_result = gateway_stub.Embed(gateway_pb2.EmbedRequest(model=EMBEDDER, inputs=[texts[0]]), timeout=30, metadata=metadata)
+    grpc_result = gateway_stub.Embed(
+        gateway_pb2.EmbedRequest(model=EMBEDDER, inputs=[texts[0]]), timeout=30, metadata=metadata
+    )
     assert np.allclose(grpc_result.embeddings[0].values, vectors[0], atol=1e-5)
     with pytest.raises(openai.BadRequestError) as raised:
         client.embeddings.create(model=EMBEDDER, input="x", dimensions=128)
@@ -335,14 +362,18 @@ def test_moderations_are_the_platforms_own_guard(client, gateway_stub, metadata)
     result = client.moderations.create(input=texts)
     assert [r.flagged for r in result.results] == [False, True, True]
     categories = [r.categories.model_dump() for r in result.results]
-    assert categories[1]["prompt_injection"] and categories[2]["pii"] and not any(v for v in categories[0].values() if v)
+    assert (
+        categories[1]["prompt_injection"] and categories[2]["pii"] and not any(v for v in categories[0].values() if v)
+    )
     assert 0 <= result.results[0].category_scores.model_dump()["profanity"] < 0.5
     grpc_result = gateway_stub.Moderate(gateway_pb2.ModerateRequest(inputs=texts), timeout=30, metadata=metadata)
     assert [r.flagged for r in grpc_result.results] == [False, True, True]
 
 
 def test_responses_with_previous_response_id_per_tenant(client, base_url, stack):
-    first = client.responses.create(model=SMOL, input="What is the capital of France?", max_output_tokens=32, temperature=0)
+    first = client.responses.create(
+        model=SMOL, input="What is the capital of France?", max_output_tokens=32, temperature=0
+    )
     assert "Paris" in first.output_text and first.status == "completed" and first.usage.output_tokens > 0
     follow = client.responses.create(
         model=SMOL, input="And of Italy?", previous_response_id=first.id, max_output_tokens=32, temperature=0
@@ -353,10 +384,24 @@ def test_responses_with_previous_response_id_per_tenant(client, base_url, stack)
     with pytest.raises(openai.BadRequestError) as raised:
         stranger.responses.create(model=SMOL, input="x", previous_response_id=first.id)
     assert raised.value.body["param"] == "previous_response_id"
-    events = list(client.responses.create(model=SMOL, input="What is the capital of France?", max_output_tokens=32, temperature=0, stream=True))
+    events = list(
+        client.responses.create(
+            model=SMOL, input="What is the capital of France?", max_output_tokens=32, temperature=0, stream=True
+        )
+    )
     kinds = [event.type for event in events]
-    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
-    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     deltas = "".join(event.delta for event in events if event.type == "response.output_text.delta")
     assert deltas == events[-1].response.output_text == first.output_text
 
@@ -370,11 +415,18 @@ def test_anthropic_messages(base_url, api_key):
         streamed = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert streamed == message.content[0].text and final.stop_reason == "end_turn"
-    stopped = client.messages.create(model=SMOL, max_tokens=32, messages=FRANCE, stop_sequences=["Paris"], extra_body=greedy)
+    stopped = client.messages.create(
+        model=SMOL, max_tokens=32, messages=FRANCE, stop_sequences=["Paris"], extra_body=greedy
+    )
     assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == "Paris"
     with pytest.raises(anthropic.BadRequestError) as raised:
-        client.messages.create(model=SMOL, max_tokens=8, messages=FRANCE, tools=[{"name": "t", "input_schema": {"type": "object"}}])
-    assert raised.value.body["error"]["type"] == "invalid_request_error" and "tools" in raised.value.body["error"]["message"]
+        client.messages.create(
+            model=SMOL, max_tokens=8, messages=FRANCE, tools=[{"name": "t", "input_schema": {"type": "object"}}]
+        )
+    assert (
+        raised.value.body["error"]["type"] == "invalid_request_error"
+        and "tools" in raised.value.body["error"]["message"]
+    )
     with pytest.raises(anthropic.AuthenticationError):
         anthropic.Anthropic(base_url=base_url, api_key="llmesh-nope", max_retries=0).messages.create(
             model=SMOL, max_tokens=8, messages=FRANCE

@@ -25,8 +25,13 @@ CHAT_URL = "/v1/chat/completions"
 
 
 def _chat(base_url, headers, content, **extra):
-    body = {"model": "llmesh-small", "messages": [{"role": "user", "content": content}], "max_tokens": 16,
-            "temperature": 0, **extra}
+    body = {
+        "model": "llmesh-small",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 16,
+        "temperature": 0,
+        **extra,
+    }
     return httpx.post(f"{base_url}{CHAT_URL}", json=body, headers=headers, timeout=60)
 
 
@@ -99,8 +104,13 @@ def test_pii_in_the_prompt_is_redacted_before_the_model_sees_it(stack, base_url,
 
 # -- mid-stream output blocking ----------------------------------------------------------------
 
-PROMPT = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "What does json.dumps do?"}],
-          "max_tokens": 48, "temperature": 0, "stream": True}
+PROMPT = {
+    "model": "smollm2-135m-instruct",
+    "messages": [{"role": "user", "content": "What does json.dumps do?"}],
+    "max_tokens": 48,
+    "temperature": 0,
+    "stream": True,
+}
 
 
 def _stream(base_url, headers):
@@ -246,8 +256,19 @@ def test_audit_chain_verifies_and_names_tampered_records(stack, base_url, header
         if ids <= {r["request_id"] for r in mine} or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    assert mine and {"time", "request_id", "model", "route_reason", "safety", "usage", "latency_ms",
-                     "experiments", "prev", "hash", "seq"} <= set(mine[-1])
+    assert mine and {
+        "time",
+        "request_id",
+        "model",
+        "route_reason",
+        "safety",
+        "usage",
+        "latency_ms",
+        "experiments",
+        "prev",
+        "hash",
+        "seq",
+    } <= set(mine[-1])
     assert any("[EMAIL]" in r.get("prompt", "") for r in mine)
     assert not any("li.si@example.com" in json.dumps(r) for r in records)
     assert _verify("--redis-url", redis_url).exit_code == 0

@@ -104,7 +104,12 @@ def test_a_prompt_and_max_tokens_beyond_the_context_is_a_400_naming_the_limit(ba
     for _ in range(12):
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(model=SMOL, messages=FRANCE, max_tokens=4_294_967_295)
-    assert "Paris" in client.chat.completions.create(model=SMOL, messages=FRANCE, max_tokens=32, temperature=0).choices[0].message.content
+    assert (
+        "Paris"
+        in client.chat.completions.create(model=SMOL, messages=FRANCE, max_tokens=32, temperature=0)
+        .choices[0]
+        .message.content
+    )
 
 
 def test_openai_client_unmodified(base_url, api_key):
@@ -250,6 +255,8 @@ def test_one_request_is_one_trace_across_every_hop(stack, base_url, headers, str
         edges = service_edges(spans)
         if edges >= EXPECTED_EDGES:
             break
-    assert edges >= EXPECTED_EDGES, f"missing edges {EXPECTED_EDGES - edges}; spans: {[(s['service'], s['name']) for s in spans]}"
+    assert edges >= EXPECTED_EDGES, (
+        f"missing edges {EXPECTED_EDGES - edges}; spans: {[(s['service'], s['name']) for s in spans]}"
+    )
     # Triton's own compute step is inside the same trace.
     assert any(s["service"] == "triton" and s["name"] == "compute" for s in spans)

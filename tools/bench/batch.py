@@ -63,7 +63,12 @@ async def _interactive(http: httpx.AsyncClient, clients: int, stop: asyncio.Even
 async def _batch(http: httpx.AsyncClient, lines: int, max_tokens: int, label: str) -> dict:
     """Runs one batch of ``lines`` requests; its lines per second from start to finish."""
     requests = [
-        {"custom_id": f"{label}-{i}", "method": "POST", "url": "/v1/chat/completions", "body": _chat_body(i, max_tokens)}
+        {
+            "custom_id": f"{label}-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": _chat_body(i, max_tokens),
+        }
         for i in range(lines)
     ]
     content = "\n".join(json.dumps(request) for request in requests).encode()
@@ -138,10 +143,18 @@ def table(result: dict) -> Table:
     table.add_column("value", justify="right")
     for label, key in (("batch alone", "batch_alone"), ("batch during interactive", "batch_with_interactive")):
         batch = result[key]
-        table.add_row(f"{label}: lines/s", f"{batch['lines_per_second']:.1f} ({batch['completed']} ok, {batch['failed']} failed)")
-    for label, key in (("interactive alone", "interactive_alone"), ("interactive during batch", "interactive_during_batch")):
+        table.add_row(
+            f"{label}: lines/s", f"{batch['lines_per_second']:.1f} ({batch['completed']} ok, {batch['failed']} failed)"
+        )
+    for label, key in (
+        ("interactive alone", "interactive_alone"),
+        ("interactive during batch", "interactive_during_batch"),
+    ):
         figures = result[key]
-        table.add_row(f"{label}: p50 / p99 ms", f"{figures['p50_ms']:.0f} / {figures['p99_ms']:.0f} ({figures['requests']} requests)")
+        table.add_row(
+            f"{label}: p50 / p99 ms",
+            f"{figures['p50_ms']:.0f} / {figures['p99_ms']:.0f} ({figures['requests']} requests)",
+        )
     table.add_row("p99 during batch / alone (target <= 1.5)", f"{result['p99_ratio']:.2f}")
     return table
 

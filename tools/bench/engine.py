@@ -205,8 +205,14 @@ async def run(
                 ttfts = [s.ttft_s for s in streams]
                 levels.append(
                     Level(
-                        model, name, concurrency, len(streams), sum(s.completion_tokens for s in streams), round(wall, 3),
-                        _percentile_ms(ttfts, 0.5), _percentile_ms(ttfts, 0.9),
+                        model,
+                        name,
+                        concurrency,
+                        len(streams),
+                        sum(s.completion_tokens for s in streams),
+                        round(wall, 3),
+                        _percentile_ms(ttfts, 0.5),
+                        _percentile_ms(ttfts, 0.9),
                     )
                 )
     return levels
@@ -224,11 +230,15 @@ def summary(levels: list[Level]) -> dict[str, Any]:
         for path in ("direct", "gateway"):
             if (model, path, low) in by_key and (model, path, high) in by_key:
                 base = by_key[(model, path, low)].tokens_per_s
-                entry[f"{path}_scaling_{high}_over_{low}"] = round(by_key[(model, path, high)].tokens_per_s / base, 2) if base else None
+                entry[f"{path}_scaling_{high}_over_{low}"] = (
+                    round(by_key[(model, path, high)].tokens_per_s / base, 2) if base else None
+                )
         entry["gateway_share_of_direct"] = {
             str(c): round(by_key[(model, "gateway", c)].tokens_per_s / by_key[(model, "direct", c)].tokens_per_s, 3)
             for c in concurrencies
-            if (model, "gateway", c) in by_key and (model, "direct", c) in by_key and by_key[(model, "direct", c)].tokens_per_s
+            if (model, "gateway", c) in by_key
+            and (model, "direct", c) in by_key
+            and by_key[(model, "direct", c)].tokens_per_s
         }
         out[model] = entry
     return out
@@ -252,7 +262,11 @@ def plot(levels: list[Level], path: Path) -> Path:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for model in models:
         for route, style in (("direct", "-o"), ("gateway", "--s")):
-            points = sorted((lv.concurrency, lv.tokens_per_s, lv.ttft_p50_ms) for lv in levels if lv.model == model and lv.path == route)
+            points = sorted(
+                (lv.concurrency, lv.tokens_per_s, lv.ttft_p50_ms)
+                for lv in levels
+                if lv.model == model and lv.path == route
+            )
             if not points:
                 continue
             xs = [p[0] for p in points]

@@ -174,7 +174,7 @@ async def closed_loop(one: One, concurrency: int, requests: int) -> tuple[list[S
             index, next_index = next_index, next_index + 1
             try:
                 done.append(await one(index))
-            except Exception:  # noqa: BLE001 - a failure is a figure of the level, not the end of the run
+            except Exception:
                 errors += 1
 
     started = time.perf_counter()
@@ -188,11 +188,21 @@ def level(
     latencies = [s.latency_s for s in streams]
     gaps = [gap for s in streams for gap in s.gaps_s]
     return Level(
-        phase, path, model, kind, concurrency, len(streams), errors, round(wall, 3),
-        percentile_ms(latencies, 0.5), percentile_ms(latencies, 0.9), percentile_ms(latencies, 0.99),
-        percentile_ms([s.ttft_s for s in streams], 0.5), percentile_ms(gaps, 0.5),
+        phase,
+        path,
+        model,
+        kind,
+        concurrency,
+        len(streams),
+        errors,
+        round(wall, 3),
+        percentile_ms(latencies, 0.5),
+        percentile_ms(latencies, 0.9),
+        percentile_ms(latencies, 0.99),
+        percentile_ms([s.ttft_s for s in streams], 0.5),
+        percentile_ms(gaps, 0.5),
         sum(s.completion_tokens for s in streams),
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)
@@ -219,9 +229,13 @@ def steps(plan: Plan, full: bool) -> int:
 
 
 async def measure_phase(
-    phase: str, endpoints: Endpoints, models: Sequence[Any], plan: Plan, full: bool,
+    phase: str,
+    endpoints: Endpoints,
+    models: Sequence[Any],
+    plan: Plan,
+    full: bool,
     progress: Callable[[str], None] = lambda step: None,
-) -> tuple[list[Level], list[str]]:  # fmt: skip
+) -> tuple[list[Level], list[str]]:
     """One stack's levels, and the trace ids of its REST unary requests to the fixed model at
     concurrency 1 (for the per-hop breakdown). ``full``: every path, model, the streaming and
     the cache levels; else only direct and REST unary to the fixed model (the tracing-off phase)."""
@@ -308,9 +322,21 @@ def profile(pid: int, seconds: float, out: Path) -> dict[str, Any]:
     collapsed stacks to ``out`` and the functions holding the most samples, own and inclusive."""
     # The venv's own py-spy (its bin/ need not be on PATH).
     beside = Path(sys.executable).parent / "py-spy"
-    command = [str(beside) if beside.exists() else "py-spy", "record", "--pid", str(pid),
-               "--duration", str(int(seconds)), "--rate", "200", "--format", "raw", "--output", str(out),
-               "--nonblocking"]  # fmt: skip
+    command = [
+        str(beside) if beside.exists() else "py-spy",
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(seconds)),
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--nonblocking",
+    ]
     try:
         finished = subprocess.run(command, capture_output=True, text=True, check=False)
     except FileNotFoundError:
@@ -351,7 +377,7 @@ async def profile_under_load(
         while not sampling.done():
             try:
                 await one(0)
-            except Exception:  # noqa: BLE001 - load only; the profile is the result
+            except Exception:
                 await asyncio.sleep(0.01)
 
     try:
@@ -372,14 +398,18 @@ _ACTIVITIES = (
     ("OpenTelemetry spans in the request", ("trace/__init__.py", "asgi/__init__.py", "grpc/_client.py", "_asgi.py")),
     ("protobuf messages", ("protobuf/", "message.py", "_pb2")),
     ("request validation (pydantic)", ("pydantic", "openai_schema.py")),
-    ("HTTP server and framework (uvicorn, Starlette, FastAPI)",
-     ("uvicorn/", "starlette/", "fastapi/", "httptools", "middleware/", "routing.py")),
+    (
+        "HTTP server and framework (uvicorn, Starlette, FastAPI)",
+        ("uvicorn/", "starlette/", "fastapi/", "httptools", "middleware/", "routing.py"),
+    ),
     # With uvloop the loop itself is C: its samples end in the frame that started it.
-    ("event loop and sockets (waiting included)",
-     ("selectors.py", "selector_events.py", "base_events.py", "events.py", "socket.py", "runners.py", "__main__.py")),
+    (
+        "event loop and sockets (waiting included)",
+        ("selectors.py", "selector_events.py", "base_events.py", "events.py", "socket.py", "runners.py", "__main__.py"),
+    ),
     ("gateway code (pipeline, guard, formats, edges)", ("gateway/",)),
     ("JSON", ("json/",)),
-)  # fmt: skip
+)
 
 
 def breakdown(raw: Path) -> list[dict[str, Any]]:
@@ -430,7 +460,11 @@ def summary(levels: Sequence[Level]) -> dict[str, Any]:
             continue
         added.append(
             {
-                "phase": lv.phase, "path": lv.path, "model": lv.model, "kind": lv.kind, "concurrency": lv.concurrency,
+                "phase": lv.phase,
+                "path": lv.path,
+                "model": lv.model,
+                "kind": lv.kind,
+                "concurrency": lv.concurrency,
                 "added_p50_ms": round(lv.p50_ms - base.p50_ms, 2),
                 "added_p90_ms": round(lv.p90_ms - base.p90_ms, 2),
                 "added_p99_ms": round(lv.p99_ms - base.p99_ms, 2),
@@ -440,7 +474,7 @@ def summary(levels: Sequence[Level]) -> dict[str, Any]:
                 "added_gap_p50_ms": round(lv.gap_p50_ms - base.gap_p50_ms, 2),
                 "tokens_per_s_share": round(lv.tokens_per_s / base.tokens_per_s, 3) if base.tokens_per_s else None,
             }
-        )  # fmt: skip
+        )
     tracing = []
     for lv in levels:
         off = by.get(("tracing off", lv.path, lv.model, lv.kind, lv.concurrency))
@@ -448,12 +482,15 @@ def summary(levels: Sequence[Level]) -> dict[str, Any]:
             continue
         tracing.append(
             {
-                "path": lv.path, "concurrency": lv.concurrency,
-                "req_per_s_on": lv.req_per_s, "req_per_s_off": off.req_per_s,
+                "path": lv.path,
+                "concurrency": lv.concurrency,
+                "req_per_s_on": lv.req_per_s,
+                "req_per_s_off": off.req_per_s,
                 "throughput_cost": round(1 - lv.req_per_s / off.req_per_s, 3) if off.req_per_s else None,
-                "p99_on_ms": lv.p99_ms, "p99_off_ms": off.p99_ms,
+                "p99_on_ms": lv.p99_ms,
+                "p99_off_ms": off.p99_ms,
             }
-        )  # fmt: skip
+        )
     cache = {}
     hit = by.get(("tracing on", "rest", FIXED_MODEL, "cache-hit", 1))
     miss = by.get(("tracing on", "rest", FIXED_MODEL, "cache-miss", 1))
@@ -463,8 +500,11 @@ def summary(levels: Sequence[Level]) -> dict[str, Any]:
         cache["replay_p50_ms"] = replay.p50_ms
     if hit and miss:
         cache |= {
-            "hit_p50_ms": hit.p50_ms, "hit_p99_ms": hit.p99_ms, "miss_p50_ms": miss.p50_ms, "miss_p99_ms": miss.p99_ms,
-        }  # fmt: skip
+            "hit_p50_ms": hit.p50_ms,
+            "hit_p99_ms": hit.p99_ms,
+            "miss_p50_ms": miss.p50_ms,
+            "miss_p99_ms": miss.p99_ms,
+        }
     return {"added": added, "tracing": tracing, "cache": cache}
 
 
@@ -480,17 +520,27 @@ def markdown(result: dict[str, Any]) -> str:
     """The report as markdown tables (docs/PERFORMANCE.md quotes them)."""
     settings = {k: v for k, v in result.items() if k in ("plan", "prompt")}
     lines = ["# llmesh bench mesh", "", f"`{json.dumps(settings)}`", ""]
-    lines += ["## Levels", "", "| phase | path | model | kind | conc. | requests | errors | p50 ms | p90 ms"
-              " | p99 ms | req/s | TTFT p50 ms | gap p50 ms | tokens/s |", "|" + " --- |" * 14]  # fmt: skip
+    lines += [
+        "## Levels",
+        "",
+        "| phase | path | model | kind | conc. | requests | errors | p50 ms | p90 ms"
+        " | p99 ms | req/s | TTFT p50 ms | gap p50 ms | tokens/s |",
+        "|" + " --- |" * 14,
+    ]
     for lv in result["levels"]:
         lines.append(
             f"| {lv['phase']} | {lv['path']} | {lv['model']} | {lv['kind']} | {lv['concurrency']} | {lv['requests']} "
             f"| {lv['errors']} | {lv['p50_ms']} | {lv['p90_ms']} | {lv['p99_ms']} | {lv['req_per_s']} "
             f"| {lv['ttft_p50_ms']} | {lv['gap_p50_ms']} | {lv['tokens_per_s']} |"
         )
-    lines += ["", "## Against direct Triton (same phase, same run)", "",
-              "| phase | path | model | kind | conc. | +p50 ms | +p90 ms | +p99 ms | p99 × | throughput share"
-              " | +TTFT p50 ms | +gap p50 ms | tokens/s share |", "|" + " --- |" * 13]  # fmt: skip
+    lines += [
+        "",
+        "## Against direct Triton (same phase, same run)",
+        "",
+        "| phase | path | model | kind | conc. | +p50 ms | +p90 ms | +p99 ms | p99 × | throughput share"
+        " | +TTFT p50 ms | +gap p50 ms | tokens/s share |",
+        "|" + " --- |" * 13,
+    ]
     for row in result["summary"]["added"]:
         lines.append(
             f"| {row['phase']} | {row['path']} | {row['model']} | {row['kind']} | {row['concurrency']} "
@@ -499,8 +549,13 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {row['tokens_per_s_share']} |"
         )
     if result["summary"]["tracing"]:
-        lines += ["", "## Tracing on vs off", "", "| path | conc. | req/s on | req/s off | throughput cost | p99 on ms"
-                  " | p99 off ms |", "|" + " --- |" * 7]  # fmt: skip
+        lines += [
+            "",
+            "## Tracing on vs off",
+            "",
+            "| path | conc. | req/s on | req/s off | throughput cost | p99 on ms | p99 off ms |",
+            "|" + " --- |" * 7,
+        ]
         for row in result["summary"]["tracing"]:
             lines.append(
                 f"| {row['path']} | {row['concurrency']} | {row['req_per_s_on']} | {row['req_per_s_off']} "
@@ -508,21 +563,39 @@ def markdown(result: dict[str, Any]) -> str:
             )
     if result["summary"]["cache"]:
         c = result["summary"]["cache"]
-        lines += ["", "## Response cache (REST unary, concurrency 1)", "", "| | p50 ms | p99 ms |",
-                  "| --- | --- | --- |",
-                  f"| hit | {c.get('hit_p50_ms')} | {c.get('hit_p99_ms')} |",
-                  f"| miss | {c.get('miss_p50_ms')} | {c.get('miss_p99_ms')} |"]  # fmt: skip
+        lines += [
+            "",
+            "## Response cache (REST unary, concurrency 1)",
+            "",
+            "| | p50 ms | p99 ms |",
+            "| --- | --- | --- |",
+            f"| hit | {c.get('hit_p50_ms')} | {c.get('hit_p99_ms')} |",
+            f"| miss | {c.get('miss_p50_ms')} | {c.get('miss_p99_ms')} |",
+        ]
         if "replay_hit_rate" in c:
             plan = result["plan"]
-            lines += ["", f"Replayed workload ({plan['cache_requests']} requests drawn from {plan['replay_questions']}"
-                      f" questions, cold cache): hit rate {c['replay_hit_rate']:.1%}, p50 {c['replay_p50_ms']} ms."]
+            lines += [
+                "",
+                f"Replayed workload ({plan['cache_requests']} requests drawn from {plan['replay_questions']}"
+                f" questions, cold cache): hit rate {c['replay_hit_rate']:.1%}, p50 {c['replay_p50_ms']} ms.",
+            ]
     if result.get("hops"):
-        lines += ["", "## Where the time goes: spans of REST unary requests at concurrency 1 (median)", "",
-                  "| process | span | count | p50 ms |", "| --- | --- | --- | --- |"]  # fmt: skip
+        lines += [
+            "",
+            "## Where the time goes: spans of REST unary requests at concurrency 1 (median)",
+            "",
+            "| process | span | count | p50 ms |",
+            "| --- | --- | --- | --- |",
+        ]
         lines += [f"| {h['service']} | {h['span']} | {h['count']} | {h['p50_ms']} |" for h in result["hops"]]
     if result.get("profile", {}).get("inclusive_top"):
-        lines += ["", f"## Gateway profile (py-spy, {result['profile']['samples']} samples, REST unary load)", "",
-                  "| activity | share of samples % |", "| --- | --- |"]  # fmt: skip
+        lines += [
+            "",
+            f"## Gateway profile (py-spy, {result['profile']['samples']} samples, REST unary load)",
+            "",
+            "| activity | share of samples % |",
+            "| --- | --- |",
+        ]
         lines += [f"| {row['activity']} | {row['pct']} |" for row in result["profile"].get("breakdown", [])]
         lines += ["", "| frame | inclusive % |", "| --- | --- |"]
         lines += [f"| `{row['frame']}` | {row['pct']} |" for row in result["profile"]["inclusive_top"]]

@@ -40,7 +40,12 @@ class Answer:
 
 def _body(model: str = FAST_MODEL, max_tokens: int = 8, stream: bool = False) -> dict:
     content = "Name a colour."
-    return {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "stream": stream}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
 
 
 async def chat(http: httpx.AsyncClient, headers: dict | None = None, timeout_s: float = 30.0) -> Answer:
@@ -53,7 +58,9 @@ async def chat(http: httpx.AsyncClient, headers: dict | None = None, timeout_s: 
     return Answer(response.status_code, code, time.perf_counter() - started)
 
 
-async def load(http: httpx.AsyncClient, clients: int, seconds: float, pause_after_refusal_s: float = 0.05) -> list[Answer]:
+async def load(
+    http: httpx.AsyncClient, clients: int, seconds: float, pause_after_refusal_s: float = 0.05
+) -> list[Answer]:
     """Closed-loop clients for ``seconds``; a refused client pauses briefly before its next try."""
     answers: list[Answer] = []
     stop_at = time.monotonic() + seconds
@@ -373,10 +380,7 @@ async def sigterm_gateway(stack: ChaosStack, streams: int = MAX_CONCURRENT) -> l
         recovered = await serving_again(http, stopped, timeout_s=60.0) if restarted else None
     failed = sum(not ok for ok, _ in completed)
     past = min(ended for _, ended in completed) - stopped
-    if past < 0:
-        failed_before = "; a stream ended before the SIGTERM"
-    else:
-        failed_before = ""
+    failed_before = "; a stream ended before the SIGTERM" if past < 0 else ""
     return [
         Row(
             "SIGTERM gateway with streams in flight",

@@ -52,11 +52,16 @@ class ChaosStack:
             "LLMESH_SHUTDOWN_NOTICE_S": "0.5",
         }
         llmesh = Path(sys.executable).with_name("llmesh")
-        self.out = open(self.run_dir / "llmesh-up.log", "wb")
-        self.proc = subprocess.Popen(
-            [str(llmesh), "up", "--free-ports", "--run-dir", str(self.run_dir), "--replicas", "inference=2"],
-            env=env, stdout=self.out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+        # The child keeps its own copy of the descriptor.
+        with open(self.run_dir / "llmesh-up.log", "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(llmesh), "up", "--free-ports", "--run-dir", str(self.run_dir), "--replicas", "inference=2"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -76,7 +81,6 @@ class ChaosStack:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self.out.close()
 
     def log(self) -> str:
         return (self.run_dir / "llmesh-up.log").read_text(errors="replace")

@@ -30,8 +30,6 @@ def _messages(content: str = "hi") -> list[common_pb2.ChatMessage]:
     return [common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=content)]
 
 
-
-
 async def _edge(settings, port_out=None):
     """The gateway's gRPC edge on a free port and a stub for it; returns (stub, stop)."""
     service = GatewayService(settings, Pipeline(settings))

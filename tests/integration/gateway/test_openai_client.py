@@ -11,8 +11,6 @@ import uvicorn
 
 from gateway.pipeline import Pipeline
 from gateway.rest import RestServer, create_app
-from mesh.server import start_service
-from mesh.settings import MeshSettings
 from support.fake_upstreams import (
     FAIL_MID_STREAM,
     ROUTE_REASON,
@@ -23,8 +21,6 @@ from support.fake_upstreams import (
 )
 
 HELLO = [{"role": "user", "content": "hi"}]
-
-
 
 
 @pytest.fixture(scope="module")

@@ -54,9 +54,15 @@ def settings(upstream, redis_url, tmp_path):
     url = redis_url.rsplit("/", 1)[0] + "/9"
     redis.Redis.from_url(url).flushdb()
     return gateway_settings(
-        upstream[1], redis_url=url, auth_required=True, rate_limits_enabled=True, audit_enabled=True,
-        audit_dir=tmp_path, response_cache_enabled=True, response_cache_max_entries=3,
-    )  # fmt: skip
+        upstream[1],
+        redis_url=url,
+        auth_required=True,
+        rate_limits_enabled=True,
+        audit_enabled=True,
+        audit_dir=tmp_path,
+        response_cache_enabled=True,
+        response_cache_max_entries=3,
+    )
 
 
 @pytest.fixture
@@ -117,15 +123,17 @@ async def test_no_cache_bypasses_and_a_hit_streams_the_cached_answer(gateway, up
     assert bypass.headers["x-llmesh-cache"] == "bypass" and len(fakes.requests["inference"]) == 2
     async with gateway.stream("POST", CHAT, json=_ask(stream=True, stream_options={"include_usage": True})) as response:
         assert response.headers["x-llmesh-cache"] == "hit"
-        events = [json.loads(line[6:]) for line in [line async for line in response.aiter_lines()]
-                  if line.startswith("data: {")]  # fmt: skip
+        events = [
+            json.loads(line[6:])
+            for line in [line async for line in response.aiter_lines()]
+            if line.startswith("data: {")
+        ]
     deltas = [e["choices"][0]["delta"].get("content", "") for e in events if e["choices"]]
     assert "".join(deltas) == reply_for("llmesh-small") and len([d for d in deltas if d]) > 1
     assert events[-1]["usage"]["completion_tokens"] > 0 and len(fakes.requests["inference"]) == 2
 
 
-async def test_a_streamed_miss_is_stored_for_the_next_request(gateway, upstream):
-    fakes, _ = upstream
+async def test_a_streamed_miss_is_stored_for_the_next_request(gateway):
     async with gateway.stream("POST", CHAT, json=_ask(stream=True)) as response:
         assert response.headers["x-llmesh-cache"] == "miss"
         await response.aread()
@@ -190,9 +198,14 @@ async def semantic(redis_url, tmp_path):
     url = redis_url.rsplit("/", 1)[0] + "/10"
     redis.Redis.from_url(url).flushdb()
     settings = gateway_settings(
-        f"127.0.0.1:{running.port}", redis_url=url, auth_required=True, audit_dir=tmp_path,
-        response_cache_enabled=True, semantic_cache_tenants=["acme"], semantic_cache_min_similarity=0.99,
-    )  # fmt: skip
+        f"127.0.0.1:{running.port}",
+        redis_url=url,
+        auth_required=True,
+        audit_dir=tmp_path,
+        response_cache_enabled=True,
+        semantic_cache_tenants=["acme"],
+        semantic_cache_min_similarity=0.99,
+    )
     tenancy = Tenancy(settings)
     keys = {tenant: (await tenancy.create_key(tenant))[0] for tenant in ("acme", "other")}
     pipeline = Pipeline(settings)

@@ -30,10 +30,6 @@ CHAT = "/v1/chat/completions"
 HELLO = {"messages": [{"role": "user", "content": "hi"}]}
 
 
-
-
-
-
 async def _client(settings):
     pipeline = Pipeline(settings)
     transport = httpx.ASGITransport(app=create_app(settings, pipeline))
@@ -131,7 +127,13 @@ async def test_completions(client):
 async def test_models_list(client):
     body = (await client.get("/v1/models")).json()
     assert body["object"] == "list"
-    assert [model["id"] for model in body["data"]] == ["smollm2-student", "smollm2-135m-instruct", "llmesh-small", "all-minilm-l6-v2", "auto"]
+    assert [model["id"] for model in body["data"]] == [
+        "smollm2-student",
+        "smollm2-135m-instruct",
+        "llmesh-small",
+        "all-minilm-l6-v2",
+        "auto",
+    ]
     assert {model["object"] for model in body["data"]} == {"model"}
     by_id = {model["id"]: model for model in body["data"]}
     smol = by_id["smollm2-135m-instruct"]
@@ -296,7 +298,9 @@ async def test_body_shorter_than_content_length_is_408_not_a_hang(upstreams):
     settings = gateway_settings(upstreams[1], body_read_timeout_s=0.5)
     pipeline = Pipeline(settings)
     port = free_port()
-    server = RestServer(uvicorn.Config(create_app(settings, pipeline), host="127.0.0.1", port=port, log_level="warning"))
+    server = RestServer(
+        uvicorn.Config(create_app(settings, pipeline), host="127.0.0.1", port=port, log_level="warning")
+    )
     serving = asyncio.create_task(server.serve())
     try:
         while not server.started:

@@ -24,8 +24,14 @@ class RoutingUpstreams(FakeUpstreams):
     async def Route(self, request, context):
         self.requests["router"].append(request)
         if BROKE in request.prompts[0].text:
-            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "budget spent", "BUDGET_EXHAUSTED",
-                        tenant="t", retry_after_s="120")
+            await abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "budget spent",
+                "BUDGET_EXHAUSTED",
+                tenant="t",
+                retry_after_s="120",
+            )
         if request.stream:
             return router_pb2.RouteResponse(model=SMALL, reason="cascade (streaming, no escalation): fake")
         return router_pb2.RouteResponse(

@@ -33,7 +33,9 @@ async def serve():
         upstream = _Upstream(code)
         server, port = create_server("127.0.0.1:0", MeshSettings())
         handler = grpc.unary_unary_rpc_method_handler(upstream.call)
-        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("llmesh.test.v1.Flaky", {"Call": handler})])
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("llmesh.test.v1.Flaky", {"Call": handler})]
+        )
         await server.start()
         servers.append(server)
         return upstream, f"127.0.0.1:{port}"

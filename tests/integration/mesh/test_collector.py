@@ -49,11 +49,23 @@ def test_triton_style_json_export_with_hex_ids(tmp_path):
                 "scopeSpans": [
                     {
                         "spans": [
-                            {"traceId": trace_id, "spanId": root, "parentSpanId": caller, "name": "InferRequest",
-                             "startTimeUnixNano": "1000", "endTimeUnixNano": "9000",
-                             "attributes": [{"key": "triton.model_name", "value": {"stringValue": "llmesh-small"}}]},
-                            {"traceId": trace_id, "spanId": "1111111111111111", "parentSpanId": root,
-                             "name": "compute", "startTimeUnixNano": "2000", "endTimeUnixNano": "8000"},
+                            {
+                                "traceId": trace_id,
+                                "spanId": root,
+                                "parentSpanId": caller,
+                                "name": "InferRequest",
+                                "startTimeUnixNano": "1000",
+                                "endTimeUnixNano": "9000",
+                                "attributes": [{"key": "triton.model_name", "value": {"stringValue": "llmesh-small"}}],
+                            },
+                            {
+                                "traceId": trace_id,
+                                "spanId": "1111111111111111",
+                                "parentSpanId": root,
+                                "name": "compute",
+                                "startTimeUnixNano": "2000",
+                                "endTimeUnixNano": "8000",
+                            },
                         ]
                     }
                 ],

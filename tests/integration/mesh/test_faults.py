@@ -26,7 +26,9 @@ async def _post(upstream_port: int, headers: dict, **settings) -> httpx.Response
     pipeline = Pipeline(settings)
     app = create_app(settings, pipeline)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=10) as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=10
+        ) as client:
             return await client.post(CHAT, json=BODY, headers=headers)
     finally:
         await app.state.guard.close()

@@ -36,7 +36,9 @@ async def replicas():
         fake = _Replica()
         server, port = create_server("127.0.0.1:0", MeshSettings())
         handler = grpc.unary_unary_rpc_method_handler(fake.call)
-        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("llmesh.test.v1.Echo", {"Call": handler})])
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("llmesh.test.v1.Echo", {"Call": handler})]
+        )
         await server.start()
         servers.append(server)
         fakes.append(fake)
@@ -98,4 +100,4 @@ async def test_the_last_serving_replica_is_never_ejected(replicas):
         # Both still get traffic when all are failing: one is ejected, the other serves.
         before = [fake.calls for fake in fakes]
         await _calls(channel, 10)
-        assert sum(fake.calls - b for fake, b in zip(fakes, before)) == 10
+        assert sum(fake.calls - b for fake, b in zip(fakes, before, strict=True)) == 10

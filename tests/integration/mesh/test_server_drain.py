@@ -83,7 +83,9 @@ async def test_the_gateway_finishes_its_sse_stream_after_sigterm():
         "LLMESH_RATE_LIMITS_ENABLED": "false",
         "LLMESH_AUDIT_ENABLED": "false",
     }
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", env=env, stderr=asyncio.subprocess.PIPE)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", env=env, stderr=asyncio.subprocess.PIPE
+    )
     body = {"model": ROUTED_MODEL, "stream": True, "messages": [{"role": "user", "content": f"say it {SLOW_STREAM}"}]}
     try:
         async with httpx.AsyncClient(base_url=f"http://{http_addr}", timeout=15) as http:
@@ -105,7 +107,9 @@ async def test_the_gateway_finishes_its_sse_stream_after_sigterm():
                 events += [line async for line in lines]
         data = [line.removeprefix("data: ") for line in events if line.startswith("data: ")]
         assert data[-1] == "[DONE]"
-        text = "".join(json.loads(d)["choices"][0]["delta"].get("content") or "" for d in data[:-1] if json.loads(d)["choices"])
+        text = "".join(
+            json.loads(d)["choices"][0]["delta"].get("content") or "" for d in data[:-1] if json.loads(d)["choices"]
+        )
         assert text == reply_for(ROUTED_MODEL)
         assert "shutting down" in await _exited_cleanly(process)
     finally:

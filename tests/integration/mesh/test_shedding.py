@@ -52,7 +52,9 @@ async def test_overflow_is_refused_with_resource_exhausted_and_health_answers(sl
     calls = [asyncio.create_task(_outcome(stub.Generate(GENERATE))) for _ in range(3)]
     await asyncio.sleep(0.2)
     health = health_pb2_grpc.HealthStub(build_channel(slow_upstream, MeshSettings()))
-    assert (await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)).status == health_pb2.HealthCheckResponse.SERVING
+    assert (
+        await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+    ).status == health_pb2.HealthCheckResponse.SERVING
     assert sorted(await asyncio.gather(*calls)) == ["ok", "ok", "refused:interactive"]
 
 
@@ -70,7 +72,9 @@ async def _chats(settings, count: int) -> list[httpx.Response]:
     pipeline = Pipeline(settings)
     app = create_app(settings, pipeline)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=10) as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=10
+        ) as client:
             return list(await asyncio.gather(*(client.post(CHAT, json=BODY) for _ in range(count))))
     finally:
         await app.state.guard.close()

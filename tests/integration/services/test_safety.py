@@ -77,7 +77,9 @@ async def test_injection_is_refused(preprocess):
 
 @pytest.fixture(scope="module")
 async def postprocess(tokenizer_dir):
-    settings = PostprocessSettings(models=catalog(tokenizer_dir), default_deadline_s=10, output_moderation_threshold=0.9)
+    settings = PostprocessSettings(
+        models=catalog(tokenizer_dir), default_deadline_s=10, output_moderation_threshold=0.9
+    )
     service = PostprocessService(settings)
     running, channel = await _serve(service, settings, "llmesh.postprocess.v1.PostprocessService")
     yield postprocess_pb2_grpc.PostprocessServiceStub(channel)

@@ -34,7 +34,10 @@ def test_a_killed_process_is_restarted_with_growing_backoff(tmp_path):
         events = _supervise_until(stack, lambda: child.restarts == 1)
         assert time.monotonic() - killed >= RESTART_BACKOFF_FIRST_S
         assert child.proc.pid != first_pid and child.proc.poll() is None
-        assert events == [f"sleeper exited with {-signal.SIGKILL}; restarting in {RESTART_BACKOFF_FIRST_S:g}s", "sleeper restarted (restart 1)"]
+        assert events == [
+            f"sleeper exited with {-signal.SIGKILL}; restarting in {RESTART_BACKOFF_FIRST_S:g}s",
+            "sleeper restarted (restart 1)",
+        ]
 
         # Dead again at once: twice the wait.
         os.kill(child.proc.pid, signal.SIGKILL)

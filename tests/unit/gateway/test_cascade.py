@@ -32,7 +32,9 @@ def test_an_unsure_answer_is_escalated():
 
 def test_the_escalation_goes_to_the_large_model_without_itself_as_fallback():
     prompts = [common_pb2.ModelPrompt(model="llmesh-small", token_ids=[1, 2])]
-    request = inference_pb2.GenerateRequest(model="llmesh-small", fallback_models=["smollm2-135m-instruct"], prompts=prompts)
+    request = inference_pb2.GenerateRequest(
+        model="llmesh-small", fallback_models=["smollm2-135m-instruct"], prompts=prompts
+    )
     escalated = cascade.escalation_request(request, ROUTE)
     assert (escalated.model, list(escalated.fallback_models), list(escalated.prompts)) == (
         "smollm2-135m-instruct",

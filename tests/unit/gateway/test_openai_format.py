@@ -227,7 +227,9 @@ async def test_completion_sse_without_usage():
 async def test_refusal_is_in_the_final_chunk():
     verdict = common_pb2.SafetyVerdict(blocked=True, message="no")
     events = await _events(
-        _stream(StreamChunk(finish_reason=common_pb2.FINISH_REASON_CONTENT_FILTER, verdict=verdict)), ChatFormat(), False
+        _stream(StreamChunk(finish_reason=common_pb2.FINISH_REASON_CONTENT_FILTER, verdict=verdict)),
+        ChatFormat(),
+        False,
     )
     assert events[-2]["choices"][0] == {
         "index": 0,

@@ -19,7 +19,16 @@ def test_header_entries_per_service():
 
 
 @pytest.mark.parametrize(
-    "header", ["inference", "inference:share=1", "inference:abort=OK", "inference:abort=NOPE", "x:delay=-1", "x:delay=1:share=2", "x:wait=1"]
+    "header",
+    [
+        "inference",
+        "inference:share=1",
+        "inference:abort=OK",
+        "inference:abort=NOPE",
+        "x:delay=-1",
+        "x:delay=1:share=2",
+        "x:wait=1",
+    ],
 )
 def test_malformed_headers_are_refused(header):
     with pytest.raises(ValueError):

@@ -101,10 +101,16 @@ async def test_files_list_pages_newest_first(acme):
         (jsonl(line("a", body={"messages": HI, "temperature": 9})), ["Line 1", "'body.temperature'"]),
         (jsonl(line("a", body={"model": "gpt-4o", "messages": HI})), ["Line 1", "gpt-4o", "does not exist"]),
         (jsonl(line("a", body={"messages": HI, "stream": True})), ["Line 1", "'body.stream' is not supported"]),
-        (jsonl(line("a"), line("b", url="/v1/completions", body={"prompt": "x"})), ["Line 2", "a file has one endpoint"]),
+        (
+            jsonl(line("a"), line("b", url="/v1/completions", body={"prompt": "x"})),
+            ["Line 2", "a file has one endpoint"],
+        ),
         (jsonl(*(line(f"n{i}") for i in range(MAX_LINES + 1))), [f"Line {MAX_LINES + 1}", f"more than {MAX_LINES}"]),
         (b"\n\n", ["no requests"]),
-        (b'{"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"prompt": "\xff"}}', ["Line 1", "UTF-8"]),
+        (
+            b'{"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"prompt": "\xff"}}',
+            ["Line 1", "UTF-8"],
+        ),
     ],
     ids=[
         "malformed-json",

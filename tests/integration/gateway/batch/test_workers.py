@@ -155,7 +155,11 @@ async def test_line_failures_and_refusals_land_in_the_right_file(workers, client
         body = {"model": "smollm2-135m-instruct", "prompt": prompt, "max_tokens": 5}
         return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/completions", "body": body})
 
-    lines = [prompt_line("fine", "Once"), prompt_line("broken", f"{FAIL_GENERATE} now"), prompt_line("blocked", BLOCKED_WORD)]
+    lines = [
+        prompt_line("fine", "Once"),
+        prompt_line("broken", f"{FAIL_GENERATE} now"),
+        prompt_line("blocked", BLOCKED_WORD),
+    ]
     batch = await finished(client, (await submit(client, lines, endpoint="/v1/completions")).id)
     assert batch.status == "completed"
     assert batch.request_counts.model_dump() == {"completed": 2, "failed": 1, "total": 3}

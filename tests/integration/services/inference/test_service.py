@@ -28,9 +28,6 @@ ANSWER = [
 ]
 
 
-
-
-
 @pytest.fixture
 async def triton():
     # Every catalog model is loaded (readiness needs all); the tests call SMALL and LARGE.

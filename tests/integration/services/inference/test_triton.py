@@ -52,7 +52,9 @@ async def _serve(service, settings, stub_class):
 @pytest.fixture(scope="module")
 async def inference_server(triton):
     settings = InferenceSettings(
-        triton_grpc_addr=triton.grpc_url, models=[*default_models(), GHOST], default_deadline_s=60,
+        triton_grpc_addr=triton.grpc_url,
+        models=[*default_models(), GHOST],
+        default_deadline_s=60,
         breaker_failure_threshold=2,
     )
     async for stub, port in _serve(InferenceService(settings), settings, inference_pb2_grpc.InferenceServiceStub):
@@ -122,7 +124,9 @@ async def test_fails_over_to_a_model_with_another_tokenizer(inference, prompts):
     response = await inference.Generate(generate_request(prompts, model=GHOST.name, fallbacks=[SMOL]))
     assert response.model == SMOL
     assert "Paris" in decode(SMOL, response.choices[0].token_ids)
-    streamed = [r async for r in inference.GenerateStream(generate_request(prompts, model=GHOST.name, fallbacks=[SMOL]))]
+    streamed = [
+        r async for r in inference.GenerateStream(generate_request(prompts, model=GHOST.name, fallbacks=[SMOL]))
+    ]
     assert {r.model for r in streamed} == {SMOL}
     assert "Paris" in decode(SMOL, [t for r in streamed for t in r.delta.token_ids])
 

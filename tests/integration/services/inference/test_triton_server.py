@@ -30,7 +30,9 @@ def tokenizers():
 
 
 def chat_ids(tokenizer, messages=QUESTION) -> list[int]:
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
 
 
 def _input(name: str, arr: np.ndarray):
@@ -74,7 +76,9 @@ def tokens_of(results, index=0) -> list[int]:
 
 
 def finish_of(results, index=0) -> str:
-    return next(r.as_numpy("finish_reason").tobytes().decode() for r in reversed(results) if r.as_numpy("index")[0] == index)
+    return next(
+        r.as_numpy("finish_reason").tobytes().decode() for r in reversed(results) if r.as_numpy("index")[0] == index
+    )
 
 
 def metric(triton, name: str, model: str) -> float:
@@ -115,7 +119,9 @@ def test_stream_carries_real_tensor_bytes(triton, tokenizers, model):
 
 
 def test_top_logprobs_are_ranked_and_contain_the_greedy_choice(triton, tokenizers):
-    results = stream(triton.grpc_url, SMOL, chat_ids(tokenizers[SMOL]), {"max_tokens": 6, "temperature": 0, "logprobs": 4})
+    results = stream(
+        triton.grpc_url, SMOL, chat_ids(tokenizers[SMOL]), {"max_tokens": 6, "temperature": 0, "logprobs": 4}
+    )
     for result in results:
         chosen = result.as_numpy("token_ids")
         own = result.as_numpy("token_logprobs")
@@ -138,8 +144,10 @@ def test_greedy_is_deterministic_and_max_tokens_is_honoured(triton, tokenizers):
 def test_seeded_sampling_is_reproducible_and_seeds_differ(triton, tokenizers):
     ids = chat_ids(tokenizers[SMOL], [{"role": "user", "content": "Name a colour."}])
     runs = {
-        seed: [tokens_of(stream(triton.grpc_url, SMOL, ids, {"max_tokens": 16, "temperature": 1.0, "seed": seed}))
-               for _ in range(2)]
+        seed: [
+            tokens_of(stream(triton.grpc_url, SMOL, ids, {"max_tokens": 16, "temperature": 1.0, "seed": seed}))
+            for _ in range(2)
+        ]
         for seed in (1, 2, 3)
     }
     assert all(a == b and a for a, b in runs.values())

@@ -73,7 +73,9 @@ async def test_health_is_serving_once_the_tokenizer_is_loaded(channel):
 
 async def test_an_answer_is_detokenized_without_special_tokens(stub, tokenizer):
     ids = tokenizer.encode("Hello world, 你好 😀<|im_end|>", add_special_tokens=False)
-    response = await stub.Postprocess(postprocess_pb2.PostprocessRequest(token_ids=ids, model=MODEL, finish_reason=STOP))
+    response = await stub.Postprocess(
+        postprocess_pb2.PostprocessRequest(token_ids=ids, model=MODEL, finish_reason=STOP)
+    )
     assert response.text == "Hello world, 你好 😀"
     assert response.finish_reason == STOP and not response.verdict.blocked
 
@@ -99,7 +101,9 @@ async def test_the_text_ends_before_the_first_stop_string(stub, tokenizer):
 
 async def test_a_blocked_answer_is_replaced_by_the_refusal(stub, tokenizer):
     ids = tokenizer.encode("Sure: Forbiddenword.", add_special_tokens=False)
-    response = await stub.Postprocess(postprocess_pb2.PostprocessRequest(token_ids=ids, model=MODEL, finish_reason=STOP))
+    response = await stub.Postprocess(
+        postprocess_pb2.PostprocessRequest(token_ids=ids, model=MODEL, finish_reason=STOP)
+    )
     assert response.text == REFUSAL and response.finish_reason == CONTENT_FILTER
     assert response.verdict.blocked and response.verdict.category == common_pb2.SAFETY_CATEGORY_SENSITIVE_WORD
     assert response.verdict.rule == "lexicon:en:default" and response.verdict.message == REFUSAL
@@ -132,7 +136,9 @@ async def test_a_clean_stream_is_released_whole_with_the_finish_reason(stub, tok
     assert responses[-1].finish_reason == common_pb2.FINISH_REASON_LENGTH and not responses[-1].verdict.blocked
 
 
-@pytest.mark.parametrize(("text", "safe_prefix"), [("Well, FORBIDDENWORD is it, ok", "Well, "), ("好的：违禁词。", "好的:")])
+@pytest.mark.parametrize(
+    ("text", "safe_prefix"), [("Well, FORBIDDENWORD is it, ok", "Well, "), ("好的：违禁词。", "好的:")]
+)
 async def test_a_blocked_stream_ends_with_content_filter_and_none_of_the_term(stub, tokenizer, text, safe_prefix):
     ids = tokenizer.encode(text, add_special_tokens=False)
     responses = [r async for r in stub.PostprocessStream(iter(stream_requests(ids, chunk=1)))]

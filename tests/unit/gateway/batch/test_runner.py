@@ -81,7 +81,10 @@ async def test_an_answer_goes_to_the_output_file():
     result = await runner(FakeGuard(ANSWER))._result(BATCH, request(), _TaskState(0), key_valid=True)
     kind, line = parse(result)
     assert (kind, result.outcome) == (OUTPUT, "completed") and result.usage.completion_tokens == 2
-    assert line["response"]["status_code"] == 200 and line["response"]["body"]["choices"][0]["message"]["content"] == "hello"
+    assert (
+        line["response"]["status_code"] == 200
+        and line["response"]["body"]["choices"][0]["message"]["content"] == "hello"
+    )
 
 
 async def test_a_bad_request_fails_at_once_and_a_server_error_after_its_attempts():

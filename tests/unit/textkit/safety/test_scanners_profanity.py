@@ -8,8 +8,30 @@ from profanity_check import predict_prob
 
 from textkit.safety.scanners import _profanity_model
 
-WORDS = ["hello", "damn", "shit", "nice", "world", "fuck", "you", "are", "the", "weather", "python", "list",
-         "bitch", "idiot", "lovely", "crap", "ass", "ok", "Paris", "capital", "France", "cat"]  # fmt: skip
+WORDS = [
+    "hello",
+    "damn",
+    "shit",
+    "nice",
+    "world",
+    "fuck",
+    "you",
+    "are",
+    "the",
+    "weather",
+    "python",
+    "list",
+    "bitch",
+    "idiot",
+    "lovely",
+    "crap",
+    "ass",
+    "ok",
+    "Paris",
+    "capital",
+    "France",
+    "cat",
+]
 
 
 def test_the_direct_computation_matches_the_library():

@@ -76,21 +76,14 @@ class Guard:
             await self._finished(_failed(request, error, started))
             raise
         await self._finished(
-            Outcome(
-                request_id=result.id,
-                tenant=request.tenant,
-                requested_model=request.model,
-                model=result.model,
-                route_reason=result.route_reason,
-                finish_reason=finish_reason_name(result.finish_reason),
+            _answered(
+                request,
+                result,
+                finish_reason=result.finish_reason,
                 verdict=result.verdict,
-                prompt_tokens=result.usage.prompt_tokens,
-                completion_tokens=result.usage.completion_tokens,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                experiments=dict(result.experiments),
-                prompt=_prompt_text(request),
+                usage=result.usage,
                 output=result.text,
-                cache=result.cache,
+                started=started,
             )
         )
         if self.settings.safety_block_as_error and result.verdict.blocked:
@@ -172,21 +165,14 @@ class Guard:
                 if chunk.usage is not None:
                     usage = chunk.usage
                     await self._finished(
-                        Outcome(
-                            request_id=stream.id,
-                            tenant=request.tenant,
-                            requested_model=request.model,
-                            model=stream.model,
-                            route_reason=stream.route_reason,
-                            finish_reason=finish_reason_name(chunk.finish_reason),
+                        _answered(
+                            request,
+                            stream,
+                            finish_reason=chunk.finish_reason,
                             verdict=verdict,
-                            prompt_tokens=usage.prompt_tokens,
-                            completion_tokens=usage.completion_tokens,
-                            latency_ms=(time.perf_counter() - started) * 1000,
-                            experiments=dict(stream.experiments),
-                            prompt=_prompt_text(request),
+                            usage=usage,
                             output="".join(text),
-                            cache=stream.cache,
+                            started=started,
                         )
                     )
                 yield chunk
@@ -201,6 +187,35 @@ class Guard:
         # wait for Redis, and a failure there never turns it into an error.
         observe_finished(outcome)
         await self.accounting.record(outcome)
+
+
+def _answered(
+    request: ChatInput,
+    answer: ChatResult | ChatStream,
+    *,
+    finish_reason: common_pb2.FinishReason,
+    verdict: common_pb2.SafetyVerdict | None,
+    usage: common_pb2.Usage,
+    output: str,
+    started: float,
+) -> Outcome:
+    """The one record of an answered chat request, unary or streamed: what audit and usage keep."""
+    return Outcome(
+        request_id=answer.id,
+        tenant=request.tenant,
+        requested_model=request.model,
+        model=answer.model,
+        route_reason=answer.route_reason,
+        finish_reason=finish_reason_name(finish_reason),
+        verdict=verdict,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        latency_ms=(time.perf_counter() - started) * 1000,
+        experiments=dict(answer.experiments),
+        prompt=_prompt_text(request),
+        output=output,
+        cache=answer.cache,
+    )
 
 
 def _failed(request: ChatInput, error: GatewayError, started: float) -> Outcome:

@@ -77,6 +77,26 @@ def _with_deadline(behavior: Behavior, _request_streaming: bool, response_stream
     return unary_behavior
 
 
+class ApplicationCallInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps the behaviour of every application RPC with ``self.wrap``; health and reflection
+    calls pass untouched (an overloaded or faulty process is alive, and says so)."""
+
+    EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+    def wrap(self, behavior: Behavior, request_streaming: bool, response_streaming: bool) -> Behavior:
+        raise NotImplementedError
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler_call_details.method.startswith(self.EXEMPT_PREFIXES):
+            return handler
+        return wrap_handler(handler, self.wrap)
+
+
 class DeadlineServerInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,

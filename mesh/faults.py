@@ -17,22 +17,20 @@ import contextlib
 import contextvars
 import random
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from prometheus_client import Counter
 
-from mesh.deadlines import Behavior, Context, DetailsClientInterceptor, for_every_call_kind, wrap_handler
+from mesh.deadlines import ApplicationCallInterceptor, Behavior, Context, DetailsClientInterceptor, for_every_call_kind
 from mesh.errors import abort
 from mesh.settings import MeshSettings
 
 FAULT_HEADER = "x-llmesh-fault"
 ADMIN_KEY_HEADER = "x-llmesh-admin-key"
 FAULT_INJECTED = "FAULT_INJECTED"
-_EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-
 INJECTED = Counter("llmesh_faults_injected_total", "Faults injected into calls", ["kind"])
 
 # (fault header, admin key) of the current request, passed on to every call it makes.
@@ -141,23 +139,13 @@ def _metadata(context: Context, key: str) -> str | None:
     return next((value for k, value in context.invocation_metadata() or () if k == key), None)
 
 
-class FaultServerInterceptor(grpc.aio.ServerInterceptor):
+class FaultServerInterceptor(ApplicationCallInterceptor):
     """Installed by mesh.server.create_server when fault injection is enabled."""
 
     def __init__(self, settings: MeshSettings) -> None:
         self.injector = FaultInjector(settings)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler_call_details.method.startswith(_EXEMPT_PREFIXES):
-            return handler
-        return wrap_handler(handler, self._faulty)
-
-    def _faulty(self, behavior: Behavior, _request_streaming: bool, response_streaming: bool) -> Behavior:
+    def wrap(self, behavior: Behavior, _request_streaming: bool, response_streaming: bool) -> Behavior:
         injector = self.injector
 
         async def before(context: Context) -> None:

@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import contextvars
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from prometheus_client import Counter, Gauge
 
-from mesh.deadlines import Behavior, Context, DetailsClientInterceptor, for_every_call_kind, wrap_handler
+from mesh.deadlines import ApplicationCallInterceptor, Behavior, Context, DetailsClientInterceptor, for_every_call_kind
 from mesh.errors import abort
 
 PRIORITY_HEADER = "x-llmesh-priority"
@@ -30,9 +30,6 @@ PRIORITIES = (INTERACTIVE, BATCH)
 OVERLOADED = "OVERLOADED"
 # What a refused caller is told to wait before trying again.
 RETRY_AFTER_S = 1
-
-# Health and reflection always answer: an overloaded process is alive, and says so.
-_EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 SHED = Counter("llmesh_shed_requests_total", "Requests refused because the process was at capacity", ["priority"])
 QUEUED = Gauge("llmesh_admission_queued", "Requests waiting for a slot", ["priority"])
@@ -128,24 +125,14 @@ def _inbound_priority(context: Context) -> str:
     return INTERACTIVE
 
 
-class SheddingServerInterceptor(grpc.aio.ServerInterceptor):
+class SheddingServerInterceptor(ApplicationCallInterceptor):
     """Admission control of every RPC (streams hold their slot to the end); also makes the
     caller's priority the priority of the calls the handler makes."""
 
     def __init__(self, max_concurrent: int, max_queued: int) -> None:
         self.admission = Admission(max_concurrent, max_queued)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler_call_details.method.startswith(_EXEMPT_PREFIXES):
-            return handler
-        return wrap_handler(handler, self._admitted)
-
-    def _admitted(self, behavior: Behavior, _request_streaming: bool, response_streaming: bool) -> Behavior:
+    def wrap(self, behavior: Behavior, _request_streaming: bool, response_streaming: bool) -> Behavior:
         admission = self.admission
 
         async def refuse(context: Context, priority: str) -> None:

@@ -143,11 +143,16 @@ def server_env(base: Mapping[str, str] | None = None, engine_venv: Path | None =
 
 
 def _is_error_line(line: str) -> bool:
-    """Triton's own error lines (E<mmdd> ...), and Python errors and tracebacks from the stubs."""
+    """Triton's own error lines (E<mmdd> ...), and Python errors and tracebacks from the stubs.
+
+    A stub that fails can also crash the server on its way out; the native frames of that
+    backtrace (``File "<unknown>", line 0, in ...``) are left out, or they crowd out the cause."""
     stripped = line.lstrip()
+    if stripped.startswith('File "'):
+        return '.py", line ' in stripped
     return (
         (len(line) > 5 and line[0] == "E" and line[1:5].isdigit())
-        or stripped.startswith(("Traceback", 'File "', "raise "))
+        or stripped.startswith(("Traceback", "raise "))
         or "Error:" in line
         or "ERROR" in line
     )

@@ -143,7 +143,8 @@ def mesh(
     stream_tokens: int = typer.Option(32, min=2, max=256, help="tokens per answer in the streaming levels"),
     stream_requests: int = typer.Option(64, min=1, help="streams per streaming level"),
     cache_requests: int = typer.Option(100, min=1, help="requests of the cache hit and miss levels"),
-    tracing_off: bool = typer.Option(True, help="a second stack with tracing off (Triton's trace mode too)"),
+    tracing_off: bool = typer.Option(True, help="each stack also with tracing off (Triton's trace mode too)"),
+    colocated: bool = typer.Option(True, help="also a stack with the services in the gateway's process (--colocate)"),
     profile_s: float = typer.Option(15.0, min=0, help="seconds of py-spy samples of the gateway under load; 0: none"),
     out: Path = typer.Option(REPO_ROOT / ".cache" / "bench" / "mesh", help="where mesh.json, mesh.md, mesh.png go"),
     as_json: bool = typer.Option(False, "--json", help="print the JSON report on stdout"),
@@ -168,7 +169,7 @@ def mesh(
         stream_requests=stream_requests,
         cache_requests=cache_requests,
     )
-    phases = [("tracing on", True), *([("tracing off", False)] if tracing_off else [])]
+    phases = [p for p in bench.PHASES if (tracing_off or p.tracing) and (colocated or not p.colocate)]
     # One Triton for both stacks (its engines take a minute to load); the stacks, one after the
     # other, reuse one set of free ports, so Triton's spans reach whichever collector is up.
     ports = Ports.free()
@@ -190,19 +191,24 @@ def mesh(
     try:
         err.print(f"  ready triton {triton.wait_ready(600):5.1f}s")
         with Progress(console=err) as progress:
-            task = progress.add_task("bench mesh", total=sum(bench.steps(plan, full) for _, full in phases))
+            task = progress.add_task("bench mesh", total=sum(bench.steps(plan, phase.scope) for phase in phases))
 
             def step(name: str) -> None:
                 progress.update(task, advance=1, description=name)
 
-            for phase, full in phases:
+            for phase in phases:
                 # The cache levels need the response cache; every other level says no-cache.
-                env = {"LLMESH_RESPONSE_CACHE_ENABLED": "true", **({} if full else {"LLMESH_OTLP_ENDPOINT": ""})}
+                env = {
+                    "LLMESH_RESPONSE_CACHE_ENABLED": "true",
+                    **({} if phase.tracing else {"LLMESH_OTLP_ENDPOINT": ""}),
+                }
                 # Triton's trace mode follows the phase (its trace settings API, no restart).
-                trace_level = ["TIMESTAMPS"] if full else ["OFF"]
+                trace_level = ["TIMESTAMPS"] if phase.tracing else ["OFF"]
                 setting = f"http://127.0.0.1:{ports.triton_http}/v2/trace/setting"
                 httpx.post(setting, json={"trace_level": trace_level}).raise_for_status()
-                with Stack(ports=ports, run_dir=run_dir, extra_env=env, external_triton=triton) as stack:
+                with Stack(
+                    ports=ports, run_dir=run_dir, extra_env=env, external_triton=triton, colocate=phase.colocate
+                ) as stack:
                     key = create_key(stack.env["LLMESH_REDIS_URL"], "bench", "llmesh bench", rpm=10**8, tpm=10**10)[0]
                     endpoints = bench.Endpoints(
                         stack.gateway_url,
@@ -211,15 +217,20 @@ def mesh(
                         key,
                     )
                     measured, trace_ids = asyncio.run(
-                        bench.measure_phase(phase, endpoints, settings.models, plan, full, step)
+                        bench.measure_phase(phase.name, endpoints, settings.models, plan, phase.scope, step)
                     )
                     levels += measured
-                    if full:
+                    if phase.colocate and phase.tracing:
+                        time.sleep(2)
+                        extra["hops_colocated"] = bench.hops_from_traces(run_dir / "traces.db", trace_ids)
+                    if phase.scope == "full":
                         gateway = next(child for child in stack.children if child.name == "gateway")
                         if profile_s:
                             if gateway.proc is None:
                                 raise RuntimeError("the stack is up but its gateway has no process")
-                            progress.update(task, description=f"{phase}: py-spy on the gateway for {profile_s:.0f}s")
+                            progress.update(
+                                task, description=f"{phase.name}: py-spy on the gateway for {profile_s:.0f}s"
+                            )
                             raw = out / "gateway.pyspy.txt"
                             extra["profile"] = asyncio.run(
                                 bench.profile_under_load(gateway.proc.pid, profile_s, endpoints, raw)

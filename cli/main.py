@@ -50,6 +50,9 @@ def up(
         [],
         help="run SERVICE=N processes of a gRPC service, balanced with outlier ejection (repeatable), e.g. inference=2",
     ),
+    colocate: bool = typer.Option(
+        False, help="run the four services inside the gateway's process: no network hop between them (one machine)"
+    ),
 ) -> None:
     """Start the whole stack (Redis, collector, Triton, services, gateway) until Ctrl-C; a
     process that exits is restarted with backoff (`llmesh status` shows the restarts)."""
@@ -67,6 +70,8 @@ def up(
                 f"expected SERVICE=N with SERVICE one of {', '.join(SERVICES)}, got {spec!r}", param_hint="--replicas"
             )
         counts[name] = int(count)
+    if colocate and any(count > 1 for count in counts.values()):
+        raise typer.BadParameter("the co-located services run once each, inside the gateway", param_hint="--replicas")
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -83,6 +88,7 @@ def up(
         deployments=deployments,
         replicas=counts,
         run_dir=run_dir or DEFAULT_RUN_DIR,
+        colocate=colocate,
     )
     console.print(f"starting llmesh (logs in {stack.run_dir / 'logs'}) ...")
     try:

@@ -1,9 +1,11 @@
 """``python -m gateway``: the REST and gRPC edges in one process, one event loop, one pipeline,
-run and drained together by mesh.server.serve like every other process."""
+run and drained together by mesh.server.serve like every other process. ``python -m
+cli.colocated`` runs the same with the gRPC services hosted in this process (mesh.local)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 
 import uvicorn
 
@@ -13,14 +15,16 @@ from gateway.load import InteractiveLoad
 from gateway.pipeline import Pipeline
 from gateway.rest import RestEdge, create_app
 from gateway.settings import GatewaySettings
+from mesh.local import HostedService
 from mesh.logging import setup_logging
 from mesh.server import Health, create_server, listen_addr, serve
 from mesh.settings import load_settings
 from mesh.telemetry import setup_tracing
 
 
-async def run(settings: GatewaySettings) -> None:
-    # Built inside the loop: aio channels bind to the running loop.
+async def run(settings: GatewaySettings, hosted: Sequence[HostedService] = ()) -> None:
+    # Built inside the loop: aio channels bind to the running loop. The services this process
+    # hosts are started before the pipeline, whose channels to them are then local.
     pipeline = Pipeline(settings)
     guard = Guard(settings, pipeline)
     load = InteractiveLoad(settings)
@@ -46,6 +50,8 @@ async def run(settings: GatewaySettings) -> None:
         await service.close()
         await app.state.batches.close()
         await load.close()
+        for one in hosted:
+            await one.close()
 
     def draining() -> None:
         # /readyz answers 503 from the first moment of the drain, like the gRPC health.
@@ -58,7 +64,7 @@ async def run(settings: GatewaySettings) -> None:
         settings,
         readiness=service.ready,
         on_stop=close,
-        companions=[rest],
+        companions=[rest, *hosted],
         on_draining=draining,
     )
 
@@ -71,13 +77,18 @@ def _loop_factory(name: str):
     return None
 
 
-def main() -> None:
+def main(hosting: Callable[[], Awaitable[Sequence[HostedService]]] | None = None) -> None:
+    """``hosting`` starts the services this process hosts, in its event loop."""
     settings = load_settings(GatewaySettings)
     setup_logging(settings.service_name, settings.log_level)
     provider = setup_tracing(settings)
+
+    async def start() -> None:
+        await run(settings, await hosting() if hosting is not None else ())
+
     try:
         with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
-            runner.run(run(settings))
+            runner.run(start())
     finally:
         provider.shutdown()
 

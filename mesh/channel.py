@@ -7,6 +7,8 @@ import json
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
+from mesh import local
+from mesh.deadlines import DetailsClientInterceptor
 from mesh.deadlines import client_interceptors as deadline_interceptors
 from mesh.faults import client_interceptors as fault_interceptors
 from mesh.replicas import Replica, ReplicaChannel
@@ -37,10 +39,21 @@ def service_config(settings: MeshSettings) -> str:
     return json.dumps({"retryThrottling": throttling, "methodConfig": [method_config]})
 
 
-def build_channel(target: str, settings: MeshSettings) -> grpc.aio.Channel | ReplicaChannel:
+def build_channel(target: str, settings: MeshSettings) -> grpc.aio.Channel | ReplicaChannel | local.LocalChannel:
     """An aio channel with deadlines, trace-context propagation, retries and transport limits,
     over mutual TLS when ``settings.tls_enabled``; for a target naming several replicas
-    (``HOST:PORT,HOST:PORT``), one such channel per replica behind a balancer (mesh.replicas)."""
+    (``HOST:PORT,HOST:PORT``), one such channel per replica behind a balancer (mesh.replicas);
+    for a service this process hosts (co-located, mesh.local), calls in process."""
+    hosted = local.server_at(target)
+    if hosted is not None:
+        # One of each (the network channel has one per call kind); they only set call details.
+        one_each = [
+            interceptor
+            for interceptor in _details_interceptors(settings)
+            if isinstance(interceptor, DetailsClientInterceptor)
+            and isinstance(interceptor, grpc.aio.UnaryUnaryClientInterceptor)
+        ]
+        return local.LocalChannel(hosted, one_each)
     targets = [part.strip() for part in target.split(",") if part.strip()]
     if len(targets) > 1:
         return ReplicaChannel([Replica(one, _channel(one, settings)) for one in targets], settings)
@@ -57,10 +70,7 @@ def _channel(target: str, settings: MeshSettings) -> grpc.aio.Channel:
     ]
     # Deadline first so the tracing interceptor records the effective timeout.
     interceptors = [
-        *deadline_interceptors(settings.default_deadline_s),
-        *assignment_interceptors(),
-        *priority_interceptors(settings.request_priority),
-        *fault_interceptors(),
+        *_details_interceptors(settings),
         *aio_client_interceptors(),  # type: ignore[no-untyped-call]  # the instrumentation leaves it unannotated
     ]
     if not settings.tls_enabled:
@@ -68,6 +78,16 @@ def _channel(target: str, settings: MeshSettings) -> grpc.aio.Channel:
     if settings.tls_server_name:
         options.append(("grpc.ssl_target_name_override", settings.tls_server_name))
     return grpc.aio.secure_channel(target, channel_credentials(settings), options=options, interceptors=interceptors)
+
+
+def _details_interceptors(settings: MeshSettings) -> list[grpc.aio.ClientInterceptor]:
+    """The interceptors that set a call's deadline and the metadata it carries."""
+    return [
+        *deadline_interceptors(settings.default_deadline_s),
+        *assignment_interceptors(),
+        *priority_interceptors(settings.request_priority),
+        *fault_interceptors(),
+    ]
 
 
 def channel_credentials(settings: MeshSettings) -> grpc.ChannelCredentials:

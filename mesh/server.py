@@ -151,6 +151,19 @@ class _MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         return handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
 
 
+def application_interceptors(settings: MeshSettings) -> list[grpc.aio.ServerInterceptor]:
+    """What every call to a service goes through, over the network or in process (mesh.local):
+    its deadline, its metrics, admission, and injected faults."""
+    return [
+        DeadlineServerInterceptor(),
+        MetricsServerInterceptor(),
+        # Inside those two (and the tracing before them): what it refuses is still traced, timed and counted.
+        SheddingServerInterceptor(settings.max_concurrent_requests, settings.max_queued_requests),
+        # Innermost: an injected delay holds its slot, as a slow handler would.
+        *([FaultServerInterceptor(settings)] if settings.fault_injection_enabled else []),
+    ]
+
+
 def create_server(addr: str, settings: MeshSettings, *, mtls: bool = True) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with tracing, deadline propagation and metrics, bound to ``addr``.
 
@@ -165,12 +178,7 @@ def create_server(addr: str, settings: MeshSettings, *, mtls: bool = True) -> tu
             _StreamClosingInterceptor(),
             aio_server_interceptor(),  # type: ignore[no-untyped-call]  # the instrumentation leaves it unannotated
             _MalformedRequestInterceptor(),
-            DeadlineServerInterceptor(),
-            MetricsServerInterceptor(),
-            # Inside those three: what it refuses is still traced, timed and counted.
-            SheddingServerInterceptor(settings.max_concurrent_requests, settings.max_queued_requests),
-            # Innermost: an injected delay holds its slot, as a slow handler would.
-            *([FaultServerInterceptor(settings)] if settings.fault_injection_enabled else []),
+            *application_interceptors(settings),
         ],
         options=transport_options(settings),
     )

@@ -183,8 +183,13 @@ class Stack:
     # Replicas of a gRPC service (`llmesh up --replicas inference=2`): more processes on ports
     # of their own, all behind the service's one address list (mesh.replicas balances them).
     replicas: dict[str, int] = field(default_factory=dict)
+    # The four services inside the gateway's process (`llmesh up --colocate`, cli/colocated.py):
+    # still served on their addresses, called in process by the gateway (mesh.local).
+    colocate: bool = False
 
     def __post_init__(self) -> None:
+        if self.colocate and any(count > 1 for count in self.replicas.values()):
+            raise StackError("--colocate runs each service once, inside the gateway: it takes no --replicas")
         if self.external_triton is not None:
             t = self.external_triton
             self.ports = replace(
@@ -245,17 +250,17 @@ class Stack:
             ]
             return [first, *more]
 
+        # Router and inference are ready only once their Triton models are.
+        services = (
+            [] if self.colocate else [replicated(name) for name in ("preprocess", "postprocess", "router", "inference")]
+        )
         return [
             # Append-only file, fsynced every second: batch queues, records and results survive
             # a restart of Redis (a crash loses at most the last second, which late
             # acknowledgement redoes).
             Child("redis", redis_argv(redis_server, p.redis, redis_dir), _redis_ok(p.redis)),
             Child("collector", [python, "-m", "mesh.collector"], _http_ok(f"http://127.0.0.1:{p.collector}/healthz")),
-            *replicated("preprocess"),
-            *replicated("postprocess"),
-            # Router and inference are ready only once their Triton models are.
-            *replicated("router"),
-            *replicated("inference"),
+            *(child for children in services for child in children),
             *(
                 Child(
                     f"{d.service}-{d.name}",
@@ -267,7 +272,7 @@ class Stack:
             ),
             Child(
                 "gateway",
-                [python, "-m", "gateway"],
+                [python, "-m", "cli.colocated" if self.colocate else "gateway"],
                 _http_ok(f"http://127.0.0.1:{p.gateway_http}/readyz"),
                 self._tls_env("gateway"),
             ),

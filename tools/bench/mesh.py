@@ -221,11 +221,38 @@ class Plan:
         return max(self.requests, 4 * concurrency)
 
 
-def steps(plan: Plan, full: bool) -> int:
+@dataclass(frozen=True)
+class Phase:
+    """One stack and what is measured on it.
+
+    ``scope``: ``full`` is every path, both models, streaming and the cache; ``core`` is the
+    fixed model on every path, and streaming; ``minimal`` is direct and REST unary only (the
+    tracing-off phases, measured against their tracing-on twin)."""
+
+    name: str
+    tracing: bool
+    colocate: bool
+    scope: str
+
+
+PHASES = (
+    Phase("tracing on", tracing=True, colocate=False, scope="full"),
+    Phase("tracing off", tracing=False, colocate=False, scope="minimal"),
+    Phase("co-located", tracing=True, colocate=True, scope="core"),
+    Phase("co-located, tracing off", tracing=False, colocate=True, scope="minimal"),
+)
+# Each tracing-off phase, by the tracing-on phase it is compared with.
+TRACING_OFF_TWIN = {"tracing on": "tracing off", "co-located": "co-located, tracing off"}
+
+
+def steps(plan: Plan, scope: str) -> int:
     """How many levels one phase measures (for the progress bar)."""
-    if not full:
+    if scope == "minimal":
         return 2 * len(plan.concurrencies)
-    return (1 + 3 * 2) * len(plan.concurrencies) + 2 * len(plan.stream_concurrencies) + 3
+    streaming = 2 * len(plan.stream_concurrencies)
+    if scope == "core":
+        return 4 * len(plan.concurrencies) + streaming
+    return (1 + 3 * 2) * len(plan.concurrencies) + streaming + 3
 
 
 async def measure_phase(
@@ -233,12 +260,11 @@ async def measure_phase(
     endpoints: Endpoints,
     models: Sequence[Any],
     plan: Plan,
-    full: bool,
+    scope: str,
     progress: Callable[[str], None] = lambda step: None,
 ) -> tuple[list[Level], list[str]]:
-    """One stack's levels, and the trace ids of its REST unary requests to the fixed model at
-    concurrency 1 (for the per-hop breakdown). ``full``: every path, model, the streaming and
-    the cache levels; else only direct and REST unary to the fixed model (the tracing-off phase)."""
+    """One stack's levels (what ``scope`` names, see Phase), and the trace ids of its REST
+    unary requests to the fixed model at concurrency 1 (for the per-hop breakdown)."""
     spec = next(m for m in models if m.name == FIXED_MODEL)
     direct = DirectPath(endpoints.triton_grpc_addr, [spec], prompts=[PROMPT])
     rest = RestUnary(endpoints.gateway_url, endpoints.api_key)
@@ -266,18 +292,21 @@ async def measure_phase(
             await run("rest", FIXED_MODEL, "latency", rest.call(FIXED_MODEL, 1, NO_CACHE), concurrency, count)
             if concurrency == 1:
                 trace_ids = rest.trace_ids[before + plan.warmup :]
-            if not full:
+            if scope == "minimal":
                 continue
-            await run("rest", AUTO_MODEL, "latency", rest.call(AUTO_MODEL, 1, NO_CACHE), concurrency, count)
-            for model in (FIXED_MODEL, AUTO_MODEL):
+            models = (FIXED_MODEL, AUTO_MODEL) if scope == "full" else (FIXED_MODEL,)
+            if scope == "full":
+                await run("rest", AUTO_MODEL, "latency", rest.call(AUTO_MODEL, 1, NO_CACHE), concurrency, count)
+            for model in models:
                 await run("rest-stream", model, "latency", sse.stream(model, 1), concurrency, count)
                 await run("grpc", model, "latency", edge.call(model, 1), concurrency, count)
-        if full:
+        if scope != "minimal":
             for concurrency in plan.stream_concurrencies:
                 count = max(plan.stream_requests, concurrency)
                 tokens = plan.stream_tokens
                 await run("direct", FIXED_MODEL, "stream", direct.stream(FIXED_MODEL, tokens), concurrency, count)
                 await run("rest-stream", FIXED_MODEL, "stream", sse.stream(FIXED_MODEL, tokens), concurrency, count)
+        if scope == "full":
             # The same deterministic request again and again: after the first, the cache answers.
             await run("rest", FIXED_MODEL, "cache-hit", rest.call(FIXED_MODEL, 1), 1, plan.cache_requests)
             await run("rest", FIXED_MODEL, "cache-miss", rest.call(FIXED_MODEL, 1, NO_CACHE), 1, plan.cache_requests)
@@ -477,11 +506,13 @@ def summary(levels: Sequence[Level]) -> dict[str, Any]:
         )
     tracing = []
     for lv in levels:
-        off = by.get(("tracing off", lv.path, lv.model, lv.kind, lv.concurrency))
-        if lv.phase != "tracing on" or off is None:
+        twin = TRACING_OFF_TWIN.get(lv.phase)
+        off = by.get((twin, lv.path, lv.model, lv.kind, lv.concurrency)) if twin else None
+        if off is None:
             continue
         tracing.append(
             {
+                "phase": lv.phase,
                 "path": lv.path,
                 "concurrency": lv.concurrency,
                 "req_per_s_on": lv.req_per_s,
@@ -553,12 +584,12 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "## Tracing on vs off",
             "",
-            "| path | conc. | req/s on | req/s off | throughput cost | p99 on ms | p99 off ms |",
-            "|" + " --- |" * 7,
+            "| phase | path | conc. | req/s on | req/s off | throughput cost | p99 on ms | p99 off ms |",
+            "|" + " --- |" * 8,
         ]
         for row in result["summary"]["tracing"]:
             lines.append(
-                f"| {row['path']} | {row['concurrency']} | {row['req_per_s_on']} | {row['req_per_s_off']} "
+                f"| {row['phase']} | {row['path']} | {row['concurrency']} | {row['req_per_s_on']} | {row['req_per_s_off']} "
                 f"| {row['throughput_cost']} | {row['p99_on_ms']} | {row['p99_off_ms']} |"
             )
     if result["summary"]["cache"]:
@@ -579,15 +610,17 @@ def markdown(result: dict[str, Any]) -> str:
                 f"Replayed workload ({plan['cache_requests']} requests drawn from {plan['replay_questions']}"
                 f" questions, cold cache): hit rate {c['replay_hit_rate']:.1%}, p50 {c['replay_p50_ms']} ms.",
             ]
-    if result.get("hops"):
+    for key, stack in (("hops", "separate services"), ("hops_colocated", "co-located services")):
+        if not result.get(key):
+            continue
         lines += [
             "",
-            "## Where the time goes: spans of REST unary requests at concurrency 1 (median)",
+            f"## Where the time goes ({stack}): spans of REST unary requests at concurrency 1 (median)",
             "",
             "| process | span | count | p50 ms |",
             "| --- | --- | --- | --- |",
         ]
-        lines += [f"| {h['service']} | {h['span']} | {h['count']} | {h['p50_ms']} |" for h in result["hops"]]
+        lines += [f"| {h['service']} | {h['span']} | {h['count']} | {h['p50_ms']} |" for h in result[key]]
     if result.get("profile", {}).get("inclusive_top"):
         lines += [
             "",
@@ -605,23 +638,28 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot(levels: Sequence[Level], path: Path) -> Path:
-    """Latency (p50 and p99) and throughput per path against concurrency, tracing on."""
+    """Latency (p50 and p99) and throughput per path against concurrency, tracing on: the
+    separate services and, dotted, the co-located ones."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-    series = sorted({(lv.path, lv.model) for lv in levels if lv.kind == "latency" and lv.phase == "tracing on"})
-    for path_name, model in series:
+    shown = ("tracing on", "co-located")
+    series = sorted(
+        {(lv.phase, lv.path, lv.model) for lv in levels if lv.kind == "latency" and lv.phase in shown},
+        key=lambda key: (shown.index(key[0]), key[1], key[2]),
+    )
+    for phase, path_name, model in series:
         points = sorted(
             (lv.concurrency, lv.p50_ms, lv.p99_ms, lv.req_per_s)
             for lv in levels
-            if (lv.path, lv.model, lv.kind, lv.phase) == (path_name, model, "latency", "tracing on")
+            if (lv.phase, lv.path, lv.model, lv.kind) == (phase, path_name, model, "latency")
         )
         xs = [p[0] for p in points]
-        style = "-o" if path_name == "direct" else "--s"
-        label = f"{path_name} ({model})"
+        style = "-o" if path_name == "direct" else ":^" if phase == "co-located" else "--s"
+        label = f"{path_name} ({model})" + (", co-located" if phase == "co-located" else "")
         for axis, column in ((axes[0], 1), (axes[1], 2), (axes[2], 3)):
             axis.plot(xs, [p[column] for p in points], style, label=label)
     for axis, title, unit in (

@@ -37,6 +37,12 @@ async def _client(settings):
 
 
 @pytest.fixture(scope="module")
+def upstreams(either_upstreams):
+    """Every test of the module twice: upstreams over gRPC, and hosted in process."""
+    return either_upstreams
+
+
+@pytest.fixture(scope="module")
 async def client(upstreams, spans):
     pipeline, client = await _client(gateway_settings(upstreams[1], max_body_bytes=MAX_BODY))
     async with client:

@@ -220,10 +220,9 @@ def mesh(
                         bench.measure_phase(phase.name, endpoints, settings.models, plan, phase.scope, step)
                     )
                     levels += measured
-                    if phase.colocate and phase.tracing:
-                        time.sleep(2)
-                        extra["hops_colocated"] = bench.hops_from_traces(run_dir / "traces.db", trace_ids)
-                    if phase.scope == "full":
+                    if phase.tracing:
+                        # Separate services and co-located: the same keys with a suffix.
+                        suffix = "_colocated" if phase.colocate else ""
                         gateway = next(child for child in stack.children if child.name == "gateway")
                         if profile_s:
                             if gateway.proc is None:
@@ -231,13 +230,13 @@ def mesh(
                             progress.update(
                                 task, description=f"{phase.name}: py-spy on the gateway for {profile_s:.0f}s"
                             )
-                            raw = out / "gateway.pyspy.txt"
-                            extra["profile"] = asyncio.run(
+                            raw = out / f"gateway{suffix.replace('_', '-')}.pyspy.txt"
+                            extra[f"profile{suffix}"] = asyncio.run(
                                 bench.profile_under_load(gateway.proc.pid, profile_s, endpoints, raw)
                             )
                         # Spans reach the collector within a second (the exporters' batch delay).
                         time.sleep(2)
-                        extra["hops"] = bench.hops_from_traces(run_dir / "traces.db", trace_ids)
+                        extra[f"hops{suffix}"] = bench.hops_from_traces(run_dir / "traces.db", trace_ids)
     finally:
         triton.stop()
     result = bench.report(levels, {"prompt": bench.PROMPT, "plan": dataclasses.asdict(plan), **extra})
@@ -267,4 +266,12 @@ def mesh(
         )
     console = Console(width=max(Console().width, 120))
     console.print(table)
+    held = Table(title=f"throughput frontier: highest open-loop rate with p99 <= {bench.FRONTIER_P99_MS:.0f} ms")
+    for column in ("phase", "path", "held req/s", "p99 ms", "missed at req/s", "p99 ms"):
+        held.add_column(column, justify="left" if column in ("phase", "path") else "right")
+    for row in result["summary"]["frontier"]:
+        held.add_row(
+            *(str(row[key]) for key in ("phase", "path", "held_rate", "held_p99_ms", "missed_rate", "missed_p99_ms"))
+        )
+    console.print(held)
     console.print(f"report {out / 'mesh.json'}, {out / 'mesh.md'}, plot {plot}")

@@ -48,7 +48,8 @@ class Level:
     phase: str
     path: str  # direct | rest | rest-stream | grpc
     model: str
-    kind: str  # latency (max_tokens=1) | stream (longer answers) | cache-hit | cache-miss
+    kind: str  # latency (max_tokens=1) | stream (longer answers) | open-loop | cache-hit | cache-miss | cache-replay
+    # Concurrent requests of a closed loop; for open-loop levels, the rate sent (requests/s).
     concurrency: int
     requests: int
     errors: int
@@ -182,6 +183,23 @@ async def closed_loop(one: One, concurrency: int, requests: int) -> tuple[list[S
     return done, errors, time.perf_counter() - started
 
 
+async def open_loop(one: One, rate: float, requests: int) -> tuple[list[Stream], int, float]:
+    """``requests`` sent at ``rate`` per second, evenly spaced, each without waiting for the
+    earlier ones (traffic arrives as users send it, whatever the latency): the latency under a
+    given offered load, queueing included, which a closed loop hides by slowing its senders."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    sent = []
+    for index in range(requests):
+        delay = started + index / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent.append(asyncio.ensure_future(one(index)))
+    outcomes = await asyncio.gather(*sent, return_exceptions=True)
+    done = [outcome for outcome in outcomes if isinstance(outcome, Stream)]
+    return done, len(outcomes) - len(done), loop.time() - started
+
+
 def level(
     phase: str, path: str, model: str, kind: str, concurrency: int, streams: list[Stream], errors: int, wall: float
 ) -> Level:
@@ -216,6 +234,13 @@ class Plan:
     cache_requests: int = 100
     # The replayed workload: cache_requests requests drawn (seeded) from this many questions.
     replay_questions: int = 20
+    # Open-loop rates (requests/s), stepped up until p99 passes FRONTIER_P99_MS; each rate for
+    # open_loop_s seconds (at least 40 requests).
+    rates: tuple[int, ...] = (25, 50, 100, 200, 400)
+    open_loop_s: float = 3.0
+
+    def rate_count(self, rate: int) -> int:
+        return max(40, round(rate * self.open_loop_s))
 
     def count(self, concurrency: int) -> int:
         return max(self.requests, 4 * concurrency)
@@ -241,6 +266,8 @@ PHASES = (
     Phase("co-located", tracing=True, colocate=True, scope="core"),
     Phase("co-located, tracing off", tracing=False, colocate=True, scope="minimal"),
 )
+# The throughput frontier: the highest open-loop rate answered with p99 within this and no errors.
+FRONTIER_P99_MS = 100.0
 # Each tracing-off phase, by the tracing-on phase it is compared with.
 TRACING_OFF_TWIN = {"tracing on": "tracing off", "co-located": "co-located, tracing off"}
 
@@ -250,9 +277,11 @@ def steps(plan: Plan, scope: str) -> int:
     if scope == "minimal":
         return 2 * len(plan.concurrencies)
     streaming = 2 * len(plan.stream_concurrencies)
+    # At most: the stepping stops at the first rate past the frontier.
+    open_loop = 2 * len(plan.rates)
     if scope == "core":
-        return 4 * len(plan.concurrencies) + streaming
-    return (1 + 3 * 2) * len(plan.concurrencies) + streaming + 3
+        return 4 * len(plan.concurrencies) + streaming + open_loop
+    return (1 + 3 * 2) * len(plan.concurrencies) + streaming + open_loop + 3
 
 
 async def measure_phase(
@@ -306,6 +335,19 @@ async def measure_phase(
                 tokens = plan.stream_tokens
                 await run("direct", FIXED_MODEL, "stream", direct.stream(FIXED_MODEL, tokens), concurrency, count)
                 await run("rest-stream", FIXED_MODEL, "stream", sse.stream(FIXED_MODEL, tokens), concurrency, count)
+        if scope != "minimal":
+            # Open loop, direct and REST unary to the fixed model: latency at fixed offered
+            # rates, stepped up until the p99 passes the frontier's limit.
+            for path, one in (("direct", direct.stream(FIXED_MODEL, 1)), ("rest", rest.call(FIXED_MODEL, 1, NO_CACHE))):
+                for rate in plan.rates:
+                    progress(f"{phase}: {path} {FIXED_MODEL} open loop {rate}/s")
+                    for index in range(plan.warmup):
+                        await one(index)
+                    streams, errors, wall = await open_loop(one, rate, plan.rate_count(rate))
+                    measured = level(phase, path, FIXED_MODEL, "open-loop", rate, streams, errors, wall)
+                    levels.append(measured)
+                    if errors or measured.p99_ms > FRONTIER_P99_MS:
+                        break
         if scope == "full":
             # The same deterministic request again and again: after the first, the cache answers.
             await run("rest", FIXED_MODEL, "cache-hit", rest.call(FIXED_MODEL, 1), 1, plan.cache_requests)
@@ -436,6 +478,9 @@ _ACTIVITIES = (
         "event loop and sockets (waiting included)",
         ("selectors.py", "selector_events.py", "base_events.py", "events.py", "socket.py", "runners.py", "__main__.py"),
     ),
+    # Co-located: the services' own work, and the in-process calls to them.
+    ("services' work, in process (guards, tokenizers, Triton client)", ("services/", "textkit/", "tritonclient/")),
+    ("in-process calls to the services (mesh/local.py)", ("mesh/local.py",)),
     ("gateway code (pipeline, guard, formats, edges)", ("gateway/",)),
     ("JSON", ("json/",)),
 )
@@ -485,7 +530,7 @@ def summary(levels: Sequence[Level]) -> dict[str, Any]:
     added = []
     for lv in levels:
         base = by.get((lv.phase, "direct", FIXED_MODEL, lv.kind, lv.concurrency))
-        if lv.path == "direct" or base is None or lv.kind not in ("latency", "stream"):
+        if lv.path == "direct" or base is None or lv.kind not in ("latency", "stream", "open-loop"):
             continue
         added.append(
             {
@@ -536,7 +581,31 @@ def summary(levels: Sequence[Level]) -> dict[str, Any]:
             "miss_p50_ms": miss.p50_ms,
             "miss_p99_ms": miss.p99_ms,
         }
-    return {"added": added, "tracing": tracing, "cache": cache}
+    return {"added": added, "tracing": tracing, "cache": cache, "frontier": frontier(levels)}
+
+
+def frontier(levels: Sequence[Level]) -> list[dict[str, Any]]:
+    """Per phase and path: the highest open-loop rate held (p99 within FRONTIER_P99_MS, no
+    errors), and the first rate that was not."""
+    rows = []
+    for phase, path in sorted({(lv.phase, lv.path) for lv in levels if lv.kind == "open-loop"}):
+        steps_ = sorted(
+            (lv for lv in levels if (lv.phase, lv.path, lv.kind) == (phase, path, "open-loop")),
+            key=lambda lv: lv.concurrency,
+        )
+        held = [lv for lv in steps_ if not lv.errors and lv.p99_ms <= FRONTIER_P99_MS]
+        missed = next((lv for lv in steps_ if lv.errors or lv.p99_ms > FRONTIER_P99_MS), None)
+        rows.append(
+            {
+                "phase": phase,
+                "path": path,
+                "held_rate": held[-1].concurrency if held else 0,
+                "held_p99_ms": held[-1].p99_ms if held else None,
+                "missed_rate": missed.concurrency if missed else None,
+                "missed_p99_ms": missed.p99_ms if missed else None,
+            }
+        )
+    return rows
 
 
 def report(levels: Sequence[Level], meta: dict[str, Any]) -> dict[str, Any]:
@@ -592,6 +661,19 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {row['phase']} | {row['path']} | {row['concurrency']} | {row['req_per_s_on']} | {row['req_per_s_off']} "
                 f"| {row['throughput_cost']} | {row['p99_on_ms']} | {row['p99_off_ms']} |"
             )
+    if result["summary"].get("frontier"):
+        lines += [
+            "",
+            f"## Throughput frontier (open loop, {FIXED_MODEL}, max_tokens=1): the highest rate held with p99 ≤ {FRONTIER_P99_MS:.0f} ms",
+            "",
+            "| phase | path | held req/s | its p99 ms | first rate missed | its p99 ms |",
+            "|" + " --- |" * 6,
+        ]
+        for row in result["summary"]["frontier"]:
+            lines.append(
+                f"| {row['phase']} | {row['path']} | {row['held_rate']} | {row['held_p99_ms']} "
+                f"| {row['missed_rate']} | {row['missed_p99_ms']} |"
+            )
     if result["summary"]["cache"]:
         c = result["summary"]["cache"]
         lines += [
@@ -621,19 +703,22 @@ def markdown(result: dict[str, Any]) -> str:
             "| --- | --- | --- | --- |",
         ]
         lines += [f"| {h['service']} | {h['span']} | {h['count']} | {h['p50_ms']} |" for h in result[key]]
-    if result.get("profile", {}).get("inclusive_top"):
+    for key, stack in (("profile", "separate services"), ("profile_colocated", "co-located services")):
+        profiled = result.get(key, {})
+        if not profiled.get("inclusive_top"):
+            continue
         lines += [
             "",
-            f"## Gateway profile (py-spy, {result['profile']['samples']} samples, REST unary load)",
+            f"## Gateway profile, {stack} (py-spy, {profiled['samples']} samples, REST unary load)",
             "",
             "| activity | share of samples % |",
             "| --- | --- |",
         ]
-        lines += [f"| {row['activity']} | {row['pct']} |" for row in result["profile"].get("breakdown", [])]
+        lines += [f"| {row['activity']} | {row['pct']} |" for row in profiled.get("breakdown", [])]
         lines += ["", "| frame | inclusive % |", "| --- | --- |"]
-        lines += [f"| `{row['frame']}` | {row['pct']} |" for row in result["profile"]["inclusive_top"]]
+        lines += [f"| `{row['frame']}` | {row['pct']} |" for row in profiled["inclusive_top"]]
         lines += ["", "| frame | own % |", "| --- | --- |"]
-        lines += [f"| `{row['frame']}` | {row['pct']} |" for row in result["profile"]["own_top"]]
+        lines += [f"| `{row['frame']}` | {row['pct']} |" for row in profiled["own_top"]]
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,18 @@ baseline."""
 import asyncio
 
 from tools.bench.engine import Stream
-from tools.bench.mesh import PHASES, Level, Plan, _activity, closed_loop, percentile_ms, steps, summary
+from tools.bench.mesh import (
+    PHASES,
+    Level,
+    Plan,
+    _activity,
+    closed_loop,
+    frontier,
+    open_loop,
+    percentile_ms,
+    steps,
+    summary,
+)
 
 
 def test_nearest_rank_percentiles():
@@ -61,13 +72,47 @@ def test_each_tracing_off_phase_is_compared_with_its_own_twin():
 
 
 def test_the_progress_total_counts_each_phase_s_levels():
-    plan = Plan(concurrencies=(1, 8), stream_concurrencies=(1,))
+    plan = Plan(concurrencies=(1, 8), stream_concurrencies=(1,), rates=(10, 20, 40))
     assert {phase.name: steps(plan, phase.scope) for phase in PHASES} == {
-        "tracing on": 7 * 2 + 2 + 3,
+        "tracing on": 7 * 2 + 2 + 2 * 3 + 3,
         "tracing off": 2 * 2,
-        "co-located": 4 * 2 + 2,
+        "co-located": 4 * 2 + 2 + 2 * 3,
         "co-located, tracing off": 2 * 2,
     }
+
+
+async def test_an_open_loop_sends_at_its_rate_without_waiting_for_answers():
+    in_flight = peak = 0
+
+    async def one(index):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        if index == 3:
+            raise RuntimeError("refused")
+        return Stream(0.05, 0.05, 0.05)
+
+    done, errors, wall = await open_loop(one, 200, 20)
+    # 20 requests 5 ms apart, each taking 50 ms: about ten overlap, where a closed loop of one would not.
+    assert (len(done), errors) == (19, 1) and peak >= 5 and wall < 1.0
+
+
+def test_the_frontier_is_the_highest_rate_held_within_the_p99_limit():
+    def at(path, rate, p99, errors=0):
+        return Level("co-located", path, "llmesh-small", "open-loop", rate, 50, errors, 1.0, 5, 5, p99, 5, 0.0, 50)
+
+    levels = [
+        at("direct", 50, 20),
+        at("direct", 100, 40),
+        at("rest", 50, 60),
+        at("rest", 100, 250),
+        at("rest", 200, 900, 3),
+    ]
+    rows = {row["path"]: row for row in frontier(levels)}
+    assert (rows["direct"]["held_rate"], rows["direct"]["missed_rate"]) == (100, None)
+    assert (rows["rest"]["held_rate"], rows["rest"]["missed_rate"], rows["rest"]["missed_p99_ms"]) == (50, 100, 250)
 
 
 def test_profile_samples_go_to_their_innermost_known_component():

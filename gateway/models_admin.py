@@ -10,7 +10,6 @@ from typing import TypeVar
 
 import grpc
 from fastapi import APIRouter, Request
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from pydantic import BaseModel, Field
 
@@ -38,8 +37,16 @@ class TrafficSplit(BaseModel):
     percent: dict[int, int] = Field(min_length=1)
 
 
-def _as_json(message: Message) -> dict:
-    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+def _versions(entry: inference_pb2.ModelVersions) -> dict:
+    """A model's versions as JSON (numbers as numbers: protobuf's JSON writes int64 as text)."""
+    return {
+        "model": entry.model,
+        "split_set": entry.split_set,
+        "versions": [
+            {"version": v.version, "state": v.state, "reason": v.reason, "percent": v.percent, "stable": v.stable}
+            for v in entry.versions
+        ],
+    }
 
 
 def _stub(request: Request) -> inference_pb2_grpc.InferenceServiceStub:
@@ -64,33 +71,43 @@ def models_admin_router() -> APIRouter:
                 inference_pb2.ListModelVersionsRequest(model=model), timeout=LIST_TIMEOUT_S
             )
         )
-        return {"object": "list", "data": [_as_json(entry) for entry in reply.models]}
+        return {"object": "list", "data": [_versions(entry) for entry in reply.models]}
 
     @router.post("/models/{model}/versions")
     async def load(model: str, body: NewVersion, request: Request) -> dict:
         message = inference_pb2.LoadModelVersionRequest(model=model, version=body.version, model_dir=body.model_dir)
-        return _as_json(await _call(_stub(request).LoadModelVersion(message, timeout=LOAD_TIMEOUT_S)))
+        reply = await _call(_stub(request).LoadModelVersion(message, timeout=LOAD_TIMEOUT_S))
+        return {"model": _versions(reply.model), "seconds": reply.seconds}
 
     @router.put("/models/{model}/traffic")
     async def shift(model: str, body: TrafficSplit, request: Request) -> dict:
         message = inference_pb2.SetTrafficSplitRequest(model=model, percent=body.percent)
-        return _as_json(await _call(_stub(request).SetTrafficSplit(message, timeout=CHANGE_TIMEOUT_S)))
+        reply = await _call(_stub(request).SetTrafficSplit(message, timeout=CHANGE_TIMEOUT_S))
+        return {"model": _versions(reply.model)}
 
     @router.post("/models/{model}/rollback")
     async def roll_back(model: str, request: Request) -> dict:
         message = inference_pb2.RollBackRequest(model=model)
-        return _as_json(await _call(_stub(request).RollBack(message, timeout=CHANGE_TIMEOUT_S)))
+        reply = await _call(_stub(request).RollBack(message, timeout=CHANGE_TIMEOUT_S))
+        return {
+            "model": _versions(reply.model),
+            "traffic_seconds": reply.traffic_seconds,
+            "seconds": reply.seconds,
+            "unloaded": list(reply.unloaded),
+        }
 
     @router.delete("/models/{model}/versions/{version}")
     async def unload(model: str, version: int, request: Request) -> dict:
         message = inference_pb2.UnloadModelVersionRequest(model=model, version=version)
-        return _as_json(await _call(_stub(request).UnloadModelVersion(message, timeout=CHANGE_TIMEOUT_S)))
+        reply = await _call(_stub(request).UnloadModelVersion(message, timeout=CHANGE_TIMEOUT_S))
+        return {"model": _versions(reply.model), "seconds": reply.seconds}
 
     @router.get("/breakers")
     async def breakers(request: Request) -> dict:
         """The circuit breakers of the inference replica that answers (each replica has its own;
         `llmesh_inference_breaker_state` on each replica's /metrics shows them all)."""
         reply = await _call(_stub(request).ListBreakers(inference_pb2.ListBreakersRequest(), timeout=LIST_TIMEOUT_S))
-        return {"object": "list", "replica": reply.replica, "data": [_as_json(b) for b in reply.breakers]}
+        data = [{"model": breaker.model, "state": breaker.state} for breaker in reply.breakers]
+        return {"object": "list", "replica": reply.replica, "data": data}
 
     return router

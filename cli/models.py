@@ -47,8 +47,9 @@ def _request(method: str, path: str, gateway_url: str | None, admin_key: str | N
         raise typer.Exit(1) from None
     answer = response.json()
     if response.status_code != 200:
-        error = answer.get("error", {})
-        err.print(f"[red]{response.status_code} {error.get('code') or error.get('type')}:[/] {error.get('message')}")
+        failure = answer.get("error", {})
+        code = failure.get("code") or failure.get("type")
+        err.print(f"[red]{response.status_code} {code}:[/] {failure.get('message')}")
         raise typer.Exit(1)
     return answer
 

@@ -50,8 +50,7 @@ def _versions(entry: inference_pb2.ModelVersions) -> dict:
 
 
 def _stub(request: Request) -> inference_pb2_grpc.InferenceServiceStub:
-    # grpc_tools generates the stubs' constructors unannotated.
-    return inference_pb2_grpc.InferenceServiceStub(request.app.state.inference_channel)  # type: ignore[no-untyped-call]
+    return inference_pb2_grpc.InferenceServiceStub(request.app.state.inference_channel)
 
 
 async def _call(reply: Awaitable[ReplyT]) -> ReplyT:

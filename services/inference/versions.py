@@ -106,10 +106,12 @@ class TrafficSplits:
             self._task = asyncio.create_task(self._run())
 
     def versions(self, model: str) -> list[int | None]:
-        """The versions to try for one request, in order; [None] (Triton's own choice of
-        version) while the model has no split."""
+        """The versions to try for one request, in order, ending with None: Triton's own choice
+        of version (its version policy's highest ready one), all there is while the model has no
+        split, and what still answers when the split names versions Triton no longer has (a
+        Triton restarted after a roll-forward loads the versions of its config.pbtxt)."""
         split = self.splits.get(model)
-        return [None] if split is None else list(split.order(self.draw()))
+        return [None] if split is None else [*split.order(self.draw()), None]
 
     @property
     def propagation_s(self) -> float:

@@ -94,7 +94,7 @@ async def test_a_replica_applies_what_another_wrote_at_its_next_read():
     await writer.write(SMALL, Split.of({1: 50, 2: 50}, 1))
     assert writer.versions(SMALL)[0] == 1  # the writer applies it at once
     await reader.refresh()
-    assert reader.versions(SMALL) == [2, 1]
+    assert reader.versions(SMALL) == [2, 1, None]
 
 
 async def test_the_last_split_read_stays_while_redis_is_away():
@@ -104,7 +104,7 @@ async def test_the_last_split_read_stays_while_redis_is_away():
     await replica.refresh()
     redis.down = True
     await replica.refresh()
-    assert replica.versions(SMALL) == [2, 1]
+    assert replica.versions(SMALL) == [2, 1, None]
 
 
 # -- ModelLifecycle
@@ -164,7 +164,7 @@ async def test_a_rollback_moves_traffic_before_it_unloads_and_waits_for_requests
 
     rolling = asyncio.create_task(changes.roll_back(SMALL))
     await asyncio.sleep(0.2)
-    assert replica.versions(SMALL) == [1]  # traffic moved at once
+    assert replica.versions(SMALL) == [1, None]  # traffic moved at once
     assert triton.policies == []  # but version 2 still has a request in flight
     in_flight[(SMALL, 2)] = 0
     traffic_s, seconds, unloaded = await rolling
@@ -221,3 +221,14 @@ async def test_requests_go_to_the_picked_version_and_fail_over_to_another_before
     assert list(response.choices[0].token_ids) == [7]
     assert service.breakers[SMALL].state.value == "closed"
     assert service.in_flight[(SMALL, 1)] == service.in_flight[(SMALL, 2)] == 0
+
+
+async def test_a_split_naming_versions_triton_no_longer_has_falls_back_to_tritons_choice():
+    missing = TritonError("version 2 is not at ready state")
+    triton = FakeTriton({(SMALL, 2): [missing], (SMALL, None): answer(9)})
+    replica = splits()
+    await replica.write(SMALL, Split.of({2: 100}, 2))
+    service = InferenceService(InferenceSettings(embedding_models=[]), triton, splits=replica)
+    response = await service.Generate(generate_request(), None)
+    assert triton.versions == [2, None]
+    assert list(response.choices[0].token_ids) == [9]

@@ -18,6 +18,7 @@ from cli.bench import app as bench_app
 from cli.certs import app as certs_app
 from cli.experiments import app as experiments_app
 from cli.keys import app as keys_app
+from cli.models import app as models_app
 from cli.router import app as router_app
 from cli.safety import app as safety_app
 from mesh.collector import CollectorSettings
@@ -32,6 +33,7 @@ app.add_typer(certs_app, name="certs")
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(bench_app, name="bench")
 app.add_typer(batch_app, name="batch")
+app.add_typer(models_app, name="models")
 console = Console()
 
 

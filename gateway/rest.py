@@ -28,7 +28,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import anthropic_api, keys_api, readiness, responses_api
+from gateway import anthropic_api, keys_api, models_admin, readiness, responses_api
 from gateway.batch import api as batch_api
 from gateway.batch.api import MULTIPART_OVERHEAD_BYTES, Batches
 from gateway.errors import (
@@ -86,6 +86,7 @@ def create_app(
     app.state.batches = Batches(settings)
     # Set on SIGTERM (mesh.server.drain): /readyz answers 503 while in-flight requests finish.
     app.state.draining = False
+    app.state.inference_channel = pipeline.channels["inference"]
     if load is not None:
         app.add_middleware(_InteractiveInFlight, load=load)
     # Added last = outermost: observation also sees the 413s the size limit answers itself.
@@ -182,6 +183,7 @@ def create_app(
     app.include_router(experiments_api.router(pipeline.experiments))
     app.include_router(keys_api.tenant_router())
     app.include_router(keys_api.admin_keys_router())
+    app.include_router(models_admin.models_admin_router())
 
     # One span per request; a span per ASGI message would bury a stream's trace.
     FastAPIInstrumentor.instrument_app(app, excluded_urls=_UNTRACED_URLS, exclude_spans=["send", "receive"])

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import Counter as Tally
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -20,10 +21,13 @@ from mesh import semconv
 from mesh.catalog import ModelSpec, find_model
 from mesh.deadlines import remaining_s
 from mesh.errors import abort
+from mesh.redis_client import async_redis
 from mesh.sampling import SamplingError, check_budget, check_sampling
 from services.inference.circuit import CircuitBreaker, State
+from services.inference.lifecycle import LifecycleError, ModelLifecycle
 from services.inference.settings import InferenceSettings
 from services.inference.triton_client import Chunk, RequestRejected, TritonClient, TritonError, engine_parameters
+from services.inference.versions import TrafficSplits
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,16 @@ BREAKER_STATE = Gauge(
     semconv.METRIC_INFERENCE_BREAKER_STATE, "Each model's circuit breaker: 0 closed, 1 half-open, 2 open", ["model"]
 )
 _BREAKER_STATE_VALUES = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
+VERSION_REQUESTS = Counter(
+    semconv.METRIC_INFERENCE_VERSION_REQUESTS,
+    "Engine calls per model version chosen by its traffic split (version '' while it has none)",
+    ["model", "version"],
+)
+VERSION_FAILOVERS = Counter(
+    semconv.METRIC_INFERENCE_VERSION_FAILOVERS,
+    "Engine calls handed from a version that failed before its first chunk (e.g. just unloaded) to another",
+    ["model", "from_version"],
+)
 
 
 def _breaker_state(breaker: CircuitBreaker) -> Callable[[], float]:
@@ -100,11 +114,23 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         settings: InferenceSettings,
         triton: TritonClient | None = None,
         clock: Callable[[], float] = time.monotonic,
+        splits: TrafficSplits | None = None,
     ) -> None:
         self.settings = settings
         self.triton = triton or TritonClient(settings)
         self.clock = clock
-        names = [model.name for model in settings.models] + [model.name for model in settings.embedding_models]
+        generation = [model.name for model in settings.models]
+        self.splits = splits or TrafficSplits(async_redis(settings), generation, settings.model_split_refresh_s)
+        # Engine calls in flight per (model, version): an unload waits for its version's to end.
+        self.in_flight: Tally[tuple[str, int | None]] = Tally()
+        self.lifecycle = ModelLifecycle(
+            self.triton,
+            self.splits,
+            self.in_flight,
+            load_timeout_s=settings.model_load_timeout_s,
+            drain_timeout_s=settings.model_drain_timeout_s,
+        )
+        names = generation + [model.name for model in settings.embedding_models]
         self.breakers = {name: CircuitBreaker(name, settings.breaker_config(), clock) for name in names}
         for name, breaker in self.breakers.items():
             # Read when scraped, so the gauge is never behind the breaker.
@@ -116,10 +142,13 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
     async def ready(self) -> dict[str, bool]:
         """Each catalog model's readiness on Triton (an engine takes a while to load), each also
         reported as its own health entry so that the gateway's /readyz can say which is loading."""
+        # Called in the serving loop from the start: the splits' background reads start with it.
+        self.splits.start()
         models = [model.name for model in self.settings.models] + [m.name for m in self.settings.embedding_models]
         return dict(zip(models, await asyncio.gather(*(self.triton.model_ready(name) for name in models)), strict=True))
 
     async def close(self) -> None:
+        await self.splits.close()
         await self.triton.close()
 
     async def Generate(self, request, context):
@@ -159,7 +188,9 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         if not breaker.allow():
             await abort(context, grpc.StatusCode.UNAVAILABLE, f"{model}: circuit open", "CIRCUIT_OPEN", model=model)
         try:
-            logprobs = await self._counted(breaker, self.triton.score(model, request.prompt_token_ids))
+            # Scored by the version the split would answer with (another version's perplexity differs).
+            version = self.splits.versions(model)[0]
+            logprobs = await self._counted(breaker, self.triton.score(model, request.prompt_token_ids, version))
         except RequestRejected as error:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), "REQUEST_REJECTED", model=model)
         except TritonError as error:
@@ -192,6 +223,80 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
             embeddings=[inference_pb2.Embedding(values=vector.tolist()) for vector in vectors],
             usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),
         )
+
+    async def ListModelVersions(self, request, context) -> inference_pb2.ListModelVersionsResponse:
+        names = [request.model] if request.model else [model.name for model in self.settings.models]
+        for name in names:
+            await self._check_model(context, name)
+        return inference_pb2.ListModelVersionsResponse(
+            models=[await self._lifecycle_call(context, self._versions(name)) for name in names]
+        )
+
+    async def LoadModelVersion(self, request, context) -> inference_pb2.LoadModelVersionResponse:
+        await self._check_model(context, request.model)
+        seconds = await self._lifecycle_call(
+            context, self.lifecycle.load(request.model, request.version, request.model_dir)
+        )
+        versions = await self._lifecycle_call(context, self._versions(request.model))
+        return inference_pb2.LoadModelVersionResponse(model=versions, seconds=seconds)
+
+    async def SetTrafficSplit(self, request, context) -> inference_pb2.SetTrafficSplitResponse:
+        await self._check_model(context, request.model)
+        await self._lifecycle_call(context, self.lifecycle.shift(request.model, dict(request.percent)))
+        versions = await self._lifecycle_call(context, self._versions(request.model))
+        return inference_pb2.SetTrafficSplitResponse(model=versions)
+
+    async def RollBack(self, request, context) -> inference_pb2.RollBackResponse:
+        await self._check_model(context, request.model)
+        traffic_s, seconds, unloaded = await self._lifecycle_call(context, self.lifecycle.roll_back(request.model))
+        versions = await self._lifecycle_call(context, self._versions(request.model))
+        return inference_pb2.RollBackResponse(
+            model=versions, traffic_seconds=traffic_s, seconds=seconds, unloaded=unloaded
+        )
+
+    async def UnloadModelVersion(self, request, context) -> inference_pb2.UnloadModelVersionResponse:
+        await self._check_model(context, request.model)
+        seconds = await self._lifecycle_call(context, self.lifecycle.unload(request.model, request.version))
+        versions = await self._lifecycle_call(context, self._versions(request.model))
+        return inference_pb2.UnloadModelVersionResponse(model=versions, seconds=seconds)
+
+    async def ListBreakers(self, request, context) -> inference_pb2.ListBreakersResponse:
+        return inference_pb2.ListBreakersResponse(
+            replica=self.settings.service_name,
+            breakers=[
+                inference_pb2.Breaker(model=name, state=breaker.state.value) for name, breaker in self.breakers.items()
+            ],
+        )
+
+    async def _check_model(self, context, model: str) -> None:
+        if find_model(self.settings.models, model) is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"unknown model {model!r}", "MODEL_NOT_FOUND", model=model)
+
+    async def _versions(self, model: str) -> inference_pb2.ModelVersions:
+        states, split = await self.lifecycle.versions(model)
+        percent = split.percent if split is not None else {}
+        known = sorted({*states, *percent})
+        return inference_pb2.ModelVersions(
+            model=model,
+            split_set=split is not None,
+            versions=[
+                inference_pb2.ModelVersion(
+                    version=version,
+                    state=states.get(version, ("UNAVAILABLE", ""))[0],
+                    reason=states.get(version, ("", ""))[1],
+                    percent=percent.get(version, 0),
+                    stable=split is not None and split.stable == version,
+                )
+                for version in known
+            ],
+        )
+
+    @staticmethod
+    async def _lifecycle_call(context, call: Any) -> Any:
+        try:
+            return await call
+        except LifecycleError as error:
+            await abort(context, error.code, str(error), error.reason)
 
     async def _counted(self, breaker: CircuitBreaker, call: Any) -> Any:
         """A unary engine call whose outcome the model's breaker counts (never a rejected request)."""
@@ -313,24 +418,39 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         return chain
 
     async def _call(self, model: str, prompt_ids: list[int], params: dict[str, Any]) -> AsyncIterator[Chunk]:
-        """One model's chunks, with the outcome reported to its breaker."""
+        """One model's chunks, from the version its traffic split picks, with the outcome
+        reported to its breaker. A version that fails before its first chunk (one unloaded while
+        a replica still had the old split) hands the call to the model's next version."""
         breaker = self.breakers[model]
         started = self.clock()
         first = True
-        try:
-            async for chunk in self.triton.generate_stream(model, prompt_ids, params):
-                if first:
-                    breaker.record_ttft(self.clock() - started)
-                    first = False
-                yield chunk
-        except RequestRejected:
-            raise
-        except TritonError:
-            # A call cut short by the caller's own deadline says nothing about the model.
-            if not _deadline_passed():
-                breaker.record_failure()
-            raise
-        breaker.record_success()
+        versions = self.splits.versions(model)
+        for attempt, version in enumerate(versions):
+            label = "" if version is None else str(version)
+            VERSION_REQUESTS.labels(model, label).inc()
+            self.in_flight[(model, version)] += 1
+            try:
+                async for chunk in self.triton.generate_stream(model, prompt_ids, params, version=version):
+                    if first:
+                        breaker.record_ttft(self.clock() - started)
+                        first = False
+                    yield chunk
+            except RequestRejected:
+                raise
+            except TritonError as error:
+                if first and attempt + 1 < len(versions) and not _deadline_passed():
+                    VERSION_FAILOVERS.labels(model, label).inc()
+                    why = {"model": model, "version": label, "error": str(error)}
+                    log.warning("version failed, trying the next", extra=why)
+                    continue
+                # A call cut short by the caller's own deadline says nothing about the model.
+                if not _deadline_passed():
+                    breaker.record_failure()
+                raise
+            finally:
+                self.in_flight[(model, version)] -= 1
+            breaker.record_success()
+            return
 
     @staticmethod
     def _record_failover(span: trace.Span, *, from_model: str, to_model: str) -> None:

@@ -21,6 +21,13 @@ class InferenceSettings(MeshSettings):
     breaker_slow_window_s: float = Field(default=60.0, gt=0)
     breaker_cooldown_s: float = Field(default=15.0, gt=0)
 
+    # Model lifecycle (services/inference/lifecycle.py): how often each replica reads the traffic
+    # splits from Redis, how long a version may take to load, and how long an unload waits for
+    # requests in flight on it.
+    model_split_refresh_s: float = Field(default=0.5, gt=0)
+    model_load_timeout_s: float = Field(default=300.0, gt=0)
+    model_drain_timeout_s: float = Field(default=30.0, gt=0)
+
     def breaker_config(self) -> BreakerConfig:
         return BreakerConfig(
             failure_threshold=self.breaker_failure_threshold,

@@ -206,8 +206,10 @@ class TritonClient:
         prompt_ids: Sequence[int],
         params: Mapping[str, Any],
         span_name: str = semconv.SPAN_TRITON_GENERATE,
+        version: int | None = None,
     ) -> AsyncIterator[Chunk]:
-        """Stream an engine model's chunks until every answer has its finish_reason.
+        """Stream an engine model's chunks until every answer has its finish_reason; ``version``
+        None lets Triton choose the model's version (its version policy's highest ready one).
 
         Closing the iterator early cancels the Triton stream, and the engine aborts the request.
         """
@@ -225,6 +227,9 @@ class TritonClient:
             if key in params:
                 attributes[attribute] = params[key]
         request = {"model_name": model, "inputs": generate_inputs(prompt_ids, params)}
+        if version is not None:
+            request["model_version"] = str(version)
+            attributes[semconv.LLMESH_MODEL_VERSION] = version
         with _client_span(span_name, attributes) as (span, headers):
             responses = self._client.stream_infer(_single(request), stream_timeout=self._timeout(), headers=headers)
             answers = max(int(params.get("n", 1)), 1)
@@ -253,11 +258,12 @@ class TritonClient:
                     # Stops generation in Triton when our caller went away or the stream broke.
                     responses.cancel()
 
-    async def score(self, model: str, prompt_ids: Sequence[int]) -> list[float]:
+    async def score(self, model: str, prompt_ids: Sequence[int], version: int | None = None) -> list[float]:
         """Log-probabilities of prompt tokens 1..n-1 under ``model`` (its engine's prompt_logprobs)."""
         params = {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": True}
         logprobs: list[float] = []
-        async for chunk in self.generate_stream(model, prompt_ids, params, span_name=semconv.SPAN_TRITON_SCORE):
+        chunks = self.generate_stream(model, prompt_ids, params, span_name=semconv.SPAN_TRITON_SCORE, version=version)
+        async for chunk in chunks:
             logprobs += chunk.prompt_logprobs
         if len(logprobs) != max(len(prompt_ids) - 1, 0):
             raise TritonError(f"{model}: scoring returned {len(logprobs)} log-probs for {len(prompt_ids)} tokens")
@@ -288,12 +294,44 @@ class TritonClient:
             span.set_attribute(semconv.GEN_AI_USAGE_INPUT_TOKENS, int(counts.sum()))
             return vectors.reshape(len(texts), -1), counts.tolist()
 
-    async def model_ready(self, name: str) -> bool:
+    async def model_ready(self, name: str, version: int | None = None) -> bool:
         """False also when Triton cannot be reached: readiness must not raise."""
         try:
-            return await self._client.is_model_ready(name, client_timeout=self._timeout())
+            return await self._client.is_model_ready(
+                name, "" if version is None else str(version), client_timeout=self._timeout()
+            )
         except InferenceServerException:
             return False
+
+    async def model_versions(self, name: str) -> dict[int, tuple[str, str]]:
+        """Triton's state and its reason per version of ``name`` that it knows of (its
+        repository index: loaded, loading, unloading or unloaded)."""
+        try:
+            index = await self._client.get_model_repository_index(as_json=True, client_timeout=self._timeout())
+        except InferenceServerException as error:
+            raise TritonError(f"repository index: {error.message()}") from None
+        return {
+            int(entry["version"]): (entry.get("state", ""), entry.get("reason", ""))
+            for entry in index.get("models", [])
+            if entry.get("name") == name and entry.get("version")
+        }
+
+    async def model_config(self, name: str) -> dict[str, Any]:
+        """The model's configuration as Triton serves it (JSON), the base of a load's override."""
+        try:
+            reply = await self._client.get_model_config(name, as_json=True, client_timeout=self._timeout())
+        except InferenceServerException as error:
+            raise TritonError(f"{name}: configuration: {error.message()}") from None
+        return dict(reply["config"])
+
+    async def load_model(self, name: str, config: Mapping[str, Any], timeout_s: float) -> None:
+        """Loads ``name`` with ``config`` overriding its config.pbtxt (explicit model control):
+        Triton loads the versions of the new version policy that are not loaded, unloads those
+        left out, and answers once the new ones are ready (or failed to load)."""
+        try:
+            await self._client.load_model(name, config=json.dumps(config), client_timeout=timeout_s)
+        except InferenceServerException as error:
+            raise TritonError(f"{name}: load: {error.message()}") from None
 
     async def close(self) -> None:
         await self._client.close()

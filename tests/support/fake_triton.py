@@ -22,15 +22,19 @@ class FakeTriton:
         self.logprobs = logprobs or {}
         # (model, prompt ids, engine parameters) of every generate_stream call, in order.
         self.calls = []
+        # The model version of each of those calls (None: Triton's choice).
+        self.versions = []
 
-    async def generate_stream(self, model, prompt_ids, params, span_name=""):
+    async def generate_stream(self, model, prompt_ids, params, span_name="", version=None):
         self.calls.append((model, list(prompt_ids), dict(params)))
-        for item in self.scripts[model]:
+        self.versions.append(version)
+        # A script per version, keyed (model, version), takes precedence over the model's.
+        for item in self.scripts.get((model, version), self.scripts.get(model, [])):
             if isinstance(item, Exception):
                 raise item
             yield item
 
-    async def score(self, model, prompt_ids):
+    async def score(self, model, prompt_ids, version=None):
         self.calls.append((model, list(prompt_ids), {"prompt_logprobs": True}))
         item = self.logprobs[model]
         if isinstance(item, Exception):

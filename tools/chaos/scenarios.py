@@ -335,6 +335,81 @@ async def replica_unavailable(stack: ChaosStack, requests: int = 60) -> list[Row
     ]
 
 
+def _version_requests(metrics_text: str, model: str, version: str) -> float:
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == "llmesh_inference_version_requests_total"
+        and sample.labels.get("model") == model
+        and sample.labels.get("version") == version
+    )
+
+
+async def model_swap(stack: ChaosStack, hold_s: float = 4.0) -> list[Row]:
+    """Under 2 clients: version 2 of llmesh-small loaded beside version 1, 50% then 100% of its
+    traffic shifted to it, then rolled back (all through the admin API, as `llmesh models` does)."""
+    base = f"/admin/models/{FAST_MODEL}"
+    steps: dict[str, float] = {}
+    rollback: dict = {}
+    served_v2: list[float] = []
+
+    async def swap() -> None:
+        async with (
+            httpx.AsyncClient(
+                base_url=stack.gateway_url, headers={"authorization": f"Bearer {stack.admin_key}"}, timeout=340
+            ) as admin,
+            httpx.AsyncClient(timeout=5) as metrics,
+        ):
+
+            async def v2_requests() -> float:
+                texts = [(await metrics.get(stack.metrics_url(p))).text for p in ("inference", "inference-2")]
+                return sum(_version_requests(text, FAST_MODEL, "2") for text in texts)
+
+            async def step(name: str, method: str, path: str, body: dict | None = None) -> dict:
+                started = time.monotonic()
+                response = await admin.request(method, base + path, json=body)
+                steps[name] = time.monotonic() - started
+                if response.status_code != 200:
+                    raise RuntimeError(f"{name}: {response.status_code} {response.text}")
+                return response.json()
+
+            await asyncio.sleep(1.0)
+            await step("load", "POST", "/versions", {"version": 2})
+            before = await v2_requests()
+            await asyncio.sleep(hold_s)
+            await step("50%", "PUT", "/traffic", {"percent": {"1": 50, "2": 50}})
+            await asyncio.sleep(hold_s)
+            await step("100%", "PUT", "/traffic", {"percent": {"2": 100}})
+            await asyncio.sleep(hold_s)
+            served_v2.append(await v2_requests() - before)
+            rollback.update(await step("rollback", "POST", "/rollback"))
+            await asyncio.sleep(1.0)
+
+    try:
+        answers = await _under_load_while(stack, swap)
+    except RuntimeError as error:
+        return [Row("model version swap and rollback under load", f"not done: {error}", "-", False)]
+    failed = [answer for answer in answers if answer.status != 200]
+    codes = ", ".join(sorted({f"{a.status} {a.code}".strip() for a in failed}))
+    return [
+        Row(
+            "model version swap (load v2, 50%, 100%) and rollback under 2 clients",
+            f"{len(failed)} failed of {len(answers)}{f' ({codes})' if codes else ''}; version 2 answered "
+            f"{served_v2[0]:.0f}; load {steps['load']:.1f} s",
+            "0 failed",
+            not failed and served_v2[0] > 0,
+        ),
+        Row(
+            "model rollback",
+            f"all traffic on version 1 after {rollback['traffic_seconds']:.1f} s; version 2 unloaded, "
+            f"rollback done after {steps['rollback']:.1f} s",
+            "< 30 s, version 2 unloaded",
+            steps["rollback"] < 30 and rollback["unloaded"] == [2],
+        ),
+    ]
+
+
 async def _stream(http: httpx.AsyncClient, first_chunk: asyncio.Event) -> tuple[bool, float]:
     """Whether the stream ended with [DONE] and no error event, and when it ended."""
     try:
@@ -402,6 +477,7 @@ SCENARIOS: dict[str, Callable[[ChaosStack], Awaitable[list[Row]]]] = {
     "overload": overload,
     "retry-budget": retry_budget,
     "replica-unavailable": replica_unavailable,
+    "model-swap": model_swap,
     "replica-kill": replica_killed,
     "redis": redis_outage,
     "sigkill": sigkill_service,

@@ -434,15 +434,15 @@ class TritonPythonModel:
 
 
 def resolve_model_dir(name: str, parameters: Mapping[str, str], version: str | None = None) -> Any:
-    """The HF directory: the variable named by `model_dir_env`, else `model_dir.v<version>`, else
-    `model_dir` (relative paths are relative to the repository root, so config.pbtxt stays
-    portable)."""
+    """The HF directory: `model_dir.v<version>` (a version loaded with its own weights: `llmesh
+    models load --model-dir`), else the variable named by `model_dir_env`, else `model_dir`
+    (relative paths are relative to the repository root, so config.pbtxt stays portable)."""
     from pathlib import Path
 
     env_name = parameters.get(MODEL_DIR_ENV)
     raw = (
-        (os.environ.get(env_name) if env_name else None)
-        or (parameters.get(f"{MODEL_DIR}.v{version}") if version else None)
+        (parameters.get(f"{MODEL_DIR}.v{version}") if version else None)
+        or (os.environ.get(env_name) if env_name else None)
         or parameters.get(MODEL_DIR)
     )
     if not raw:

@@ -120,5 +120,6 @@ def test_network_policies_allow_exactly_the_request_path():
         ("router", "redis", 6379),
         ("router", "triton", 8002),
         ("inference", "triton", 8001),
+        ("inference", "redis", 6379),
     }
     assert edges == expected

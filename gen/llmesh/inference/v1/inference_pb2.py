@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from llmesh.common.v1 import common_pb2 as llmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#llmesh/inference/v1/inference.proto\x12\x13llmesh.inference.v1\x1a\x1dllmesh/common/v1/common.proto\"\xd0\x01\n\x0fGenerateRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\r\n\x05model\x18\x02 \x01(\t\x12\x17\n\x0f\x66\x61llback_models\x18\x03 \x03(\t\x12.\n\x07prompts\x18\x04 \x03(\x0b\x32\x1d.llmesh.common.v1.ModelPrompt\x12\x32\n\x08sampling\x18\x05 \x01(\x0b\x32 .llmesh.common.v1.SamplingParams\"x\n\x10GenerateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x07\x63hoices\x18\x02 \x03(\x0b\x32\x1c.llmesh.common.v1.Completion\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\"|\n\x16GenerateStreamResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1c.llmesh.common.v1.Completion\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\"j\n\x0cScoreRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x03\"J\n\rScoreResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0etoken_logprobs\x18\x02 \x03(\x02\x12\x12\n\nperplexity\x18\x03 \x01(\x01\"`\n\x0c\x45mbedRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\t\"z\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x32\n\nembeddings\x18\x02 \x03(\x0b\x32\x1e.llmesh.inference.v1.Embedding\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x32\xf2\x02\n\x10InferenceService\x12W\n\x08Generate\x12$.llmesh.inference.v1.GenerateRequest\x1a%.llmesh.inference.v1.GenerateResponse\x12\x65\n\x0eGenerateStream\x12$.llmesh.inference.v1.GenerateRequest\x1a+.llmesh.inference.v1.GenerateStreamResponse0\x01\x12N\n\x05Score\x12!.llmesh.inference.v1.ScoreRequest\x1a\".llmesh.inference.v1.ScoreResponse\x12N\n\x05\x45mbed\x12!.llmesh.inference.v1.EmbedRequest\x1a\".llmesh.inference.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#llmesh/inference/v1/inference.proto\x12\x13llmesh.inference.v1\x1a\x1dllmesh/common/v1/common.proto\"\xd0\x01\n\x0fGenerateRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\r\n\x05model\x18\x02 \x01(\t\x12\x17\n\x0f\x66\x61llback_models\x18\x03 \x03(\t\x12.\n\x07prompts\x18\x04 \x03(\x0b\x32\x1d.llmesh.common.v1.ModelPrompt\x12\x32\n\x08sampling\x18\x05 \x01(\x0b\x32 .llmesh.common.v1.SamplingParams\"x\n\x10GenerateResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x07\x63hoices\x18\x02 \x03(\x0b\x32\x1c.llmesh.common.v1.Completion\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\"|\n\x16GenerateStreamResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1c.llmesh.common.v1.Completion\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\"j\n\x0cScoreRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x03\"J\n\rScoreResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0etoken_logprobs\x18\x02 \x03(\x02\x12\x12\n\nperplexity\x18\x03 \x01(\x01\"`\n\x0c\x45mbedRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .llmesh.common.v1.RequestContext\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\t\"z\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x32\n\nembeddings\x18\x02 \x03(\x0b\x32\x1e.llmesh.inference.v1.Embedding\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"_\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07percent\x18\x04 \x01(\r\x12\x0e\n\x06stable\x18\x05 \x01(\x08\"f\n\rModelVersions\x12\r\n\x05model\x18\x01 \x01(\t\x12\x33\n\x08versions\x18\x02 \x03(\x0b\x32!.llmesh.inference.v1.ModelVersion\x12\x11\n\tsplit_set\x18\x03 \x01(\x08\")\n\x18ListModelVersionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"O\n\x19ListModelVersionsResponse\x12\x32\n\x06models\x18\x01 \x03(\x0b\x32\".llmesh.inference.v1.ModelVersions\"L\n\x17LoadModelVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x11\n\tmodel_dir\x18\x03 \x01(\t\"^\n\x18LoadModelVersionResponse\x12\x31\n\x05model\x18\x01 \x01(\x0b\x32\".llmesh.inference.v1.ModelVersions\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"\xa2\x01\n\x16SetTrafficSplitRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12I\n\x07percent\x18\x02 \x03(\x0b\x32\x38.llmesh.inference.v1.SetTrafficSplitRequest.PercentEntry\x1a.\n\x0cPercentEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"L\n\x17SetTrafficSplitResponse\x12\x31\n\x05model\x18\x01 \x01(\x0b\x32\".llmesh.inference.v1.ModelVersions\" \n\x0fRollBackRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x81\x01\n\x10RollBackResponse\x12\x31\n\x05model\x18\x01 \x01(\x0b\x32\".llmesh.inference.v1.ModelVersions\x12\x17\n\x0ftraffic_seconds\x18\x02 \x01(\x01\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\x12\x10\n\x08unloaded\x18\x04 \x03(\x03\";\n\x19UnloadModelVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"`\n\x1aUnloadModelVersionResponse\x12\x31\n\x05model\x18\x01 \x01(\x0b\x32\".llmesh.inference.v1.ModelVersions\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"\x15\n\x13ListBreakersRequest\"W\n\x14ListBreakersResponse\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12.\n\x08\x62reakers\x18\x02 \x03(\x0b\x32\x1c.llmesh.inference.v1.Breaker\"\'\n\x07\x42reaker\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t2\xfa\x07\n\x10InferenceService\x12W\n\x08Generate\x12$.llmesh.inference.v1.GenerateRequest\x1a%.llmesh.inference.v1.GenerateResponse\x12\x65\n\x0eGenerateStream\x12$.llmesh.inference.v1.GenerateRequest\x1a+.llmesh.inference.v1.GenerateStreamResponse0\x01\x12N\n\x05Score\x12!.llmesh.inference.v1.ScoreRequest\x1a\".llmesh.inference.v1.ScoreResponse\x12N\n\x05\x45mbed\x12!.llmesh.inference.v1.EmbedRequest\x1a\".llmesh.inference.v1.EmbedResponse\x12r\n\x11ListModelVersions\x12-.llmesh.inference.v1.ListModelVersionsRequest\x1a..llmesh.inference.v1.ListModelVersionsResponse\x12o\n\x10LoadModelVersion\x12,.llmesh.inference.v1.LoadModelVersionRequest\x1a-.llmesh.inference.v1.LoadModelVersionResponse\x12l\n\x0fSetTrafficSplit\x12+.llmesh.inference.v1.SetTrafficSplitRequest\x1a,.llmesh.inference.v1.SetTrafficSplitResponse\x12W\n\x08RollBack\x12$.llmesh.inference.v1.RollBackRequest\x1a%.llmesh.inference.v1.RollBackResponse\x12u\n\x12UnloadModelVersion\x12..llmesh.inference.v1.UnloadModelVersionRequest\x1a/.llmesh.inference.v1.UnloadModelVersionResponse\x12\x63\n\x0cListBreakers\x12(.llmesh.inference.v1.ListBreakersRequest\x1a).llmesh.inference.v1.ListBreakersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmesh.inference.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SETTRAFFICSPLITREQUEST_PERCENTENTRY']._loaded_options = None
+  _globals['_SETTRAFFICSPLITREQUEST_PERCENTENTRY']._serialized_options = b'8\001'
   _globals['_GENERATEREQUEST']._serialized_start=92
   _globals['_GENERATEREQUEST']._serialized_end=300
   _globals['_GENERATERESPONSE']._serialized_start=302
@@ -48,6 +50,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDRESPONSE']._serialized_end=954
   _globals['_EMBEDDING']._serialized_start=956
   _globals['_EMBEDDING']._serialized_end=983
-  _globals['_INFERENCESERVICE']._serialized_start=986
-  _globals['_INFERENCESERVICE']._serialized_end=1356
+  _globals['_MODELVERSION']._serialized_start=985
+  _globals['_MODELVERSION']._serialized_end=1080
+  _globals['_MODELVERSIONS']._serialized_start=1082
+  _globals['_MODELVERSIONS']._serialized_end=1184
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_start=1186
+  _globals['_LISTMODELVERSIONSREQUEST']._serialized_end=1227
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_start=1229
+  _globals['_LISTMODELVERSIONSRESPONSE']._serialized_end=1308
+  _globals['_LOADMODELVERSIONREQUEST']._serialized_start=1310
+  _globals['_LOADMODELVERSIONREQUEST']._serialized_end=1386
+  _globals['_LOADMODELVERSIONRESPONSE']._serialized_start=1388
+  _globals['_LOADMODELVERSIONRESPONSE']._serialized_end=1482
+  _globals['_SETTRAFFICSPLITREQUEST']._serialized_start=1485
+  _globals['_SETTRAFFICSPLITREQUEST']._serialized_end=1647
+  _globals['_SETTRAFFICSPLITREQUEST_PERCENTENTRY']._serialized_start=1601
+  _globals['_SETTRAFFICSPLITREQUEST_PERCENTENTRY']._serialized_end=1647
+  _globals['_SETTRAFFICSPLITRESPONSE']._serialized_start=1649
+  _globals['_SETTRAFFICSPLITRESPONSE']._serialized_end=1725
+  _globals['_ROLLBACKREQUEST']._serialized_start=1727
+  _globals['_ROLLBACKREQUEST']._serialized_end=1759
+  _globals['_ROLLBACKRESPONSE']._serialized_start=1762
+  _globals['_ROLLBACKRESPONSE']._serialized_end=1891
+  _globals['_UNLOADMODELVERSIONREQUEST']._serialized_start=1893
+  _globals['_UNLOADMODELVERSIONREQUEST']._serialized_end=1952
+  _globals['_UNLOADMODELVERSIONRESPONSE']._serialized_start=1954
+  _globals['_UNLOADMODELVERSIONRESPONSE']._serialized_end=2050
+  _globals['_LISTBREAKERSREQUEST']._serialized_start=2052
+  _globals['_LISTBREAKERSREQUEST']._serialized_end=2073
+  _globals['_LISTBREAKERSRESPONSE']._serialized_start=2075
+  _globals['_LISTBREAKERSRESPONSE']._serialized_end=2162
+  _globals['_BREAKER']._serialized_start=2164
+  _globals['_BREAKER']._serialized_end=2203
+  _globals['_INFERENCESERVICE']._serialized_start=2206
+  _globals['_INFERENCESERVICE']._serialized_end=3224
 # @@protoc_insertion_point(module_scope)

@@ -86,3 +86,132 @@ class Embedding(_message.Message):
     VALUES_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("version", "state", "reason", "percent", "stable")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    state: str
+    reason: str
+    percent: int
+    stable: bool
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., percent: _Optional[int] = ..., stable: _Optional[bool] = ...) -> None: ...
+
+class ModelVersions(_message.Message):
+    __slots__ = ("model", "versions", "split_set")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_SET_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    split_set: bool
+    def __init__(self, model: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., split_set: _Optional[bool] = ...) -> None: ...
+
+class ListModelVersionsRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ListModelVersionsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersions]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ...) -> None: ...
+
+class LoadModelVersionRequest(_message.Message):
+    __slots__ = ("model", "version", "model_dir")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DIR_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    model_dir: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., model_dir: _Optional[str] = ...) -> None: ...
+
+class LoadModelVersionResponse(_message.Message):
+    __slots__ = ("model", "seconds")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    model: ModelVersions
+    seconds: float
+    def __init__(self, model: _Optional[_Union[ModelVersions, _Mapping]] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class SetTrafficSplitRequest(_message.Message):
+    __slots__ = ("model", "percent")
+    class PercentEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    percent: _containers.ScalarMap[int, int]
+    def __init__(self, model: _Optional[str] = ..., percent: _Optional[_Mapping[int, int]] = ...) -> None: ...
+
+class SetTrafficSplitResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelVersions
+    def __init__(self, model: _Optional[_Union[ModelVersions, _Mapping]] = ...) -> None: ...
+
+class RollBackRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class RollBackResponse(_message.Message):
+    __slots__ = ("model", "traffic_seconds", "seconds", "unloaded")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    UNLOADED_FIELD_NUMBER: _ClassVar[int]
+    model: ModelVersions
+    traffic_seconds: float
+    seconds: float
+    unloaded: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model: _Optional[_Union[ModelVersions, _Mapping]] = ..., traffic_seconds: _Optional[float] = ..., seconds: _Optional[float] = ..., unloaded: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class UnloadModelVersionRequest(_message.Message):
+    __slots__ = ("model", "version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class UnloadModelVersionResponse(_message.Message):
+    __slots__ = ("model", "seconds")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    model: ModelVersions
+    seconds: float
+    def __init__(self, model: _Optional[_Union[ModelVersions, _Mapping]] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class ListBreakersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListBreakersResponse(_message.Message):
+    __slots__ = ("replica", "breakers")
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    BREAKERS_FIELD_NUMBER: _ClassVar[int]
+    replica: str
+    breakers: _containers.RepeatedCompositeFieldContainer[Breaker]
+    def __init__(self, replica: _Optional[str] = ..., breakers: _Optional[_Iterable[_Union[Breaker, _Mapping]]] = ...) -> None: ...
+
+class Breaker(_message.Message):
+    __slots__ = ("model", "state")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    state: str
+    def __init__(self, model: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...

@@ -54,6 +54,36 @@ class InferenceServiceStub:
                 request_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.ListModelVersions = channel.unary_unary(
+                '/llmesh.inference.v1.InferenceService/ListModelVersions',
+                request_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.ListModelVersionsRequest.SerializeToString,
+                response_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.ListModelVersionsResponse.FromString,
+                _registered_method=True)
+        self.LoadModelVersion = channel.unary_unary(
+                '/llmesh.inference.v1.InferenceService/LoadModelVersion',
+                request_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.LoadModelVersionRequest.SerializeToString,
+                response_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.LoadModelVersionResponse.FromString,
+                _registered_method=True)
+        self.SetTrafficSplit = channel.unary_unary(
+                '/llmesh.inference.v1.InferenceService/SetTrafficSplit',
+                request_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.SetTrafficSplitRequest.SerializeToString,
+                response_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.SetTrafficSplitResponse.FromString,
+                _registered_method=True)
+        self.RollBack = channel.unary_unary(
+                '/llmesh.inference.v1.InferenceService/RollBack',
+                request_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.RollBackRequest.SerializeToString,
+                response_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.RollBackResponse.FromString,
+                _registered_method=True)
+        self.UnloadModelVersion = channel.unary_unary(
+                '/llmesh.inference.v1.InferenceService/UnloadModelVersion',
+                request_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.UnloadModelVersionRequest.SerializeToString,
+                response_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.UnloadModelVersionResponse.FromString,
+                _registered_method=True)
+        self.ListBreakers = channel.unary_unary(
+                '/llmesh.inference.v1.InferenceService/ListBreakers',
+                request_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.ListBreakersRequest.SerializeToString,
+                response_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.ListBreakersResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -95,6 +125,51 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModelVersions(self, request, context):
+        """Model lifecycle (docs/RESILIENCE.md, "Model versions"): the versions of a model on Triton
+        and the share of its traffic each gets. The split lives in Redis, so every replica applies it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadModelVersion(self, request, context):
+        """Loads one more version of a model beside those serving (Triton's explicit model control);
+        it gets no traffic until a split gives it some. Answers once Triton reports it ready.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTrafficSplit(self, request, context):
+        """Percent of the model's requests per version (summing to 100); only ready versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollBack(self, request, context):
+        """All traffic back to the stable version at once, then every other version unloaded once
+        the requests in flight on it have finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModelVersion(self, request, context):
+        """Unloads a version that gets no traffic (the old one, once a new one has all of it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBreakers(self, request, context):
+        """The circuit breakers of the replica that answers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -117,6 +192,36 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.EmbedRequest.FromString,
                     response_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.EmbedResponse.SerializeToString,
+            ),
+            'ListModelVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelVersions,
+                    request_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.ListModelVersionsRequest.FromString,
+                    response_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.ListModelVersionsResponse.SerializeToString,
+            ),
+            'LoadModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModelVersion,
+                    request_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.LoadModelVersionRequest.FromString,
+                    response_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.LoadModelVersionResponse.SerializeToString,
+            ),
+            'SetTrafficSplit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTrafficSplit,
+                    request_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.SetTrafficSplitRequest.FromString,
+                    response_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.SetTrafficSplitResponse.SerializeToString,
+            ),
+            'RollBack': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollBack,
+                    request_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.RollBackRequest.FromString,
+                    response_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.RollBackResponse.SerializeToString,
+            ),
+            'UnloadModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModelVersion,
+                    request_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.UnloadModelVersionRequest.FromString,
+                    response_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.UnloadModelVersionResponse.SerializeToString,
+            ),
+            'ListBreakers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBreakers,
+                    request_deserializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.ListBreakersRequest.FromString,
+                    response_serializer=llmesh_dot_inference_dot_v1_dot_inference__pb2.ListBreakersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +332,168 @@ class InferenceService:
             '/llmesh.inference.v1.InferenceService/Embed',
             llmesh_dot_inference_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
             llmesh_dot_inference_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModelVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.inference.v1.InferenceService/ListModelVersions',
+            llmesh_dot_inference_dot_v1_dot_inference__pb2.ListModelVersionsRequest.SerializeToString,
+            llmesh_dot_inference_dot_v1_dot_inference__pb2.ListModelVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.inference.v1.InferenceService/LoadModelVersion',
+            llmesh_dot_inference_dot_v1_dot_inference__pb2.LoadModelVersionRequest.SerializeToString,
+            llmesh_dot_inference_dot_v1_dot_inference__pb2.LoadModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTrafficSplit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.inference.v1.InferenceService/SetTrafficSplit',
+            llmesh_dot_inference_dot_v1_dot_inference__pb2.SetTrafficSplitRequest.SerializeToString,
+            llmesh_dot_inference_dot_v1_dot_inference__pb2.SetTrafficSplitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollBack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.inference.v1.InferenceService/RollBack',
+            llmesh_dot_inference_dot_v1_dot_inference__pb2.RollBackRequest.SerializeToString,
+            llmesh_dot_inference_dot_v1_dot_inference__pb2.RollBackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.inference.v1.InferenceService/UnloadModelVersion',
+            llmesh_dot_inference_dot_v1_dot_inference__pb2.UnloadModelVersionRequest.SerializeToString,
+            llmesh_dot_inference_dot_v1_dot_inference__pb2.UnloadModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBreakers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.inference.v1.InferenceService/ListBreakers',
+            llmesh_dot_inference_dot_v1_dot_inference__pb2.ListBreakersRequest.SerializeToString,
+            llmesh_dot_inference_dot_v1_dot_inference__pb2.ListBreakersResponse.FromString,
             options,
             channel_credentials,
             insecure,

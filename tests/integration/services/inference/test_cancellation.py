@@ -32,7 +32,7 @@ class EndlessTriton(FakeTriton):
     def __init__(self) -> None:
         super().__init__({MODEL: []})
 
-    async def generate_stream(self, model, prompt_ids, params, span_name=""):
+    async def generate_stream(self, model, prompt_ids, params, span_name="", version=None):
         yield Chunk(0, [11, 12], [-0.5, -0.25])
         await asyncio.sleep(3600)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[4] / "services" / "inference" / "model_repository"
-ENTRY_POINTS = sorted(REPOSITORY.glob("*/1/model.py"))
+ENTRY_POINTS = sorted(REPOSITORY.glob("*/[0-9]*/model.py"))
 
 
 def test_the_repository_has_models():

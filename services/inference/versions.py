@@ -98,6 +98,7 @@ class TrafficSplits:
         self.draw = draw
         self.splits: dict[str, Split] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self._failing = False
 
     def start(self) -> None:
@@ -152,11 +153,14 @@ class TrafficSplits:
         self.splits = {**self.splits, model: split}
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             await self.refresh()
             await asyncio.sleep(self.refresh_s)
 
     async def close(self) -> None:
+        # The flag as well as the cancel: a cancel that lands inside a Redis call can come back
+        # as a RedisError (redis-py's timeouts), which refresh() absorbs, and the loop went on.
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,7 +18,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import audit
-from tools.chaos.stack import EJECTION_S, MAX_CONCURRENT, MAX_QUEUED, ChaosStack
+from tools.chaos.stack import EJECTION_S, MAX_CONCURRENT, MAX_QUEUED, ChaosStack, ChaosStackError
 
 # llmesh's own small model answers in milliseconds: the load is the mesh's, not the engine's.
 FAST_MODEL = "llmesh-small"
@@ -282,28 +283,46 @@ def _audited(redis_port: int) -> dict[str, list[dict]]:
     return by_request
 
 
+def _live_pid(stack: ChaosStack, process: str, timeout_s: float = 30.0) -> int:
+    """The process's pid once status.json names one that runs (not one killed and not yet
+    replaced there, nor a zombie)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pid = stack.pid(process)
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+                return pid
+        except FileNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            raise ChaosStackError(f"{process} is not running after {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
 async def redis_accounting(stack: ChaosStack, load_s: float = 6.0) -> list[Row]:
     """Scenario 8's "nothing already accepted is lost": under load, Redis frozen (SIGSTOP) for 2 s,
     then killed while frozen (what it held unanswered is gone) and restarted by the supervisor.
     The chaos stack's rate limits fail open, so the gateway keeps answering meanwhile; every
     request answered from the freeze on must be audited and charged exactly once afterwards."""
-    redis_pid = stack.pid("redis")
+    redis_pid = await asyncio.to_thread(_live_pid, stack, "redis")
     redis_port = stack.status()["ports"]["redis"]
     answers: list[tuple[float, Answer, str]] = []
     stop = asyncio.Event()
     async with stack.client() as http:
         clients = [asyncio.create_task(_answered_ids(http, stop, answers)) for _ in range(2)]
-        await asyncio.sleep(1.0)
-        frozen = time.monotonic()
-        os.kill(redis_pid, signal.SIGSTOP)
-        await asyncio.sleep(2.0)
-        restarts = stack.restarts("redis")
-        os.kill(redis_pid, signal.SIGKILL)
-        await asyncio.to_thread(stack.wait_restarted, "redis", restarts)
-        back = time.monotonic()
-        await asyncio.sleep(max(0.0, load_s - (back - frozen)))
-        stop.set()
-        await asyncio.gather(*clients)
+        try:
+            await asyncio.sleep(1.0)
+            frozen = time.monotonic()
+            os.kill(redis_pid, signal.SIGSTOP)
+            await asyncio.sleep(2.0)
+            restarts = stack.restarts("redis")
+            os.kill(redis_pid, signal.SIGKILL)
+            await asyncio.to_thread(stack.wait_restarted, "redis", restarts)
+            back = time.monotonic()
+            await asyncio.sleep(max(0.0, load_s - (back - frozen)))
+        finally:
+            stop.set()
+            await asyncio.gather(*clients)
     accepted = {completion for started, answer, completion in answers if started >= frozen and completion}
     during = sum(1 for started, answer, completion in answers if frozen <= started < back and completion)
     unclear = sum(not _clear_during_outage(answer) for _, answer, _ in answers)

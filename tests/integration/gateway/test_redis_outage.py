@@ -172,3 +172,36 @@ def test_redis_server_support_really_stops(own_redis):
     own_redis.stop()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("gateway", [{"rate_limits_fail_open": True}], indirect=True)
+async def test_readiness_with_redis_away_failing_open_is_degraded_but_still_in_service(gateway, own_redis):
+    client, _ = gateway
+    assert (await client.get("/readyz")).json()["status"] == "ready"
+    own_redis.stop()
+    response = await client.get("/readyz")
+    # Still ready for a load balancer (the gateway serves), and says what is missing and why.
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "degraded"
+    assert "Error" in response.json()["checks"]["redis"]
+    assert response.json()["checks"]["router"] == "SERVING"
+
+
+async def test_readiness_with_redis_away_failing_closed_is_not_ready(gateway, own_redis):
+    client, _ = gateway
+    own_redis.stop()
+    response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "not ready" and "Error" in response.json()["checks"]["redis"]
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_grpc_health_agrees_with_readyz_while_redis_is_away(upstream, own_redis, fail_open):
+    settings = _settings(upstream, own_redis, rate_limits_fail_open=fail_open)
+    service = GatewayService(settings, Pipeline(settings))
+    try:
+        assert await service.ready()
+        own_redis.stop()
+        assert await service.ready() is fail_open
+    finally:
+        await service.close()

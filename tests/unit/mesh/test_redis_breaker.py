@@ -54,10 +54,9 @@ def test_after_the_open_time_one_probe_at_a_time_goes_through(clock):
     breaker = CircuitBreaker(1.0, clock)
     _fail(breaker, RedisTimeoutError())
     clock.now += 1.0
-    with breaker.call():
-        # While the probe waits for Redis, every other command is refused.
-        with pytest.raises(CircuitOpen), breaker.call():
-            pytest.fail("a second command ran during the probe")
+    # While the probe waits for Redis, every other command is refused.
+    with breaker.call(), pytest.raises(CircuitOpen), breaker.call():
+        pytest.fail("a second command ran during the probe")
     assert breaker.closed
     _succeed(breaker)
 

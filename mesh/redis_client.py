@@ -111,7 +111,7 @@ class BreakerRedis(aioredis.Redis):
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         with self.breaker.call():
-            return await super().execute_command(*args, **options)
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> AsyncPipeline:
         pipe = _BreakerPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
@@ -127,6 +127,7 @@ def async_redis(settings: MeshSettings, url: str | None = None, *, decode_respon
         retry=AsyncRetry(_BACKOFF, settings.redis_retries),
         **_options(settings),
     )
+    assert isinstance(client, BreakerRedis)  # from_url builds its class
     client.breaker = CircuitBreaker(settings.redis_breaker_open_s)
     return client
 

@@ -4,7 +4,6 @@ figures it measured against their pass criteria. Every wait is bounded."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
@@ -276,9 +275,9 @@ def _audited(redis_port: int) -> dict[str, list[dict]]:
     """The audit stream's records by request id, and whether each record was charged."""
     client = redis.Redis(port=redis_port, decode_responses=True, socket_timeout=5)
     by_request: dict[str, list[dict]] = {}
-    for _, fields in client.xrange(audit.STREAM):
-        record = json.loads(fields["record"])
-        record["charged"] = client.hget(audit.ACCOUNTED + record["record_id"], "charged") == "1"
+    for entry in audit.redis_entries(client):
+        record = entry.record
+        record["charged"] = client.hget(audit.ACCOUNTED + record.get("record_id", ""), "charged") == "1"
         by_request.setdefault(record["request_id"], []).append(record)
     return by_request
 

@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,18 +41,30 @@ STREAM = "llmesh:audit:stream"
 HEAD = "llmesh:audit:head"  # hash: seq, hash of the newest record
 # The last record trimmed away by retention: where the remaining chain starts.
 ANCHOR = "llmesh:audit:anchor"
+# + an outcome's record_id -> hash: "charged" once its tokens were charged, "audited" (the stream
+# entry id) once its record is in the chain; what makes writing an outcome again harmless.
+ACCOUNTED = "llmesh:accounted:"
 GENESIS = "0" * 64
 _APPEND_ATTEMPTS = 50
 
 # ARGV: expected head seq, new seq, record JSON, new hash, oldest stream id to keep, expected
-# head hash ('' before the first record). Both seq and hash must match: a replica appends onto
-# the head it remembers without reading it first.
+# head hash ('' before the first record), seconds to remember the record id. Both seq and hash
+# must match: a replica appends onto the head it remembers without reading it first. A record
+# id appended before (an answer lost on the way, a record replayed) is not appended again: the
+# record stored then is returned (3 as the first value).
 _APPEND_LUA = """
+local appended = redis.call('HGET', KEYS[4], 'audited')
+if appended then
+  local stored = redis.call('XRANGE', KEYS[1], appended, appended)
+  return {3, '', '', stored[1] and stored[1][2][4] or ''}
+end
 local head = redis.call('HMGET', KEYS[2], 'seq', 'hash')
 local seq = head[1] or '0'
 if seq ~= ARGV[1] or (head[2] or '') ~= ARGV[6] then return {0, seq, head[2] or ''} end
-redis.call('XADD', KEYS[1], '*', 'seq', ARGV[2], 'record', ARGV[3])
+local entry = redis.call('XADD', KEYS[1], '*', 'seq', ARGV[2], 'record', ARGV[3])
 redis.call('HSET', KEYS[2], 'seq', ARGV[2], 'hash', ARGV[4])
+redis.call('HSET', KEYS[4], 'audited', entry)
+redis.call('EXPIRE', KEYS[4], ARGV[7])
 local cut = redis.call('XREVRANGE', KEYS[1], '(' .. ARGV[5], '-', 'COUNT', 1)
 if #cut > 0 then
   local last = cjson.decode(cut[1][2][4])
@@ -91,12 +104,18 @@ class Outcome:
     output: str = ""
     # The response cache's status (gateway/response_cache.py): "hit" when it answered.
     cache: str = ""
+    # Charging and auditing the outcome twice (a write retried, replayed from the spool) has
+    # the effect of doing it once: the writes are keyed by this id.
+    record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # When the request finished (Unix time): its record's time, however late it is written.
+    finished_at: float = field(default_factory=time.time)
 
 
 def build_record(outcome: Outcome, include_text: bool) -> dict:
     """The record's content, without its place in the chain (seq, prev, hash)."""
     record = {
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "time": datetime.fromtimestamp(outcome.finished_at, UTC).isoformat(timespec="milliseconds"),
+        "record_id": outcome.record_id,
         "tenant": outcome.tenant,
         "request_id": outcome.request_id,
         "requested_model": outcome.requested_model,
@@ -185,8 +204,8 @@ class AuditLog:
         for _ in range(_APPEND_ATTEMPTS):
             record = {**content, "seq": seq + 1, "prev": prev}
             record["hash"] = record_hash(record)
-            done, head_seq, head_hash = await self._append(
-                keys=[STREAM, HEAD, ANCHOR],
+            done, head_seq, head_hash, *stored = await self._append(
+                keys=[STREAM, HEAD, ANCHOR, ACCOUNTED + outcome.record_id],
                 args=[
                     str(seq),
                     str(seq + 1),
@@ -194,8 +213,17 @@ class AuditLog:
                     record["hash"],
                     keep_from_ms,
                     prev if seq else "",
+                    self.settings.accounting_record_id_ttl_s,
                 ],
             )
+            if int(done) == 3:
+                # Appended before, but its answer was lost on the way (no file has it yet):
+                # the record stored then goes to the file; the head is read again next time.
+                self._head = None
+                stored_record = _parse(stored[0]) if stored and stored[0] else None
+                if stored_record is not None:
+                    self.files.append(stored_record)
+                return stored_record
             if int(done):
                 self._head = seq + 1, record["hash"]
                 self.files.append(record)

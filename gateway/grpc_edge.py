@@ -45,7 +45,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServiceServicer):
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(self, server)
 
     async def ready(self) -> bool:
-        return readiness.is_ready(await readiness.check(self.settings, self.pipeline.channels))
+        return readiness.serves(await readiness.check(self.settings, self.pipeline.channels), self.settings)
 
     async def close(self) -> None:
         await self.guard.close()

@@ -55,7 +55,11 @@ class Guard:
         self.tenancy = Tenancy(settings)
         self.audit = AuditLog(settings)
         self.accounting = Accounting(
-            self.tenancy, self.audit, settings.accounting_max_pending, settings.response_cache_charge_hits
+            self.tenancy,
+            self.audit,
+            settings.accounting_max_pending,
+            settings.audit_dir,
+            settings.response_cache_charge_hits,
         )
 
     async def close(self) -> None:

@@ -1,6 +1,10 @@
 """Readiness of the gateway: every upstream SERVING and Redis answering PING.
 
-Used by both /readyz and the gRPC edge's grpc.health.v1 status, so the two always agree.
+Used by both /readyz and the gRPC edge's grpc.health.v1 status, so the two always agree. Redis
+is always checked and reported, with the reason when it does not answer; whether its absence
+takes the gateway out of load balancing depends on whether the gateway can still serve without
+it: with rate limits failing open it can (API keys it verified recently, no limits), so it
+stays ready, degraded; failing closed it cannot (every request would be refused), so it is not.
 """
 
 from __future__ import annotations
@@ -46,7 +50,16 @@ async def check(settings: GatewaySettings, channels: dict[str, grpc.aio.Channel]
 
 
 def is_ready(statuses: dict[str, str]) -> bool:
+    """Whether every dependency is usable (what a batch worker needs before taking work)."""
     return all(status == SERVING for status in statuses.values())
+
+
+def serves(statuses: dict[str, str], settings: GatewaySettings) -> bool:
+    """Whether the edges can serve requests: every upstream usable, and Redis too unless rate
+    limits fail open."""
+    return all(
+        status == SERVING for name, status in statuses.items() if name != "redis" or not settings.rate_limits_fail_open
+    )
 
 
 async def _grpc_health(channel: grpc.aio.Channel, timeout_s: float, service: str = "") -> str:

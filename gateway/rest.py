@@ -113,11 +113,10 @@ def create_app(
         if app.state.draining:
             return JSONResponse({"status": "draining", "checks": {}}, status_code=503)
         statuses = await readiness.check(settings, pipeline.channels)
-        ready = readiness.is_ready(statuses)
-        return JSONResponse(
-            {"status": "ready" if ready else "not ready", "checks": statuses},
-            status_code=200 if ready else 503,
-        )
+        ready = readiness.serves(statuses, settings)
+        # Degraded: serving, without what a dependency away (Redis, failing open) would give.
+        status = ("ready" if readiness.is_ready(statuses) else "degraded") if ready else "not ready"
+        return JSONResponse({"status": status, "checks": statuses}, status_code=200 if ready else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -58,9 +58,12 @@ class GatewaySettings(MeshSettings):
     audit_retention_days: int = Field(default=180, gt=0)
     audit_include_text: bool = False
     audit_file_max_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
-    # Finished requests waiting to be charged and audited in the background (gateway/accounting.py);
-    # when this many wait, the next finished request waits for room (none is dropped).
+    # Finished requests waiting to be charged and audited in the background (gateway/accounting.py),
+    # kept and retried while Redis is away; past this many, and at shutdown, they are written to
+    # a spool file in audit_dir, replayed once Redis answers. Each outcome's record id is kept in
+    # Redis this long, so that writing it again (a lost answer, a replay) charges nothing twice.
     accounting_max_pending: int = Field(default=10_000, gt=0)
+    accounting_record_id_ttl_s: int = Field(default=24 * 3600, gt=0)
     # Exact response cache (gateway/response_cache.py), off unless enabled: answers to
     # deterministic requests (temperature 0 or a seed) kept in Redis per tenant for a TTL, at
     # most this many entries; a hit is charged its tokens unless response_cache_charge_hits is off.

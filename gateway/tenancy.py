@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
+from gateway.audit import ACCOUNTED
 from gateway.errors import ErrorDetails, GatewayError, RedisUnavailable, Unauthorized
 from gateway.settings import GatewaySettings
 from mesh.redis_client import async_redis, decoded, decoded_fields
@@ -86,6 +87,8 @@ def parse_bearer(authorization: str | None) -> str | None:
 # so a tenant that overspent waits until its bucket refills. ARGV[5] is the share of each
 # bucket an admission must leave (batch lines leave room for the tenant's interactive
 # requests). Redis's clock, not the replicas', so that every replica sees the same time.
+# A debit names its outcome's record (KEYS[4], kept ARGV[6] seconds): a record charged before
+# (an answer lost on the way, a record replayed from the spool) is not charged again.
 # Returns whether admitted, the wait in seconds, and the limits applied.
 _BUCKETS_LUA = """
 local now_parts = redis.call('TIME')
@@ -93,6 +96,10 @@ local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
 local mode = ARGV[3]
 local own = redis.call('HMGET', KEYS[3], 'rpm', 'tpm')
 local capacities = {tonumber(own[1]) or tonumber(ARGV[1]), tonumber(own[2]) or tonumber(ARGV[2])}
+if mode == 'debit' then
+  if redis.call('HSETNX', KEYS[4], 'charged', '1') == 0 then return {1, '0', capacities[1], capacities[2]} end
+  redis.call('EXPIRE', KEYS[4], ARGV[6])
+end
 local levels = {}
 local waits = {0, 0}
 for i = 1, 2 do
@@ -244,11 +251,14 @@ class Tenancy:
                 float(wait),
             )
 
-    async def debit(self, tenant: str, tokens: int) -> None:
-        """Charge the tokens a finished request used."""
+    async def debit(self, tenant: str, tokens: int, record_id: str) -> None:
+        """Charge the tokens a finished request used, once per ``record_id`` however often asked."""
         if tokens <= 0 or not self.settings.rate_limits_enabled:
             return
-        await self._buckets(keys=self._bucket_keys(tenant), args=[*self._defaults, "debit", tokens, 0])
+        await self._buckets(
+            keys=[*self._bucket_keys(tenant), ACCOUNTED + record_id],
+            args=[*self._defaults, "debit", tokens, 0, self.settings.accounting_record_id_ttl_s],
+        )
 
     @property
     def _defaults(self) -> list[int]:

@@ -105,6 +105,10 @@ class MeshSettings(BaseSettings):
     redis_socket_timeout_s: float = Field(default=0.5, gt=0)
     redis_health_check_interval_s: float = Field(default=5.0, ge=0)
     redis_retries: int = Field(default=1, ge=0, le=5)
+    # After a command found Redis away (timed out, refused), an async client refuses its next
+    # commands at once for this long, then lets one through at a time to see whether Redis is
+    # back: a hung Redis costs one caller the timeouts, not every caller (0: probe at once).
+    redis_breaker_open_s: float = Field(default=1.0, ge=0)
 
     # Bearer key of the gateway's admin API (/admin/...), and what a request must present to
     # inject faults (mesh.faults); unset disables both.

@@ -9,12 +9,15 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tools.chaos.stack import EJECTION_S, MAX_CONCURRENT, MAX_QUEUED, ChaosStack
+from gateway import audit
+from tools.chaos.stack import EJECTION_S, MAX_CONCURRENT, MAX_QUEUED, ChaosStack, ChaosStackError
 
 # llmesh's own small model answers in milliseconds: the load is the mesh's, not the engine's.
 FAST_MODEL = "llmesh-small"
@@ -251,6 +254,100 @@ async def redis_outage(stack: ChaosStack, hang_s: float = 4.0) -> list[Row]:
     return rows
 
 
+async def _answered_ids(http: httpx.AsyncClient, stop: asyncio.Event, into: list[tuple[float, Answer, str]]) -> None:
+    """A closed-loop client until ``stop``: each answer with the time its request started and
+    the id of the completion it answered ('' if refused)."""
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            response = await http.post("/chat/completions", json=_body(), timeout=30.0)
+        except httpx.HTTPError as error:
+            into.append((started, Answer(0, type(error).__name__, time.monotonic() - started), ""))
+            continue
+        body = response.json()
+        code = "" if response.status_code == 200 else (body.get("error") or {}).get("code") or ""
+        completion = body.get("id", "") if response.status_code == 200 else ""
+        into.append((started, Answer(response.status_code, code, time.monotonic() - started), completion))
+        await asyncio.sleep(0.05)
+
+
+def _audited(redis_port: int) -> dict[str, list[dict]]:
+    """The audit stream's records by request id, and whether each record was charged."""
+    client = redis.Redis(port=redis_port, decode_responses=True, socket_timeout=5)
+    by_request: dict[str, list[dict]] = {}
+    for entry in audit.redis_entries(client):
+        record = entry.record
+        record["charged"] = client.hget(audit.ACCOUNTED + record.get("record_id", ""), "charged") == "1"
+        by_request.setdefault(record["request_id"], []).append(record)
+    return by_request
+
+
+def _live_pid(stack: ChaosStack, process: str, timeout_s: float = 30.0) -> int:
+    """The process's pid once status.json names one that runs (not one killed and not yet
+    replaced there, nor a zombie)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pid = stack.pid(process)
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+                return pid
+        except FileNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            raise ChaosStackError(f"{process} is not running after {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
+async def redis_accounting(stack: ChaosStack, load_s: float = 6.0) -> list[Row]:
+    """Scenario 8's "nothing already accepted is lost": under load, Redis frozen (SIGSTOP) for 2 s,
+    then killed while frozen (what it held unanswered is gone) and restarted by the supervisor.
+    The chaos stack's rate limits fail open, so the gateway keeps answering meanwhile; every
+    request answered from the freeze on must be audited and charged exactly once afterwards."""
+    redis_pid = await asyncio.to_thread(_live_pid, stack, "redis")
+    redis_port = stack.status()["ports"]["redis"]
+    answers: list[tuple[float, Answer, str]] = []
+    stop = asyncio.Event()
+    async with stack.client() as http:
+        clients = [asyncio.create_task(_answered_ids(http, stop, answers)) for _ in range(2)]
+        try:
+            await asyncio.sleep(1.0)
+            frozen = time.monotonic()
+            os.kill(redis_pid, signal.SIGSTOP)
+            await asyncio.sleep(2.0)
+            restarts = stack.restarts("redis")
+            os.kill(redis_pid, signal.SIGKILL)
+            await asyncio.to_thread(stack.wait_restarted, "redis", restarts)
+            back = time.monotonic()
+            await asyncio.sleep(max(0.0, load_s - (back - frozen)))
+        finally:
+            stop.set()
+            await asyncio.gather(*clients)
+    accepted = {completion for started, answer, completion in answers if started >= frozen and completion}
+    during = sum(1 for started, answer, completion in answers if frozen <= started < back and completion)
+    unclear = sum(not _clear_during_outage(answer) for _, answer, _ in answers)
+    # Bounded: the gateway writes what it kept once Redis answers, with a backoff of at most 2 s.
+    deadline = time.monotonic() + 30.0
+    while True:
+        records = await asyncio.to_thread(_audited, redis_port)
+        if accepted <= records.keys() or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    settled_s = time.monotonic() - back
+    missing = len(accepted - records.keys())
+    twice = sum(len(records[c]) > 1 for c in accepted & records.keys())
+    uncharged = sum(not records[c][0]["charged"] for c in accepted & records.keys())
+    return [
+        Row(
+            "Redis frozen then killed: nothing accepted lost",
+            f"{len(accepted)} answered from the freeze on ({during} while Redis was away, outage "
+            f"{back - frozen:.1f} s), {unclear} unclear answers; {missing} not audited, {uncharged} not charged, "
+            f"{twice} audited twice ({settled_s:.1f} s after Redis was back)",
+            "every one audited and charged exactly once; every answer 200 or 503 redis_unavailable",
+            during > 0 and missing == 0 and uncharged == 0 and twice == 0 and unclear == 0,
+        )
+    ]
+
+
 async def sigkill_service(stack: ChaosStack, process: str = "inference") -> list[Row]:
     """SIGKILL a process of the stack: the stack serves again (the other replica, if any), and
     the supervisor restarts the process."""
@@ -480,6 +577,7 @@ SCENARIOS: dict[str, Callable[[ChaosStack], Awaitable[list[Row]]]] = {
     "model-swap": model_swap,
     "replica-kill": replica_killed,
     "redis": redis_outage,
+    "redis-accounting": redis_accounting,
     "sigkill": sigkill_service,
     "sigterm": sigterm_gateway,
 }

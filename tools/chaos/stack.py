@@ -50,6 +50,9 @@ class ChaosStack:
             "LLMESH_OUTLIER_BASE_EJECTION_S": str(EJECTION_S),
             # Fast enough for the drain scenario, long enough for a prober to see NOT_SERVING.
             "LLMESH_SHUTDOWN_NOTICE_S": "0.5",
+            # Requests are accepted while Redis is away, so that the Redis scenarios have
+            # something to lose (fail closed, they are refused); set it false to see that.
+            "LLMESH_RATE_LIMITS_FAIL_OPEN": os.environ.get("LLMESH_RATE_LIMITS_FAIL_OPEN", "true"),
         }
         llmesh = Path(sys.executable).with_name("llmesh")
         # The child keeps its own copy of the descriptor.

@@ -2,6 +2,7 @@
 a clear 503 (REST) or UNAVAILABLE (gRPC) with the reason, never a hang, rate limits failing
 in the configured direction, and recovery without restarting the gateway."""
 
+import asyncio
 import os
 import signal
 
@@ -24,6 +25,19 @@ CHAT = "/v1/chat/completions"
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
 # Generous: the test asserts the gateway answers instead of hanging, not how fast it answers.
 CLIENT_TIMEOUT_S = 15.0
+# Recovery is by itself but not at once: a client whose command found Redis away asks again
+# (one probe) LLMESH_REDIS_BREAKER_OPEN_S (1 s) later. Bounded: this many tries 0.1 s apart.
+RECOVERY_TRIES = 50
+
+
+async def answered_again(send):
+    """The first answer that is not a 503, or the last 503 after RECOVERY_TRIES tries."""
+    for _ in range(RECOVERY_TRIES):
+        response = await send()
+        if response.status_code != 503:
+            return response
+        await asyncio.sleep(0.1)
+    return response
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +63,8 @@ def _settings(upstream, redis_server, **overrides):
         auth_required=True,
         rate_limits_enabled=True,
         audit_enabled=False,
+        # Where charges left when a test's gateway closes during the outage are spooled.
+        audit_dir=redis_server.directory.parent / "audit",
         redis_connect_timeout_s=0.3,
         redis_socket_timeout_s=0.3,
         **overrides,
@@ -85,7 +101,7 @@ async def test_rate_limits_fail_closed_with_503_and_recover_by_themselves(gatewa
     # The key was verified a moment ago, so authentication passes; the rate limiter cannot.
     _assert_redis_unavailable(await client.post(CHAT, json=BODY))
     own_redis.start()
-    assert (await client.post(CHAT, json=BODY)).status_code == 200
+    assert (await answered_again(lambda: client.post(CHAT, json=BODY))).status_code == 200
 
 
 @pytest.mark.parametrize("gateway", [{"rate_limits_fail_open": True}], indirect=True)
@@ -100,7 +116,7 @@ async def test_rate_limits_fail_open_when_configured(gateway, own_redis):
 
 @pytest.mark.parametrize("gateway", [{"rate_limits_fail_open": True}], indirect=True)
 async def test_a_frozen_redis_is_answered_with_503_not_a_hang(gateway, own_redis):
-    client, _ = gateway
+    client, app = gateway
     assert (await client.post(CHAT, json=BODY)).status_code == 200
     # SIGSTOP: connections are accepted by the kernel and never answered.
     own_redis.process.send_signal(signal.SIGSTOP)
@@ -108,9 +124,15 @@ async def test_a_frozen_redis_is_answered_with_503_not_a_hang(gateway, own_redis
         _assert_redis_unavailable(await client.get("/v1/batches"))
         # Rate limits fail open: the request is answered although every Redis call times out.
         assert (await client.post(CHAT, json=BODY)).status_code == 200
+        # The commands that timed out opened the clients' breakers: the next requests are
+        # answered without asking the frozen Redis (and so without waiting out its timeouts).
+        assert not app.state.guard.tenancy.redis.breaker.closed
+        assert not app.state.batches.store.redis.breaker.closed
+        _assert_redis_unavailable(await client.get("/v1/batches"))
+        assert (await client.post(CHAT, json=BODY)).status_code == 200
     finally:
         own_redis.process.send_signal(signal.SIGCONT)
-    assert (await client.get("/v1/batches")).status_code == 200
+    assert (await answered_again(lambda: client.get("/v1/batches"))).status_code == 200
 
 
 async def test_grpc_edge_answers_unavailable_with_the_reason(upstream, own_redis):
@@ -130,7 +152,15 @@ async def test_grpc_edge_answers_unavailable_with_the_reason(upstream, own_redis
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
             assert error_info(raised.value).reason == "REDIS_UNAVAILABLE"
             own_redis.start()
-            assert (await stub.Chat(request, metadata=metadata, timeout=CLIENT_TIMEOUT_S)).text
+            answer = None
+            for _ in range(RECOVERY_TRIES):
+                try:
+                    answer = await stub.Chat(request, metadata=metadata, timeout=CLIENT_TIMEOUT_S)
+                    break
+                except grpc.aio.AioRpcError as error:
+                    assert error.code() == grpc.StatusCode.UNAVAILABLE
+                    await asyncio.sleep(0.1)
+            assert answer is not None and answer.text
     finally:
         await running.stop(None)
         await service.close()
@@ -142,3 +172,36 @@ def test_redis_server_support_really_stops(own_redis):
     own_redis.stop()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("gateway", [{"rate_limits_fail_open": True}], indirect=True)
+async def test_readiness_with_redis_away_failing_open_is_degraded_but_still_in_service(gateway, own_redis):
+    client, _ = gateway
+    assert (await client.get("/readyz")).json()["status"] == "ready"
+    own_redis.stop()
+    response = await client.get("/readyz")
+    # Still ready for a load balancer (the gateway serves), and says what is missing and why.
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "degraded"
+    assert "Error" in response.json()["checks"]["redis"]
+    assert response.json()["checks"]["router"] == "SERVING"
+
+
+async def test_readiness_with_redis_away_failing_closed_is_not_ready(gateway, own_redis):
+    client, _ = gateway
+    own_redis.stop()
+    response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "not ready" and "Error" in response.json()["checks"]["redis"]
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_grpc_health_agrees_with_readyz_while_redis_is_away(upstream, own_redis, fail_open):
+    settings = _settings(upstream, own_redis, rate_limits_fail_open=fail_open)
+    service = GatewayService(settings, Pipeline(settings))
+    try:
+        assert await service.ready()
+        own_redis.stop()
+        assert await service.ready() is fail_open
+    finally:
+        await service.close()

@@ -129,7 +129,7 @@ async def test_tokens_used_are_charged_and_then_limit(settings):
     tenancy = Tenancy(settings)
     _, _ = await tenancy.create_key("tok", rpm=100, tpm=50)
     await tenancy.admit("tok")
-    await tenancy.debit("tok", 80)  # overspent: the bucket is below zero
+    await tenancy.debit("tok", 80, "record-1")  # overspent: the bucket is below zero
     with pytest.raises(RateLimited):
         await tenancy.admit("tok")
     await tenancy.close()

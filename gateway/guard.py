@@ -5,6 +5,7 @@ neither billed nor audited."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncGenerator, Sequence
@@ -78,6 +79,11 @@ class Guard:
             result = await self.pipeline.chat(request)
         except GatewayError as error:
             await self._finished(_failed(request, error, started))
+            raise
+        except asyncio.CancelledError:
+            # The client left (the REST edge cancels a unary request whose connection closed):
+            # the engine stopped for it, and the audit trail says so.
+            await asyncio.shield(self._finished(_failed(request, CLIENT_DISCONNECTED, started)))
             raise
         await self._finished(
             _answered(
@@ -222,12 +228,16 @@ def _answered(
     )
 
 
-def _failed(request: ChatInput, error: GatewayError, started: float) -> Outcome:
+# The audit status of a request whose client left before its answer.
+CLIENT_DISCONNECTED = "CLIENT_DISCONNECTED"
+
+
+def _failed(request: ChatInput, error: GatewayError | str, started: float) -> Outcome:
     return Outcome(
         request_id="",
         tenant=request.tenant,
         requested_model=request.model,
-        status=error.reason,
+        status=error if isinstance(error, str) else error.reason,
         latency_ms=(time.perf_counter() - started) * 1000,
         prompt=_prompt_text(request),
     )

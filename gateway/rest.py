@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 
 import numpy as np
 import uvicorn
@@ -63,6 +63,7 @@ from gateway.openai_schema import (
     describe_validation_error,
 )
 from gateway.pipeline import Pipeline
+from gateway.records import ChatResult
 from gateway.response_cache import CACHE_HEADER
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey
@@ -281,12 +282,42 @@ async def _answer(
     no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
     chat_input = dataclasses.replace(chat_input, use_cache=not no_cache)
     if not body.stream:
-        result = await guard.chat(key, chat_input)
+        result = await _unless_disconnected(request, guard.chat(key, chat_input))
+        if result is None:
+            # Nobody is left to read it; the access log says 499 (client closed request).
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         headers = _llmesh_headers(result.id, result.model, result.route_reason, result.experiments, result.cache)
         return FastJSONResponse(fmt.result(result), headers=headers)
     stream = await guard.stream(key, chat_input)
     headers = _llmesh_headers(stream.id, stream.model, stream.route_reason, stream.experiments, stream.cache)
     return EventStream(stream, sse_events(stream, fmt, body.include_usage), headers)
+
+
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def _unless_disconnected(request: Request, answer: Awaitable[ChatResult]) -> ChatResult | None:
+    """A unary answer, cancelled when its client disconnects first: the cancellation reaches
+    every call the pipeline is making, Triton's generation included (a stream's is cancelled
+    when its response stops being read). The body has been read, so the next receive() waits
+    for the disconnect. None when the client left."""
+    answering = asyncio.ensure_future(answer)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watching = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait([answering, watching], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+    if not answering.done():
+        answering.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await answering
+        return None
+    return answering.result()
 
 
 def _llmesh_headers(

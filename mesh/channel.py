@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
@@ -71,13 +73,40 @@ def _channel(target: str, settings: MeshSettings) -> grpc.aio.Channel:
     # Deadline first so the tracing interceptor records the effective timeout.
     interceptors = [
         *_details_interceptors(settings),
-        *aio_client_interceptors(),  # type: ignore[no-untyped-call]  # the instrumentation leaves it unannotated
+        *(
+            _CancelPropagating(tracing) if isinstance(tracing, grpc.aio.UnaryUnaryClientInterceptor) else tracing
+            for tracing in aio_client_interceptors()  # type: ignore[no-untyped-call]  # unannotated
+        ),
     ]
     if not settings.tls_enabled:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     if settings.tls_server_name:
         options.append(("grpc.ssl_target_name_override", settings.tls_server_name))
     return grpc.aio.secure_channel(target, channel_credentials(settings), options=options, interceptors=interceptors)
+
+
+class _CancelPropagating(grpc.aio.UnaryUnaryClientInterceptor):
+    """OpenTelemetry's unary interceptor awaits the call's outcome inside the interceptor, so
+    cancelling the caller (a client that left) cancelled only that wait and the RPC ran on to
+    its end upstream, Triton's generation included. This cancels the RPC with its caller."""
+
+    def __init__(self, inner: grpc.aio.UnaryUnaryClientInterceptor) -> None:
+        self.inner = inner
+
+    async def intercept_unary_unary(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+        started: list[grpc.aio.Call] = []
+
+        async def tracked(details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+            call = await continuation(details, request)
+            started.append(call)
+            return call
+
+        try:
+            return await self.inner.intercept_unary_unary(tracked, details, request)
+        except asyncio.CancelledError:
+            for call in started:
+                call.cancel()
+            raise
 
 
 def _details_interceptors(settings: MeshSettings) -> list[grpc.aio.ClientInterceptor]:

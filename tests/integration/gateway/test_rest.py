@@ -329,6 +329,37 @@ async def test_body_shorter_than_content_length_is_408_not_a_hang(upstreams):
         await pipeline.close()
 
 
+async def test_a_unary_request_whose_client_leaves_is_cancelled_upstream(upstreams):
+    """A real uvicorn server: the client gives up on a slow unary answer and closes the
+    connection; the gateway cancels the request, down to the generation it was waiting for."""
+    fakes, addr = upstreams
+    settings = gateway_settings(addr)
+    pipeline = Pipeline(settings)
+    port = free_port()
+    server = RestServer(
+        uvicorn.Config(create_app(settings, pipeline), host="127.0.0.1", port=port, log_level="warning")
+    )
+    serving = asyncio.create_task(server.serve())
+    fakes.generate_delay_s = 3.0
+    try:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.post(CHAT, json=HELLO, timeout=httpx.Timeout(5.0, read=0.5))
+        # Well before the 3 s generation would have ended, nothing is generating any more.
+        for _ in range(40):
+            if fakes.generating == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert fakes.generating == 0
+    finally:
+        fakes.generate_delay_s = 0.0
+        server.should_exit = True
+        await serving
+        await pipeline.close()
+
+
 async def test_mid_stream_failure_is_an_error_event(client):
     request = {"messages": [{"role": "user", "content": FAIL_MID_STREAM}], "stream": True}
     response = await client.post(CHAT, json=request)

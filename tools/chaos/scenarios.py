@@ -17,6 +17,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import audit
+from mesh import semconv
 from tools.chaos.stack import EJECTION_S, MAX_CONCURRENT, MAX_QUEUED, ChaosStack, ChaosStackError
 
 # llmesh's own small model answers in milliseconds: the load is the mesh's, not the engine's.
@@ -569,12 +570,74 @@ async def sigterm_gateway(stack: ChaosStack, streams: int = MAX_CONCURRENT) -> l
     ]
 
 
+# A question SmolLM2 answers at length: its generations outlast the clients that leave them.
+LONG_QUESTION = "Write a long, detailed story about a lighthouse keeper and the sea, with many chapters."
+
+
+def _engine_running(metrics_text: str, model: str) -> float:
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == semconv.METRIC_ENGINE_RUNNING:
+            return sum(sample.value for sample in family.samples if sample.labels.get("model") == model)
+    return 0.0
+
+
+async def client_disconnects(stack: ChaosStack, clients: int = MAX_CONCURRENT // 2) -> list[Row]:
+    """Clients that leave in mid-unary and in mid-stream (as many of each as the stack admits
+    at once): the engine stops generating for them (Triton's engine gauge of running requests
+    falls back to zero)."""
+    metrics = f"http://127.0.0.1:{stack.status()['ports']['triton_metrics']}/metrics"
+    body = {"model": SLOW_MODEL, "messages": [{"role": "user", "content": LONG_QUESTION}], "max_tokens": 400}
+    async with stack.client(timeout_s=120) as http, httpx.AsyncClient(timeout=5) as probe:
+
+        async def running() -> float:
+            return _engine_running((await probe.get(metrics)).text, SLOW_MODEL)
+
+        async def unary() -> None:
+            await http.post("/chat/completions", json=body)
+
+        async def stream() -> None:
+            async with http.stream("POST", "/chat/completions", json={**body, "stream": True}) as response:
+                async for _ in response.aiter_lines():
+                    pass
+
+        tasks = [asyncio.create_task(call()) for call in [unary] * clients + [stream] * clients]
+        peak, deadline = 0.0, time.monotonic() + 30
+        while peak < 2 * clients and time.monotonic() < deadline:
+            peak = max(peak, await running())
+            await asyncio.sleep(0.2)
+        # The clients leave: their connections close with the cancelled requests.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        left, drained, still = time.monotonic(), None, peak
+        while time.monotonic() < left + 15:
+            still = await running()
+            if still == 0:
+                drained = time.monotonic() - left
+                break
+            await asyncio.sleep(0.2)
+    return [
+        Row(
+            "clients disconnect mid-unary and mid-stream",
+            f"{peak:.0f} of {2 * clients} requests running in the engine; "
+            + (
+                f"0 running {drained:.1f} s after the clients left"
+                if drained is not None
+                else f"{still:.0f} still running after 15 s"
+            ),
+            "all running, then 0 within 5 s",
+            peak >= 2 * clients and drained is not None and drained <= 5,
+        )
+    ]
+
+
 # In the order they run: the ones that restart processes last.
 SCENARIOS: dict[str, Callable[[ChaosStack], Awaitable[list[Row]]]] = {
     "overload": overload,
     "retry-budget": retry_budget,
     "replica-unavailable": replica_unavailable,
     "model-swap": model_swap,
+    "disconnects": client_disconnects,
     "replica-kill": replica_killed,
     "redis": redis_outage,
     "redis-accounting": redis_accounting,

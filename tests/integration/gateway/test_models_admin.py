@@ -7,9 +7,11 @@ import pytest
 
 from gateway.pipeline import Pipeline
 from gateway.rest import create_app
+from mesh.redis_client import sync_redis
 from mesh.server import start_service
 from services.inference.service import InferenceService
 from services.inference.settings import InferenceSettings
+from services.inference.versions import split_key
 from support.fake_triton import FakeTriton, answer
 from support.fake_upstreams import gateway_settings
 
@@ -54,6 +56,8 @@ async def admin(upstreams, redis_url):
     await pipeline.close()
     await inference.stop(None)
     await service.close()
+    # The session's Redis is shared: leave no split behind for the tests after this one.
+    sync_redis(settings).delete(split_key(SMALL))
 
 
 async def test_the_admin_key_is_required(admin):

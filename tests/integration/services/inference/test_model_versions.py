@@ -63,6 +63,8 @@ async def inference(triton, redis_url):
     settings = InferenceSettings(
         triton_grpc_addr=triton.grpc_url, redis_url=redis_url, default_deadline_s=60, model_split_refresh_s=0.2
     )
+    # The session's Redis: another test may have left a split of this model in it.
+    sync_redis(settings).delete(split_key(SMALL))
     service = InferenceService(settings)
     running = await start_service(service, settings, "127.0.0.1:0")
     async with build_channel(f"127.0.0.1:{running.port}", settings) as channel:

@@ -188,12 +188,10 @@ class _Invocation:
                 raise failure from None
 
 
-class _UnaryCall:
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self._task = task
+class _Call:
+    """A call is the task that runs it: cancelling the call cancels the task."""
 
-    def __await__(self) -> Any:
-        return self._task.__await__()
+    _task: asyncio.Future[Any]
 
     def cancel(self) -> bool:
         return self._task.cancel()
@@ -205,7 +203,15 @@ class _UnaryCall:
         return self._task.cancelled()
 
 
-class _StreamCall:
+class _UnaryCall(_Call):
+    def __init__(self, task: asyncio.Future[Any]) -> None:
+        self._task = task
+
+    def __await__(self) -> Any:
+        return self._task.__await__()
+
+
+class _StreamCall(_Call):
     """A call with a response stream: the service runs ahead in its task, a bounded buffer
     between it and the caller; cancelling the call (or closing its iterator) cancels it."""
 
@@ -224,15 +230,6 @@ class _StreamCall:
                 yield item
         finally:
             self._task.cancel()
-
-    def cancel(self) -> bool:
-        return self._task.cancel()
-
-    def done(self) -> bool:
-        return self._task.done()
-
-    def cancelled(self) -> bool:
-        return self._task.cancelled()
 
 
 class LocalChannel:

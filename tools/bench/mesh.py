@@ -719,6 +719,27 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [f"| `{row['frame']}` | {row['pct']} |" for row in profiled["inclusive_top"]]
         lines += ["", "| frame | own % |", "| --- | --- |"]
         lines += [f"| `{row['frame']}` | {row['pct']} |" for row in profiled["own_top"]]
+    if result.get("vllm_bench"):
+        lines += [
+            "",
+            "## vLLM's serving benchmark against the gateway (`vllm bench serve`, openai-chat, streaming)",
+            "",
+            "| model | conc. | completed | failed | req/s | output tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms"
+            " | ITL p50 / p99 ms |",
+            "|" + " --- |" * 9,
+        ]
+        for row in result["vllm_bench"]:
+            lines.append(
+                f"| {row['model']} | {row['concurrency']} | {row['completed']} | {row['failed']} "
+                f"| {row['request_throughput']:.2f} | {row['output_throughput']:.1f} "
+                f"| {row['median_ttft_ms']:.1f} / {row['p99_ttft_ms']:.1f} "
+                f"| {row['median_tpot_ms']:.1f} / {row['p99_tpot_ms']:.1f} "
+                f"| {row['median_itl_ms']:.1f} / {row['p99_itl_ms']:.1f} |"
+            )
+        lines += ["", f"Command (one per concurrency): `{result['vllm_bench'][0]['command']}`"]
+    if result.get("run_times_s"):
+        lines += ["", "## Run time of the bench itself", "", "| step | s |", "| --- | --- |"]
+        lines += [f"| {step} | {seconds:.1f} |" for step, seconds in result["run_times_s"].items()]
     return "\n".join(lines) + "\n"
 
 

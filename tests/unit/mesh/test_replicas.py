@@ -10,7 +10,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from mesh.replicas import DnsReplicaChannel, dns_target
+from mesh.replicas import DnsReplicaChannel, dns_target, system_resolver
 from mesh.settings import MeshSettings
 
 FAIL = grpc.StatusCode.UNAVAILABLE
@@ -166,3 +166,9 @@ async def test_resolves_again_in_the_background_until_closed():
     count = len(asked)
     await asyncio.sleep(0.05)
     assert len(asked) == count
+
+
+async def test_the_system_resolver_answers_ip_literals():
+    # The real getaddrinfo, on a name every machine resolves without a DNS server.
+    assert "127.0.0.1" in await system_resolver("localhost", 50053)
+    assert await system_resolver("10.1.2.3", 50053) == ["10.1.2.3"]

@@ -273,7 +273,7 @@ class DnsReplicaChannel(ReplicaChannel):
             RESOLUTION_FAILURES.labels(self.host).inc()
             log.warning(
                 "replica resolution failed; keeping the last replicas",
-                extra={"service": self.host, "replicas": len(self.replicas), "error": repr(error)},
+                extra={"upstream": self.host, "replicas": len(self.replicas), "error": repr(error)},
             )
             return
         self.update([_host_port(address, self.port) for address in addresses])
@@ -299,12 +299,17 @@ class DnsReplicaChannel(ReplicaChannel):
         if added or removed:
             log.info(
                 "replicas changed",
-                extra={"service": self.host, "added": [r.target for r in added], "removed": removed},
+                extra={"upstream": self.host, "added": [r.target for r in added], "removed": removed},
             )
 
     def pick(self) -> Replica:
         self._start()
         return super().pick() if self.replicas else self.fallback
+
+    def record(self, replica: Replica, code: grpc.StatusCode) -> None:
+        # The fallback stands for no replica in particular: nothing to eject.
+        if replica is not self.fallback:
+            super().record(replica, code)
 
     async def close(self, grace: float | None = None) -> None:
         self._closed = True

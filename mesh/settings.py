@@ -35,10 +35,10 @@ DNS_SCHEME = "dns:///"
 
 
 def check_replica_addr(value: str) -> str:
-    if value.startswith(DNS_SCHEME):
+    if value.startswith(DNS_SCHEME) and "," not in value:
         check_host_port(value.removeprefix(DNS_SCHEME))
         return value
-    if "://" in value or value.startswith("dns:"):
+    if ":/" in value or value.startswith("dns:"):
         raise ValueError(f"expected HOST:PORT[,HOST:PORT...] or dns:///HOST:PORT, got {value!r}")
     for part in value.split(","):
         check_host_port(part.strip())

@@ -61,7 +61,8 @@ def test_dns_targets():
     assert dns_target("dns:///inference:50053") == ("inference", 50053)
     assert dns_target("inference:50053") is None
     assert MeshSettings(inference_addr="dns:///inference.llmesh.svc.cluster.local:50053")
-    for bad in ("dns:///inference", "dns://10.0.0.10/inference:50053", "dns:inference:50053"):
+    bad_ones = ("dns:///inference", "dns://10.0.0.10/inference:50053", "dns:inference:50053", "dns:///a:1,b:2")
+    for bad in bad_ones:
         with pytest.raises(ValueError, match="HOST:PORT"):
             MeshSettings(inference_addr=bad)
 
@@ -73,6 +74,10 @@ async def test_each_address_is_a_replica_named_by_the_service():
     assert not channel.replicas and channel.pick() is channel.fallback
     assert channel.fallback.channel.target == "dns:///resolved.llmesh:50053"
     await channel.refresh()
+    # What the calls sent there before it met says nothing of any replica.
+    for _ in range(5):
+        channel.record(channel.fallback, FAIL)
+    assert channel.fallback.ejections == 0
     assert [replica.target for replica in channel.replicas] == ["10.0.0.1:50053", "10.0.0.2:50053", "[fd00::3]:50053"]
     # Each connects to its IP and stands for the service's name (:authority, certificate).
     assert {replica.channel.authority for replica in channel.replicas} == {"resolved.llmesh:50053"}

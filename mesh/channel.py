@@ -13,7 +13,7 @@ from mesh import local
 from mesh.deadlines import DetailsClientInterceptor
 from mesh.deadlines import client_interceptors as deadline_interceptors
 from mesh.faults import client_interceptors as fault_interceptors
-from mesh.replicas import Replica, ReplicaChannel
+from mesh.replicas import DnsReplicaChannel, Replica, ReplicaChannel, Resolver, dns_target, system_resolver
 from mesh.routing import client_interceptors as assignment_interceptors
 from mesh.server import transport_options
 from mesh.settings import MeshSettings
@@ -41,11 +41,14 @@ def service_config(settings: MeshSettings) -> str:
     return json.dumps({"retryThrottling": throttling, "methodConfig": [method_config]})
 
 
-def build_channel(target: str, settings: MeshSettings) -> grpc.aio.Channel | ReplicaChannel | local.LocalChannel:
+def build_channel(
+    target: str, settings: MeshSettings, resolver: Resolver = system_resolver
+) -> grpc.aio.Channel | ReplicaChannel | local.LocalChannel:
     """An aio channel with deadlines, trace-context propagation, retries and transport limits,
     over mutual TLS when ``settings.tls_enabled``; for a target naming several replicas
-    (``HOST:PORT,HOST:PORT``), one such channel per replica behind a balancer (mesh.replicas);
-    for a service this process hosts (co-located, mesh.local), calls in process."""
+    (``HOST:PORT,HOST:PORT``, or ``dns:///HOST:PORT`` for the addresses ``resolver`` finds for
+    HOST), one such channel per replica behind a balancer (mesh.replicas); for a service this
+    process hosts (co-located, mesh.local), calls in process."""
     hosted = local.server_at(target)
     if hosted is not None:
         # One of each (the network channel has one per call kind); they only set call details.
@@ -56,13 +59,21 @@ def build_channel(target: str, settings: MeshSettings) -> grpc.aio.Channel | Rep
             and isinstance(interceptor, grpc.aio.UnaryUnaryClientInterceptor)
         ]
         return local.LocalChannel(hosted, one_each)
+    named = dns_target(target)
+    if named is not None:
+        host, port = named
+        return DnsReplicaChannel(
+            host, port, lambda one, authority: _channel(one, settings, authority), settings, resolver
+        )
     targets = [part.strip() for part in target.split(",") if part.strip()]
     if len(targets) > 1:
         return ReplicaChannel([Replica(one, _channel(one, settings)) for one in targets], settings)
     return _channel(target, settings)
 
 
-def _channel(target: str, settings: MeshSettings) -> grpc.aio.Channel:
+def _channel(target: str, settings: MeshSettings, authority: str = "") -> grpc.aio.Channel:
+    """``authority``: the HOST:PORT a channel to an IP address stands for (a pod of a headless
+    Service), sent as :authority."""
     options = [
         *transport_options(settings),
         ("grpc.enable_retries", 1),
@@ -78,6 +89,10 @@ def _channel(target: str, settings: MeshSettings) -> grpc.aio.Channel:
             for tracing in aio_client_interceptors()  # type: ignore[no-untyped-call]  # unannotated
         ),
     ]
+    if authority:
+        # gRPC checks the server's certificate against the authority's host (unless
+        # tls_server_name overrides it), so a pod's certificate for its service's name verifies.
+        options.append(("grpc.default_authority", authority))
     if not settings.tls_enabled:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     if settings.tls_server_name:

@@ -29,7 +29,23 @@ def check_host_port(value: str) -> str:
     return value
 
 
-HostPort = Annotated[str, AfterValidator(check_host_port)]
+# How a service's replicas are named (mesh.replicas): HOST:PORT, several as HOST:PORT,HOST:PORT,
+# or dns:///HOST:PORT for every address HOST resolves to (a Kubernetes headless Service).
+DNS_SCHEME = "dns:///"
+
+
+def check_replica_addr(value: str) -> str:
+    if value.startswith(DNS_SCHEME) and "," not in value:
+        check_host_port(value.removeprefix(DNS_SCHEME))
+        return value
+    if ":/" in value or value.startswith("dns:"):
+        raise ValueError(f"expected HOST:PORT[,HOST:PORT...] or dns:///HOST:PORT, got {value!r}")
+    for part in value.split(","):
+        check_host_port(part.strip())
+    return value
+
+
+ReplicaAddr = Annotated[str, AfterValidator(check_replica_addr)]
 
 
 class MeshSettings(BaseSettings):
@@ -55,7 +71,7 @@ class MeshSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # More deployments of a service, each an A/B variant (JSON: {"router": {"b": "HOST:PORT"}});
     # see mesh.discovery.
-    variant_addrs: dict[str, dict[str, HostPort]] = Field(default_factory=dict)
+    variant_addrs: dict[str, dict[str, ReplicaAddr]] = Field(default_factory=dict)
 
     # The models served (LLMESH_MODELS as JSON), each with its own tokenizer and chat template.
     models: list[ModelSpec] = Field(default_factory=default_models, min_length=1)
@@ -87,6 +103,8 @@ class MeshSettings(BaseSettings):
     outlier_consecutive_errors: int = Field(default=5, ge=1)
     outlier_base_ejection_s: float = Field(default=30.0, gt=0)
     outlier_max_ejection_percent: float = Field(default=10.0, ge=0, le=100)
+    # How often the replicas of a dns:/// address are resolved again (mesh.replicas).
+    replica_dns_refresh_s: float = Field(default=5.0, gt=0)
     # Retry throttling per channel (see mesh.channel.service_config).
     retry_budget_max_tokens: int = Field(default=10, ge=1, le=1000)
     retry_budget_token_ratio: float = Field(default=0.1, gt=0, le=1)
@@ -150,10 +168,7 @@ class MeshSettings(BaseSettings):
     @field_validator("preprocess_addr", "router_addr", "inference_addr", "postprocess_addr")
     @classmethod
     def _replica_addrs(cls, value: str) -> str:
-        # Several replicas of a service: HOST:PORT,HOST:PORT (mesh.replicas).
-        for part in value.split(","):
-            check_host_port(part.strip())
-        return value
+        return check_replica_addr(value)
 
     @field_validator(
         "gateway_http_addr",

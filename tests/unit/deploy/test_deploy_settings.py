@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gateway.settings import GatewaySettings
-from mesh.settings import ENV_PREFIX, MeshSettings
+from mesh.settings import DNS_SCHEME, ENV_PREFIX, MeshSettings
 from services.inference.settings import InferenceSettings
 from services.inference.triton_gpu import TritonGpuSettings
 from services.postprocess.settings import PostprocessSettings
@@ -81,7 +81,7 @@ def test_k8s_env_ports_probes_and_services_agree_with_the_settings(overlay):
         settings = _settings(SETTINGS[_module(container["command"])], container_env(docs, deployment))
         ports = {port["name"]: port["containerPort"] for port in container.get("ports", [])}
         for field in ADDRESS_FIELDS:
-            host, _, port = getattr(settings, field).rpartition(":")
+            host, _, port = getattr(settings, field).removeprefix(DNS_SCHEME).rpartition(":")
             assert int(port) in [p["port"] for p in services[host]["spec"]["ports"]], (name, field)
         redis = urlsplit(settings.redis_url)
         assert redis.port in [p["port"] for p in services[redis.hostname]["spec"]["ports"]]
@@ -100,6 +100,30 @@ def test_k8s_env_ports_probes_and_services_agree_with_the_settings(overlay):
         service = services.get(deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"])
         for port in service["spec"]["ports"] if service else []:
             assert port["targetPort"] in ports, (name, port)
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/dev", "overlays/prod"])
+def test_k8s_services_are_headless_dns_replicas_unless_istio_balances(overlay):
+    """Without Istio, a caller resolves each service's headless Service to its pods and balances
+    over them (mesh.replicas); with Istio, the sidecars do, so the Service has a cluster IP and
+    the callers use its one address."""
+    docs = kustomize(K8S / overlay)
+    istio = bool(of_kind(docs, "VirtualService"))
+    env = of_kind(docs, "ConfigMap")["mesh"]["data"]
+    services, deployments = of_kind(docs, "Service"), of_kind(docs, "Deployment")
+    for name in ("preprocess", "router", "inference", "postprocess"):
+        addr, service = env[f"LLMESH_{name.upper()}_ADDR"], services[name]["spec"]
+        if istio:
+            assert not addr.startswith(DNS_SCHEME) and addr.rpartition(":")[0] == name, addr
+            assert "clusterIP" not in service, name
+            continue
+        assert addr.startswith(DNS_SCHEME) and addr.removeprefix(DNS_SCHEME).rpartition(":")[0] == name, addr
+        assert service["clusterIP"] == "None", name
+        # A headless Service maps no ports: callers reach the pod's own port by the Service's number.
+        container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        pod_ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+        for port in service["ports"]:
+            assert pod_ports[port["targetPort"]] == port["port"], (name, port)
 
 
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])

@@ -140,6 +140,7 @@ def batch(
 def mesh(
     concurrency: list[int] = typer.Option([1, 8, 32], help="numbers of concurrent requests (repeatable)"),
     requests: int = typer.Option(160, min=8, help="requests per level (at least 4 per concurrent request)"),
+    auto_requests: int = typer.Option(64, min=8, help="requests per level for `auto` (each is scored by the router)"),
     stream_tokens: int = typer.Option(32, min=2, max=256, help="tokens per answer in the streaming levels"),
     stream_requests: int = typer.Option(64, min=1, help="streams per streaming level"),
     cache_requests: int = typer.Option(100, min=1, help="requests of the cache hit and miss levels"),
@@ -167,6 +168,7 @@ def mesh(
     plan = bench.Plan(
         concurrencies=tuple(sorted(concurrency)),
         requests=requests,
+        auto_requests=auto_requests,
         stream_tokens=stream_tokens,
         stream_requests=stream_requests,
         cache_requests=cache_requests,

@@ -227,6 +227,9 @@ def level(
 class Plan:
     concurrencies: tuple[int, ...] = (1, 8, 32)
     requests: int = 160
+    # `auto` costs the router's scoring (a forward pass of the student, ~150 ms here) per
+    # request: fewer requests per level keep the run short (its p99 is the coarser for it).
+    auto_requests: int = 64
     warmup: int = 8
     stream_tokens: int = 32
     stream_requests: int = 64
@@ -242,7 +245,9 @@ class Plan:
     def rate_count(self, rate: int) -> int:
         return max(40, round(rate * self.open_loop_s))
 
-    def count(self, concurrency: int) -> int:
+    def count(self, concurrency: int, model: str = "") -> int:
+        if model == AUTO_MODEL:
+            return max(self.auto_requests, 2 * concurrency)
         return max(self.requests, 4 * concurrency)
 
 
@@ -325,8 +330,10 @@ async def measure_phase(
                 continue
             models = (FIXED_MODEL, AUTO_MODEL) if scope == "full" else (FIXED_MODEL,)
             if scope == "full":
-                await run("rest", AUTO_MODEL, "latency", rest.call(AUTO_MODEL, 1, NO_CACHE), concurrency, count)
+                auto_count = plan.count(concurrency, AUTO_MODEL)
+                await run("rest", AUTO_MODEL, "latency", rest.call(AUTO_MODEL, 1, NO_CACHE), concurrency, auto_count)
             for model in models:
+                count = plan.count(concurrency, model)
                 await run("rest-stream", model, "latency", sse.stream(model, 1), concurrency, count)
                 await run("grpc", model, "latency", edge.call(model, 1), concurrency, count)
         if scope != "minimal":

@@ -12,6 +12,7 @@ from tools.bench.mesh import (
     _activity,
     closed_loop,
     frontier,
+    markdown,
     open_loop,
     percentile_ms,
     steps,
@@ -121,3 +122,36 @@ def test_profile_samples_go_to_their_innermost_known_component():
     assert _activity([*request, "Redis.execute_command (asyncio/client.py:600)"]) == "Redis client (tenancy, audit)"
     assert _activity(request) == "gateway code (pipeline, guard, formats, edges)"
     assert _activity(request[:1]) == "event loop and sockets (waiting included)"
+
+
+def test_auto_levels_send_fewer_requests_but_at_least_two_per_client():
+    plan = Plan(requests=160, auto_requests=64)
+    assert (plan.count(1), plan.count(1, "auto"), plan.count(32, "auto"), plan.count(64)) == (160, 64, 64, 256)
+
+
+def test_the_report_shows_vllm_s_figures_and_the_run_s_own_time():
+    vllm_row = {
+        "model": "smollm2-student",
+        "concurrency": 8,
+        "completed": 32,
+        "failed": 0,
+        "request_throughput": 3.5,
+        "output_throughput": 101.25,
+        "median_ttft_ms": 40.0,
+        "p99_ttft_ms": 90.0,
+        "median_tpot_ms": 12.0,
+        "p99_tpot_ms": 20.0,
+        "median_itl_ms": 11.0,
+        "p99_itl_ms": 30.0,
+        "command": "vllm bench serve --backend openai-chat",
+    }
+    result = {
+        "plan": {},
+        "levels": [],
+        "summary": {"added": [], "tracing": [], "cache": {}},
+        "vllm_bench": [vllm_row],
+        "run_times_s": {"triton start": 61.25, "total": 480.0},
+    }
+    text = markdown(result)
+    assert "| smollm2-student | 8 | 32 | 0 | 3.50 | 101.2 | 40.0 / 90.0 | 12.0 / 20.0 | 11.0 / 30.0 |" in text
+    assert "| triton start | 61.2 |" in text and "| total | 480.0 |" in text

@@ -32,6 +32,8 @@ from pathlib import Path
 import grpc
 import httpx
 
+from tools.bench.mesh import percentile_ms
+
 MODEL = "llmesh-small"
 PROMPT = "What is the capital of France?"
 NO_CACHE = {"cache-control": "no-cache"}
@@ -58,14 +60,6 @@ class Edge:
     accepted_p50_ms: float
     # The gateway's own histogram of its 429 answers (REST only): the share within 50 ms.
     gateway_within_50ms: float = math.nan
-
-
-def percentile_ms(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile in milliseconds (nan for no values)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return round(1000 * ordered[min(max(math.ceil(q * len(ordered)) - 1, 0), len(ordered) - 1)], 1)
 
 
 def summarise(edge: str, outcomes: Sequence[Outcome]) -> Edge:

@@ -31,8 +31,10 @@ IN_FLIGHT = Gauge(semconv.METRIC_INFERENCE_MODEL_IN_FLIGHT, "Engine calls of eac
 QUEUED = Gauge(semconv.METRIC_INFERENCE_MODEL_QUEUED, "Engine calls of each model waiting for a slot", ["model"])
 
 
-class ModelFull(Overloaded):
-    """The model has no slot and no room in its queue (or Triton's queue refused the call)."""
+class ModelFull(Exception):
+    """The model has no slot and no room in its queue (or Triton's queue refused the call).
+
+    Not a mesh.shedding.Overloaded: that one, escaping a handler, is the process's refusal."""
 
     def __init__(self, model: str, reason: str) -> None:
         super().__init__(f"{model} is at capacity ({reason})")

@@ -69,6 +69,9 @@ METRIC_INFERENCE_FAILOVERS = "llmesh_inference_failovers_total"
 METRIC_INFERENCE_BREAKER_STATE = "llmesh_inference_breaker_state"
 METRIC_INFERENCE_VERSION_REQUESTS = "llmesh_inference_version_requests_total"
 METRIC_INFERENCE_VERSION_FAILOVERS = "llmesh_inference_version_failovers_total"
+METRIC_INFERENCE_MODEL_REFUSALS = "llmesh_inference_model_refusals_total"
+METRIC_INFERENCE_MODEL_IN_FLIGHT = "llmesh_inference_model_in_flight_requests"
+METRIC_INFERENCE_MODEL_QUEUED = "llmesh_inference_model_queued_requests"
 
 # Metrics the engine models report through Triton's /metrics (label `model`).
 METRIC_ENGINE_RUNNING = "llmesh_engine_requests_running"

@@ -43,7 +43,8 @@ class Overloaded(Exception):
 
 class Admission:
     """At most ``max_concurrent`` holders at once and ``max_queued`` waiting; 0 concurrency
-    means no limit."""
+    means no limit. The process's own metrics are kept by the two hooks, which an admission of
+    something narrower (the inference service's per model) replaces with its own."""
 
     def __init__(self, max_concurrent: int, max_queued: int) -> None:
         self.max_concurrent = max_concurrent
@@ -74,14 +75,14 @@ class Admission:
         if self.queued >= self.max_queued:
             batch = self._waiting[BATCH]
             if priority == BATCH or not batch:
-                SHED.labels(priority).inc()
+                self.shed(priority)
                 raise Overloaded
             # The newest batch request gives its place to this interactive one.
-            SHED.labels(BATCH).inc()
+            self.shed(BATCH)
             batch.pop().set_exception(Overloaded())
         waiter = asyncio.get_running_loop().create_future()
         self._waiting[priority].append(waiter)
-        QUEUED.labels(priority).set(len(self._waiting[priority]))
+        self.queue_changed(priority)
         try:
             # The slot is handed over by release (in_flight is not decremented in between).
             await waiter
@@ -93,7 +94,14 @@ class Admission:
                 self.release()
             raise
         finally:
-            QUEUED.labels(priority).set(len(self._waiting[priority]))
+            self.queue_changed(priority)
+
+    def shed(self, priority: str) -> None:
+        """A request of ``priority`` was refused (or lost its place in the queue)."""
+        SHED.labels(priority).inc()
+
+    def queue_changed(self, priority: str) -> None:
+        QUEUED.labels(priority).set(len(self._waiting[priority]))
 
     def release(self) -> None:
         """Give the slot to the first waiter of the highest priority, or free it."""

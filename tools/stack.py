@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import redis
 from mesh.net import free_port, free_ports
 from mesh.probe import grpc_serving
 from mesh.settings import REPO_ROOT
-from services.inference.triton_server import TritonServer, TritonStartError
+from services.inference.triton_server import DEFAULT_MODELS, TritonServer, TritonStartError
 from tools import certs
 
 DEFAULT_RUN_DIR = REPO_ROOT / ".run"
@@ -61,6 +61,11 @@ class Ports:
     @classmethod
     def free(cls) -> Ports:
         return cls(*free_ports(len(cls.__dataclass_fields__)))
+
+    @classmethod
+    def from_base(cls, base: int) -> Ports:
+        """Consecutive ports from ``base`` (a range of one's own on a shared machine)."""
+        return cls(*range(base, base + len(cls.__dataclass_fields__)))
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,8 @@ class Stack:
     # The four services inside the gateway's process (`llmesh up --colocate`, cli/colocated.py):
     # still served on their addresses, called in process by the gateway (mesh.local).
     colocate: bool = False
+    # The models Triton loads (a benchmark of one model needs no other weights).
+    triton_models: Sequence[str] = DEFAULT_MODELS
 
     def __post_init__(self) -> None:
         if self.colocate and any(count > 1 for count in self.replicas.values()):
@@ -354,6 +361,7 @@ class Stack:
             otlp_endpoint=self.env["LLMESH_OTLP_ENDPOINT"],
             log_file=self.run_dir / "logs" / "triton.log",
             env=self.env,
+            models=self.triton_models,
         )
 
     def start(self, triton_timeout_s: float = 300.0) -> Stack:

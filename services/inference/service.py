@@ -23,10 +23,19 @@ from mesh.deadlines import remaining_s
 from mesh.errors import abort
 from mesh.redis_client import async_redis
 from mesh.sampling import SamplingError, check_budget, check_sampling
+from mesh.shedding import OVERLOADED, RETRY_AFTER_S
+from services.inference.admission import ModelAdmissions, ModelFull, triton_refused
 from services.inference.circuit import CircuitBreaker, State
 from services.inference.lifecycle import LifecycleError, ModelLifecycle
 from services.inference.settings import InferenceSettings
-from services.inference.triton_client import Chunk, RequestRejected, TritonClient, TritonError, engine_parameters
+from services.inference.triton_client import (
+    Chunk,
+    QueueFull,
+    RequestRejected,
+    TritonClient,
+    TritonError,
+    engine_parameters,
+)
 from services.inference.versions import TrafficSplits
 
 log = logging.getLogger(__name__)
@@ -132,6 +141,7 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         )
         names = generation + [model.name for model in settings.embedding_models]
         self.breakers = {name: CircuitBreaker(name, settings.breaker_config(), clock) for name in names}
+        self.admissions = ModelAdmissions((name, *settings.model_limit(name)) for name in names)
         for name, breaker in self.breakers.items():
             # Read when scraped, so the gauge is never behind the breaker.
             BREAKER_STATE.labels(name).set_function(_breaker_state(breaker))
@@ -190,7 +200,12 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         try:
             # Scored by the version the split would answer with (another version's perplexity differs).
             version = self.splits.versions(model)[0]
-            logprobs = await self._counted(breaker, self.triton.score(model, request.prompt_token_ids, version))
+            async with self.admissions.slot(model):
+                logprobs = await self._counted(
+                    model, breaker, self.triton.score(model, request.prompt_token_ids, version)
+                )
+        except ModelFull as full:
+            await self._refuse_overloaded(context, {model: full.reason})
         except RequestRejected as error:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), "REQUEST_REJECTED", model=model)
         except TritonError as error:
@@ -211,7 +226,10 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         if not breaker.allow():
             await abort(context, grpc.StatusCode.UNAVAILABLE, f"{model}: circuit open", "CIRCUIT_OPEN", model=model)
         try:
-            vectors, counts = await self._counted(breaker, self.triton.embed(model, list(request.inputs)))
+            async with self.admissions.slot(model):
+                vectors, counts = await self._counted(model, breaker, self.triton.embed(model, list(request.inputs)))
+        except ModelFull as full:
+            await self._refuse_overloaded(context, {model: full.reason})
         except RequestRejected as error:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), "REQUEST_REJECTED", model=model)
         except TritonError as error:
@@ -298,12 +316,15 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         except LifecycleError as error:
             await abort(context, error.code, str(error), error.reason)
 
-    async def _counted(self, breaker: CircuitBreaker, call: Any) -> Any:
-        """A unary engine call whose outcome the model's breaker counts (never a rejected request)."""
+    async def _counted(self, model: str, breaker: CircuitBreaker, call: Any) -> Any:
+        """A unary engine call whose outcome the model's breaker counts (never a rejected request,
+        nor one Triton's full queue refused)."""
         try:
             result = await call
         except RequestRejected:
             raise
+        except QueueFull:
+            raise triton_refused(model) from None
         except TritonError:
             if not _deadline_passed():
                 breaker.record_failure()
@@ -318,12 +339,15 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         as nothing has reached the caller: a stream can fail over until its first chunk is sent;
         a unary call collects each attempt whole, so it can fail over at any point. A request the
         engine refuses as invalid is the caller's error: it is answered INVALID_ARGUMENT and
-        counts against no model.
+        counts against no model. A model at capacity (no slot and no room in its queue here, or
+        Triton's queue full) also hands the request on; when no model could take it and one of
+        them was full, the caller is told to come back (RESOURCE_EXHAUSTED, OVERLOADED).
         """
         chain = await self._chain(request, context)
         span = trace.get_current_span()
         span.set_attribute(semconv.GEN_AI_REQUEST_MODEL, request.model)
         errors: dict[str, str] = {}
+        full: dict[str, str] = {}
         for model, prompt_ids, params in chain:
             if not self.breakers[model].allow():
                 errors[model] = "circuit open"
@@ -332,16 +356,21 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
                 self._record_failover(span, from_model=list(errors)[-1], to_model=model)
             sent = False
             try:
-                if stream:
-                    async for chunk in self._call(model, prompt_ids, params):
-                        sent = True
-                        yield model, chunk
-                else:
-                    chunks = [chunk async for chunk in self._call(model, prompt_ids, params)]
-                    for chunk in chunks:
-                        yield model, chunk
+                # A stream holds its slot until its last chunk was sent.
+                async with self.admissions.slot(model):
+                    if stream:
+                        async for chunk in self._call(model, prompt_ids, params):
+                            sent = True
+                            yield model, chunk
+                    else:
+                        chunks = [chunk async for chunk in self._call(model, prompt_ids, params)]
+                        for chunk in chunks:
+                            yield model, chunk
                 span.set_attribute(semconv.GEN_AI_RESPONSE_MODEL, model)
                 return
+            except ModelFull as error:
+                log.info("model at capacity", extra={"model": model, "reason": error.reason})
+                full[model] = errors[model] = error.reason
             except RequestRejected as error:
                 await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), "REQUEST_REJECTED", model=model)
             except TritonError as error:
@@ -359,6 +388,8 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
                     )
                 log.warning("model failed", extra={"model": model, "error": str(error)})
                 errors[model] = str(error)
+        if full:
+            await self._refuse_overloaded(context, errors)
         await abort(
             context,
             grpc.StatusCode.UNAVAILABLE,
@@ -437,6 +468,10 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
                     yield chunk
             except RequestRejected:
                 raise
+            except QueueFull:
+                # Triton's queue of the model is full: no other version would be less loaded
+                # than the one the split picked, and a full queue is no failure of the model.
+                raise triton_refused(model) from None
             except TritonError as error:
                 if first and attempt + 1 < len(versions) and not _deadline_passed():
                     VERSION_FAILOVERS.labels(model, label).inc()
@@ -451,6 +486,21 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
                 self.in_flight[(model, version)] -= 1
             breaker.record_success()
             return
+
+    @staticmethod
+    async def _refuse_overloaded(context, why: dict[str, str]) -> None:
+        """RESOURCE_EXHAUSTED with mesh.shedding's ErrorInfo, which the gateway answers 429 with
+        Retry-After; ``why``: each model tried and why it did not answer."""
+        await abort(
+            context,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "no model had capacity ("
+            + "; ".join(f"{model}: {reason}" for model, reason in why.items())
+            + f"); retry in {RETRY_AFTER_S} s.",
+            OVERLOADED,
+            retry_after=str(RETRY_AFTER_S),
+            **why,
+        )
 
     @staticmethod
     def _record_failover(span: trace.Span, *, from_model: str, to_model: str) -> None:

@@ -40,6 +40,15 @@ class RequestRejected(TritonError):
     client's fault, which says nothing about the model's health."""
 
 
+class QueueFull(TritonError):
+    """Triton's queue of the model (its config's ``max_queue_size``) was full: the model is at
+    capacity, which says nothing about its health either."""
+
+
+# What Triton's scheduler answers (UNAVAILABLE) when a model's queue holds max_queue_size requests.
+QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"
+
+
 @dataclass(frozen=True)
 class Chunk:
     """One streamed response of an engine model: new tokens of one answer."""
@@ -181,9 +190,12 @@ async def _single(request: dict) -> AsyncIterator[dict]:
 
 
 def _error(model: str, message: str) -> TritonError:
-    """The engine marks the requests it refuses as invalid (semconv.ENGINE_INVALID_REQUEST_PREFIX)."""
+    """The engine marks the requests it refuses as invalid (semconv.ENGINE_INVALID_REQUEST_PREFIX);
+    Triton's scheduler, those its full queue refuses."""
     if semconv.ENGINE_INVALID_REQUEST_PREFIX in message:
         return RequestRejected(message.split(semconv.ENGINE_INVALID_REQUEST_PREFIX, 1)[1])
+    if QUEUE_FULL_MESSAGE in message:
+        return QueueFull(f"{model}: {message}")
     return TritonError(f"{model}: {message}")
 
 
@@ -250,7 +262,7 @@ class TritonClient:
                 span.set_attribute(semconv.GEN_AI_RESPONSE_MODEL, model)
             except grpc.RpcError as error:
                 # Errors while reading the stream arrive as raw gRPC errors, not tritonclient's.
-                raise TritonError(f"{model}: {error.code().name}: {error.details()}") from None
+                raise _error(model, f"{error.code().name}: {error.details()}") from None
             except InferenceServerException as error:
                 raise _error(model, error.message()) from None
             finally:

@@ -1,5 +1,7 @@
 """A scripted stand-in for services.inference.triton_client.TritonClient."""
 
+import asyncio
+
 from services.inference.triton_client import Chunk
 
 
@@ -14,7 +16,8 @@ def answer(*token_ids: int, finish: str = "stop", prompt_tokens: int = 3) -> lis
 
 
 class FakeTriton:
-    """Plays a script per model: Chunks are streamed, an exception is raised where it stands."""
+    """Plays a script per model: Chunks are streamed, an exception is raised where it stands, an
+    asyncio.Event is waited for (a call held in the engine until the test sets it)."""
 
     def __init__(self, scripts, logprobs=None):
         self.scripts = scripts
@@ -32,6 +35,9 @@ class FakeTriton:
         for item in self.scripts.get((model, version), self.scripts.get(model, [])):
             if isinstance(item, Exception):
                 raise item
+            if isinstance(item, asyncio.Event):
+                await item.wait()
+                continue
             yield item
 
     async def score(self, model, prompt_ids, version=None):

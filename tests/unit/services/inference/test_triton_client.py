@@ -15,6 +15,7 @@ from mesh import deadlines, semconv
 from mesh.settings import MeshSettings
 from services.inference.triton_client import (
     Chunk,
+    QueueFull,
     RequestRejected,
     TritonClient,
     TritonError,
@@ -228,6 +229,20 @@ async def test_an_engine_refusal_is_the_clients_fault(client):
     message = f"[request id: <id_unknown>] {semconv.ENGINE_INVALID_REQUEST_PREFIX}prompt exceeds the context"
     client._client = FakeTritonGrpc([(None, InferenceServerException(message))])
     with pytest.raises(RequestRejected, match=r"^prompt exceeds the context$"):
+        await collect(client)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        (None, InferenceServerException("[request id: <id_unknown>] Exceeds maximum queue size")),
+        grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "Exceeds maximum queue size"),
+    ],
+    ids=["error-response", "grpc-error"],
+)
+async def test_tritons_full_queue_is_told_apart(client, item):
+    client._client = FakeTritonGrpc([item])
+    with pytest.raises(QueueFull, match=r"^m: .*Exceeds maximum queue size$"):
         await collect(client)
 
 

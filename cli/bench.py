@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -238,7 +239,12 @@ def mesh(
                         names = [m.name for m in settings.models]
                         model = next((n for n in vllm_serve.ENGINE_MODELS if n in names), bench.FIXED_MODEL)
                         progress.update(task, description=f"{phase.name}: vLLM's serving benchmark, {model}")
-                        extra["vllm_bench"] = vllm_serve.run(f"{stack.gateway_url}", key, model)
+                        try:
+                            extra["vllm_bench"] = vllm_serve.run(stack.gateway_url, key, model)
+                        except (RuntimeError, subprocess.TimeoutExpired) as error:
+                            # The bench's own figures are still worth writing.
+                            err.print(f"vLLM's serving benchmark failed: {error}")
+                            extra["vllm_bench_error"] = str(error)[-2000:]
                         run_times[f"{phase.name}: vLLM's serving benchmark"] = time.monotonic() - mark
                         mark = time.monotonic()
                     if phase.tracing:

@@ -744,6 +744,8 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {row['median_itl_ms']:.1f} / {row['p99_itl_ms']:.1f} |"
             )
         lines += ["", f"Command (one per concurrency): `{result['vllm_bench'][0]['command']}`"]
+    if result.get("vllm_bench_error"):
+        lines += ["", "## vLLM's serving benchmark: failed", "", "```", result["vllm_bench_error"], "```"]
     if result.get("run_times_s"):
         lines += ["", "## Run time of the bench itself", "", "| step | s |", "| --- | --- |"]
         lines += [f"| {step} | {seconds:.1f} |" for step, seconds in result["run_times_s"].items()]

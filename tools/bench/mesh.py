@@ -229,7 +229,7 @@ class Plan:
     requests: int = 160
     # `auto` costs the router's scoring (a forward pass of the student, ~150 ms here) per
     # request: fewer requests per level keep the run short (its p99 is the coarser for it).
-    auto_requests: int = 64
+    auto_requests: int = 48
     warmup: int = 8
     stream_tokens: int = 32
     stream_requests: int = 64
@@ -306,13 +306,22 @@ async def measure_phase(
     edge = GrpcUnary(endpoints.gateway_grpc_addr, endpoints.api_key)
     levels: list[Level] = []
     trace_ids: list[str] = []
+    # A path is warmed up once per phase (connections, the models' first calls); the levels after
+    # its first find it warm.
+    warmed: set[tuple[str, str, str]] = set()
+
+    async def warm(path: str, model: str, kind: str, one: One) -> None:
+        if (path, model, kind) not in warmed:
+            warmed.add((path, model, kind))
+            for index in range(plan.warmup):
+                await one(index)
 
     async def run(
         path: str, model: str, kind: str, one: One, concurrency: int, count: int, warmup: bool = True
     ) -> None:
         progress(f"{phase}: {path} {model} {kind} x{concurrency}")
-        for index in range(plan.warmup if warmup else 0):
-            await one(index)
+        if warmup:
+            await warm(path, model, kind, one)
         hits_before = rest.cache_headers["hit"]
         streams, errors, wall = await closed_loop(one, concurrency, count)
         measured = level(phase, path, model, kind, concurrency, streams, errors, wall)
@@ -322,10 +331,12 @@ async def measure_phase(
         for concurrency in plan.concurrencies:
             count = plan.count(concurrency)
             await run("direct", FIXED_MODEL, "latency", direct.stream(FIXED_MODEL, 1), concurrency, count)
+            rest_one = rest.call(FIXED_MODEL, 1, NO_CACHE)
+            await warm("rest", FIXED_MODEL, "latency", rest_one)
             before = len(rest.trace_ids)
-            await run("rest", FIXED_MODEL, "latency", rest.call(FIXED_MODEL, 1, NO_CACHE), concurrency, count)
+            await run("rest", FIXED_MODEL, "latency", rest_one, concurrency, count)
             if concurrency == 1:
-                trace_ids = rest.trace_ids[before + plan.warmup :]
+                trace_ids = rest.trace_ids[before:]
             if scope == "minimal":
                 continue
             models = (FIXED_MODEL, AUTO_MODEL) if scope == "full" else (FIXED_MODEL,)
@@ -348,8 +359,7 @@ async def measure_phase(
             for path, one in (("direct", direct.stream(FIXED_MODEL, 1)), ("rest", rest.call(FIXED_MODEL, 1, NO_CACHE))):
                 for rate in plan.rates:
                     progress(f"{phase}: {path} {FIXED_MODEL} open loop {rate}/s")
-                    for index in range(plan.warmup):
-                        await one(index)
+                    await warm(path, FIXED_MODEL, "latency", one)
                     streams, errors, wall = await open_loop(one, rate, plan.rate_count(rate))
                     measured = level(phase, path, FIXED_MODEL, "open-loop", rate, streams, errors, wall)
                     levels.append(measured)

@@ -10,7 +10,8 @@ The requests: vLLM's ``openai-chat`` backend (streaming ``/v1/chat/completions``
 ``stream_options.include_usage``, the API key from ``OPENAI_API_KEY``), ordinary questions in a
 file of vLLM's ``sharegpt`` format (its default, random token ids, reads as gibberish that the
 input guard may refuse; its ``custom`` format needs pandas, which the engine's environment does
-not have), a fixed output length and greedy decoding. vLLM's
+not have), a fixed output length and greedy decoding, with ``Cache-Control: no-cache`` (greedy
+requests of a few questions are what the response cache answers). vLLM's
 ``ignore_eos`` is not sent (the gateway refuses parameters it does not support), so an answer
 may end before the output length; the output token counts come from the usage chunk.
 """
@@ -74,7 +75,7 @@ def run(
     api_key: str,
     model: str,
     concurrencies: Sequence[int] = (1, 8),
-    prompts: int = 32,
+    prompts: int = 24,
     output_len: int = 32,
     timeout_s: float = 300.0,
 ) -> list[dict[str, Any]]:
@@ -94,6 +95,7 @@ def run(
                 "--dataset-name", "sharegpt", "--dataset-path", str(dataset),
                 "--sharegpt-output-len", str(output_len), "--num-prompts", str(max(prompts, concurrency)),
                 "--max-concurrency", str(concurrency), "--temperature", "0", "--seed", "7",
+                "--header", "cache-control=no-cache",
                 "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",
                 "--save-result", "--result-dir", scratch, "--result-filename", name, "--disable-tqdm",
             ]  # fmt: skip

@@ -26,7 +26,8 @@ def test_one_run_per_concurrency_through_the_chat_endpoint_with_the_key(monkeypa
     assert "p99_ttft_ms" in rows[0] and rows[0]["p99_ttft_ms"] is None  # kept even when vLLM left it out
     command = rows[1]["command"]
     for part in ("--backend openai-chat", "--base-url http://127.0.0.1:9", "--endpoint /v1/chat/completions",
-                 "--model smollm2-student", "--max-concurrency 8", "--temperature 0"):  # fmt: skip
+                 "--model smollm2-student", "--max-concurrency 8", "--temperature 0",
+                 "--header cache-control=no-cache"):  # fmt: skip
         assert part in command
 
 

@@ -67,6 +67,7 @@ METRIC_ROUTE_BUDGET_REFUSALS = "llmesh_route_budget_refusals_total"
 METRIC_SAFETY_BLOCKS = "llmesh_safety_blocks_total"
 METRIC_INFERENCE_FAILOVERS = "llmesh_inference_failovers_total"
 METRIC_INFERENCE_BREAKER_STATE = "llmesh_inference_breaker_state"
+METRIC_INFERENCE_MODEL_READY = "llmesh_inference_model_ready"
 METRIC_INFERENCE_VERSION_REQUESTS = "llmesh_inference_version_requests_total"
 METRIC_INFERENCE_VERSION_FAILOVERS = "llmesh_inference_version_failovers_total"
 

@@ -850,5 +850,13 @@ BOUNDS_S = {"long-stream": 420.0, "model-unload": 420.0}
 
 # Scenarios whose stack is set otherwise than the suite's, each run on a stack of its own: an
 # open loop of 50 requests/s keeps several in flight at once, which the suite's admission
-# limits (2, for the overload scenario) would refuse; these are the settings' defaults.
-STACK_ENV = {"model-unload": {"LLMESH_MAX_CONCURRENT_REQUESTS": "256", "LLMESH_MAX_QUEUED_REQUESTS": "256"}}
+# limits (2, for the overload scenario) would refuse (256 are the settings' defaults), and is
+# 3000 requests a minute, over the tenant's default rate limit (600).
+STACK_ENV = {
+    "model-unload": {
+        "LLMESH_MAX_CONCURRENT_REQUESTS": "256",
+        "LLMESH_MAX_QUEUED_REQUESTS": "256",
+        "LLMESH_TENANT_REQUESTS_PER_MINUTE": "100000",
+        "LLMESH_TENANT_TOKENS_PER_MINUTE": "10000000",
+    }
+}

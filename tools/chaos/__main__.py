@@ -28,7 +28,10 @@ def table(rows: list[Row]) -> Table:
     return out
 
 
-async def run(stack: ChaosStack, names: list[str], deadline: float) -> list[Row]:
+async def run(
+    stack: ChaosStack, names: list[str], deadline: float, params: dict[str, dict[str, float]] | None = None
+) -> list[Row]:
+    params = params or {}
     rows: list[Row] = []
     for name in names:
         remaining = deadline - time.monotonic()
@@ -37,7 +40,8 @@ async def run(stack: ChaosStack, names: list[str], deadline: float) -> list[Row]
             continue
         console.print(f"running [bold]{name}[/] ...")
         try:
-            rows += await asyncio.wait_for(SCENARIOS[name](stack), timeout=min(remaining, BOUNDS_S.get(name, BOUND_S)))
+            scenario = SCENARIOS[name](stack, **params.get(name, {}))
+            rows += await asyncio.wait_for(scenario, timeout=min(remaining, BOUNDS_S.get(name, BOUND_S)))
         except TimeoutError:
             rows.append(Row(name, "did not finish in time", "-", False))
     return rows
@@ -56,7 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=list(SCENARIOS), help="run only these (repeatable)")
     parser.add_argument("--run-dir", type=Path, help="the stack's run directory (default: a new temporary one)")
     parser.add_argument("--max-seconds", type=float, default=1500.0, help="bound on the scenarios' time")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="SCENARIO:NAME=VALUE",
+        help="a scenario's own parameter (a number), e.g. model-unload:rate=20 (repeatable)",
+    )
     args = parser.parse_args(argv)
+    params: dict[str, dict[str, float]] = {}
+    for param in args.param:
+        scenario, _, assignment = param.partition(":")
+        name, _, value = assignment.partition("=")
+        if scenario not in SCENARIOS or not name or not value:
+            parser.error(f"--param {param}: expected SCENARIO:NAME=VALUE with a known scenario")
+        params.setdefault(scenario, {})[name] = float(value)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="llmesh-chaos-"))
     deadline = time.monotonic() + args.max_seconds
     rows: list[Row] = []
@@ -68,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         stack = ChaosStack(stack_dir, env=env)
         try:
             stack.start()
-            rows += asyncio.run(run(stack, names, deadline))
+            rows += asyncio.run(run(stack, names, deadline, params))
         except ChaosStackError as error:
             console.print(f"[red]could not start the stack:[/] {error}")
             return 2

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -701,6 +702,11 @@ async def long_stream(stack: ChaosStack, min_s: float = 60.0) -> list[Row]:
     ]
 
 
+def _outcome(answer: Answer) -> str:
+    """An answer as its status and code, or the client's error when there was no answer."""
+    return answer.code if answer.status == 0 else f"{answer.status} {answer.code}".strip()
+
+
 @dataclass(frozen=True)
 class Timed:
     """An answer with when its request started, and which model answered it."""
@@ -722,15 +728,17 @@ async def _timed_chat(http: httpx.AsyncClient, body: dict, into: list[Timed]) ->
     into.append(Timed(started, answer, response.headers.get("x-llmesh-model", "")))
 
 
-async def _open_loop(http: httpx.AsyncClient, body: dict, rate: float, count: int, into: list[Timed]) -> None:
+async def _open_loop(http: httpx.AsyncClient, body: dict, rate: float, count: int, into: list[Timed]) -> float:
     """``count`` requests sent ``1 / rate`` s apart whatever the answers (an open loop: a slow
-    stack does not slow the arrivals), each on its own."""
+    stack does not slow the arrivals), each on its own; the seconds the sending took."""
     started = time.monotonic()
     tasks = []
     for i in range(count):
         await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
         tasks.append(asyncio.create_task(_timed_chat(http, body, into)))
+    sent_s = time.monotonic() - started
     await asyncio.gather(*tasks)
+    return sent_s
 
 
 async def model_unload(
@@ -777,7 +785,7 @@ async def model_unload(
         marks["start"] = time.monotonic()
         lifecycle = asyncio.create_task(unload_then_load())
         try:
-            await _open_loop(http, body, rate, int(rate * seconds), answers)
+            sent_s = await _open_loop(http, body, rate, int(rate * seconds), answers)
             marks["load_end"] = time.monotonic()
             # The model back before the next scenario; its load is bounded by the scenario's.
             await lifecycle
@@ -791,7 +799,7 @@ async def model_unload(
     after = [t for t in answers if t.started >= settle]
     errors = [t for t in after if t.answer.status != 200]
     rate_after = len(errors) / len(after) if after else 1.0
-    codes = ", ".join(sorted({f"{t.answer.status} {t.answer.code}".strip() for t in errors}))
+    codes = ", ".join(f"{n} {code}" for code, n in sorted(Counter(_outcome(t.answer) for t in errors).items()))
     early = sum(t.answer.status != 200 for t in answers if marks["unload"] <= t.started < settle)
     slowest = max(t.answer.seconds for t in answers)
     deadline_s = 30.0
@@ -800,7 +808,20 @@ async def model_unload(
         if t.started >= marks["unload"] and t.answer.status == 200:
             served_by[t.model] = served_by.get(t.model, 0) + 1
     back = sum(t.model == FAST_MODEL for t in answers if t.started >= marks.get("loaded", float("inf")))
-    offered = len(answers) / (marks["load_end"] - marks["start"])
+    offered = len(answers) / sent_s
+    # Every answer, for a closer look (a timeline of latencies and codes).
+    (stack.run_dir / "model-unload.json").write_text(
+        json.dumps(
+            {
+                "marks": {name: at - marks["start"] for name, at in marks.items()},
+                "answers": [
+                    [t.started - marks["start"], t.answer.status, t.answer.code, t.answer.seconds, t.model]
+                    for t in answers
+                ],
+                "not_ready": not_ready,
+            }
+        )
+    )
     reloaded = (
         f"loaded again {marks['loaded'] - marks['load']:.1f} s after its load began"
         + (f", {back} answered by it after" if marks["loaded"] < marks["load_end"] else ", after the load ended")
@@ -819,10 +840,10 @@ async def model_unload(
         ),
         Row(
             "gateway readiness while a model is unloaded",
-            f"{len(not_ready)} not-ready answers of /readyz"
-            + (f" ({', '.join(str(c) for c in sorted(set(not_ready)))})" if not_ready else ""),
-            "ready throughout (the other models serve)",
-            not not_ready,
+            f"{sum(c != 0 for c in not_ready)} not-ready answers of /readyz, {not_ready.count(0)} probes not answered "
+            "within 5 s (a loaded machine)",
+            "never answered not ready (the other models serve)",
+            not any(not_ready),
         ),
     ]
 

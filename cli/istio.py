@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from gateway.experiments.definitions import BUCKETS, SERVICES, Experiment, Shadow, Variant, load_file
+from gateway.settings import GatewaySettings
 from mesh.discovery import PRIMARY
 from mesh.routing import header
 from mesh.settings import MeshSettings
@@ -27,14 +28,30 @@ from mesh.settings import MeshSettings
 # Pods of a deployment carry this label; a subset is named after the deployment.
 DEPLOYMENT_LABEL = "llmesh.io/deployment"
 
-# A backstop above the deadline every caller sets (mesh.deadlines): normally the caller's
-# deadline ends a call first. Generation streams last as long as the answer.
-ROUTE_TIMEOUT_S = {"preprocess": 15, "router": 15, "inference": 300, "postprocess": 300}
+# The services whose calls include generation streams (GenerateStream, PostprocessStream).
+STREAMING = ("inference", "postprocess")
+# Envoy's route timeout covers a whole response, a stream's to its last message: for the
+# streaming services it is the stream deadline every caller sets (mesh.deadlines), so that
+# the caller's own deadline, started before the proxy's clock, ends a call first and the route
+# never cuts a stream the mesh allows. The other services answer unary calls only.
+_STREAM_DEADLINE_S = round(MeshSettings.model_fields["stream_deadline_s"].default)
+ROUTE_TIMEOUT_S = {"preprocess": 15, "router": 15, "inference": _STREAM_DEADLINE_S, "postprocess": _STREAM_DEADLINE_S}
 
 # The gRPC clients retry UNAVAILABLE themselves (mesh.channel's service config); with Istio the
 # components/istio overlay turns that off (LLMESH_RETRY_MAX_ATTEMPTS=1) and the proxy retries
 # the same failures: the call never reached a server that could have acted on it.
 RETRIES = {"attempts": 2, "perTryTimeout": "10s", "retryOn": "unavailable,connect-failure,refused-stream"}
+# Envoy stops a try's timer once the response has started (its headers, which a gRPC server
+# sends with its first message), so for a stream perTryTimeout bounds the wait for the first
+# chunk: a slow first token (a queue, a long prompt) must not be cut before the gateway's own
+# idle timeout (LLMESH_STREAM_IDLE_TIMEOUT_S) would end it with a clear stream_stalled.
+STREAM_PER_TRY_TIMEOUT_S = round(GatewaySettings.model_fields["stream_idle_timeout_s"].default) + 5
+
+
+def _retries(service: str) -> dict[str, object]:
+    if service in STREAMING:
+        return {**RETRIES, "perTryTimeout": f"{STREAM_PER_TRY_TIMEOUT_S}s"}
+    return dict(RETRIES)
 
 
 def service_port(service: str) -> int:
@@ -68,7 +85,7 @@ def _route(name: str, service: str, destinations: list[dict], match: list[dict] 
     route: dict[str, object] = {"name": name}
     if match:
         route["match"] = match
-    route |= {"route": destinations, "timeout": f"{ROUTE_TIMEOUT_S[service]}s", "retries": dict(RETRIES)}
+    route |= {"route": destinations, "timeout": f"{ROUTE_TIMEOUT_S[service]}s", "retries": _retries(service)}
     return route
 
 

@@ -145,6 +145,19 @@ class UpstreamTimeout(GatewayError):
     phrase = "did not answer in time"
 
 
+class StreamStalled(UpstreamTimeout):
+    """A stream's upstreams sent no chunk for the gateway's idle timeout, well within the
+    stream's deadline: the engine or a service is stuck on it."""
+
+    reason = "STREAM_STALLED"
+
+    def __init__(self, idle_s: float) -> None:
+        super().__init__(
+            f"No part of the answer came for {idle_s:g} s; the stream was ended.",
+            metadata={"idle_timeout_s": f"{idle_s:g}"},
+        )
+
+
 class BudgetExhausted(GatewayError):
     """The router refused: the tenant's spending budget is used up until it resets."""
 

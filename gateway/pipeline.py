@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -24,7 +25,14 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from gateway import cascade, tools
-from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamError, from_rpc_error
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    StreamStalled,
+    UpstreamError,
+    from_rpc_error,
+)
 from gateway.experiments.runtime import Answer, Experiments, Trial
 from gateway.metrics import TTFT
 from gateway.records import (
@@ -62,6 +70,8 @@ from mesh.sampling import SamplingError, check_budget, check_sampling
 from mesh.telemetry import tracer
 
 _tracer = tracer(__name__)
+# A message of an upstream's response stream.
+_Response = TypeVar("_Response")
 log = logging.getLogger(__name__)
 
 
@@ -290,7 +300,7 @@ class Pipeline:
                 generation = plan.stubs.inference.GenerateStream(plan.generate_request())
                 responses = aiter(generation)
                 with _calling("inference"):
-                    first = await anext(responses, None)
+                    first = await _next_within(responses, self.settings.stream_idle_timeout_s, span)
                 if first is None:
                     raise UpstreamError("The inference service ended its stream without an answer.")
                 model = first.model or plan.route.model
@@ -301,7 +311,9 @@ class Pipeline:
             raise
         close = _closer(span, generation, released)
         remember = (lambda response: self.cache.store_later(key, response, asked)) if plan.cache_key else None
-        chunks = _release(released, feed, plan, model, span, started, close, trial, remember)
+        chunks = _release(
+            released, feed, plan, model, span, started, close, trial, self.settings.stream_idle_timeout_s, remember
+        )
         return ChatStream(
             plan.context.request_id,
             plan.created,
@@ -666,6 +678,7 @@ async def _release(
     started: float,
     close: Callable[[], None],
     trial: Trial,
+    idle_s: float,
     remember: Callable[[CachedResponse], None] | None = None,
 ) -> AsyncGenerator[StreamChunk, None]:
     first_text = True
@@ -676,7 +689,8 @@ async def _release(
         try:
             # Read to the end even after the final message, so the call completes rather
             # than being cancelled (which both ends would trace as a failure).
-            async for response in released:
+            responses = aiter(released)
+            while (response := await _next_within(responses, idle_s, span)) is not None:
                 if response.index == 0:
                     trial.on_text(response.text_delta)
                 if response.text_delta and first_text:
@@ -851,6 +865,19 @@ def _record_result(
     )
     if verdict is not None and verdict.blocked:
         _record_verdict(span, verdict)
+
+
+async def _next_within(responses: AsyncIterator[_Response], idle_s: float, span: Span) -> _Response | None:
+    """The next message of an upstream stream (None at its end), or StreamStalled when none
+    came within ``idle_s``; the caller's clean-up then cancels the calls."""
+    try:
+        async with asyncio.timeout(idle_s):
+            return await anext(responses, None)
+    except TimeoutError:
+        stalled = StreamStalled(idle_s)
+        span.record_exception(stalled)
+        span.set_status(Status(StatusCode.ERROR, stalled.message))
+        raise stalled from None
 
 
 def _failure(span: Span, error: grpc.aio.AioRpcError, service: str) -> GatewayError:

@@ -25,6 +25,11 @@ class GatewaySettings(MeshSettings):
     # Longest wait for the next part of a request body; then 408 (a Content-Length larger than
     # the body sent would otherwise hold the request open until the client gives up).
     body_read_timeout_s: float = Field(default=10.0, gt=0)
+    # A stream whose next chunk (the first one too) has not come this long after the last is
+    # ended with `stream_stalled` (504 before anything was sent, else an error event): its
+    # deadline (LLMESH_STREAM_DEADLINE_S) is long enough for whole answers, so a hung engine
+    # must not hold the caller for all of it.
+    stream_idle_timeout_s: float = Field(default=30.0, gt=0)
     # max_tokens when the client sends none.
     default_max_tokens: int = Field(default=128, gt=0)
     # Every request is this tenant's until API keys map callers to tenants.

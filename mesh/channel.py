@@ -127,7 +127,7 @@ class _CancelPropagating(grpc.aio.UnaryUnaryClientInterceptor):
 def _details_interceptors(settings: MeshSettings) -> list[grpc.aio.ClientInterceptor]:
     """The interceptors that set a call's deadline and the metadata it carries."""
     return [
-        *deadline_interceptors(settings.default_deadline_s),
+        *deadline_interceptors(settings.default_deadline_s, settings.stream_deadline_s),
         *assignment_interceptors(),
         *priority_interceptors(settings.request_priority),
         *fault_interceptors(),

@@ -2,7 +2,7 @@
 
 The server interceptor records the inbound deadline in a context variable; the client
 interceptor gives every outbound call the earliest of its own timeout, the inbound deadline
-and the default deadline, so every call has one.
+and the default deadline (a longer one for calls answered by a stream), so every call has one.
 """
 
 from __future__ import annotations
@@ -116,6 +116,10 @@ class DetailsClientInterceptor:
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         raise NotImplementedError
 
+    def _stream_details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        """The details of a call answered by a stream; the same as any call's unless overridden."""
+        return self._details(details)
+
     async def intercept_unary_unary(
         self, continuation: Continuation, details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
@@ -124,7 +128,7 @@ class DetailsClientInterceptor:
     async def intercept_unary_stream(
         self, continuation: Continuation, details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(self._stream_details(details), request)
 
     async def intercept_stream_unary(
         self, continuation: Continuation, details: grpc.aio.ClientCallDetails, request_iterator: Any
@@ -134,7 +138,7 @@ class DetailsClientInterceptor:
     async def intercept_stream_stream(
         self, continuation: Continuation, details: grpc.aio.ClientCallDetails, request_iterator: Any
     ) -> Any:
-        return await continuation(self._details(details), request_iterator)
+        return await continuation(self._stream_details(details), request_iterator)
 
 
 def for_every_call_kind(base: type[DetailsClientInterceptor], *args: Any) -> list[grpc.aio.ClientInterceptor]:
@@ -149,11 +153,18 @@ def for_every_call_kind(base: type[DetailsClientInterceptor], *args: Any) -> lis
 
 
 class DeadlineClientInterceptor(DetailsClientInterceptor):
-    def __init__(self, default_deadline_s: float) -> None:
+    def __init__(self, default_deadline_s: float, stream_deadline_s: float) -> None:
         self.default_deadline_s = default_deadline_s
+        self.stream_deadline_s = stream_deadline_s
 
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        candidates = [self.default_deadline_s if details.timeout is None else details.timeout]
+        return self._bounded(details, self.default_deadline_s)
+
+    def _stream_details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        return self._bounded(details, self.stream_deadline_s)
+
+    def _bounded(self, details: grpc.aio.ClientCallDetails, default_s: float) -> grpc.aio.ClientCallDetails:
+        candidates = [default_s if details.timeout is None else details.timeout]
         inbound = remaining_s()
         if inbound is not None:
             candidates.append(max(inbound, 0.0))
@@ -166,5 +177,5 @@ class DeadlineClientInterceptor(DetailsClientInterceptor):
         )
 
 
-def client_interceptors(default_deadline_s: float) -> list[grpc.aio.ClientInterceptor]:
-    return for_every_call_kind(DeadlineClientInterceptor, default_deadline_s)
+def client_interceptors(default_deadline_s: float, stream_deadline_s: float) -> list[grpc.aio.ClientInterceptor]:
+    return for_every_call_kind(DeadlineClientInterceptor, default_deadline_s, stream_deadline_s)

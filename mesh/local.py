@@ -241,12 +241,14 @@ class LocalChannel:
         self.server = server
         self.interceptors = list(interceptors)
 
-    def _details(self, method: str, timeout: float | None, metadata: Any) -> grpc.aio.ClientCallDetails:
+    def _details(
+        self, method: str, timeout: float | None, metadata: Any, streaming: bool = False
+    ) -> grpc.aio.ClientCallDetails:
         if isinstance(metadata, Mapping):
             metadata = tuple(metadata.items())
         details = grpc.aio.ClientCallDetails(method, timeout, tuple(metadata or ()), None, None)
         for interceptor in self.interceptors:
-            details = interceptor._details(details)
+            details = interceptor._stream_details(details) if streaming else interceptor._details(details)
         return details
 
     def unary_unary(
@@ -301,7 +303,7 @@ class LocalChannel:
             await queue.put(_END)
 
         def multicallable(request: Any, *, timeout: float | None = None, metadata: Any = None, **_: Any) -> _StreamCall:
-            details = self._details(method, timeout, metadata)
+            details = self._details(method, timeout, metadata, streaming=True)
             return _StreamCall(functools.partial(produce, request, details))
 
         return multicallable

@@ -229,9 +229,13 @@ class Health:
     async def watch(self, check: ReadinessCheck, interval_s: float = 2.0) -> None:
         """Re-check readiness for as long as the server runs; a failing check means NOT_SERVING.
 
-        A check returns whether the service is ready, or whether each of its components is (the
-        service is ready when all are).
+        A check returns whether the service is ready, or whether each of its components is: the
+        service is ready once all have been (an engine still loading at start takes no traffic),
+        and from then on while any is. One component going away (a model unloaded from Triton)
+        leaves the others serving, and callers fail over from it; readiness pulling every
+        replica at once for it (k8s) would fail them all, and everything that needs them.
         """
+        started = False
         while True:
             try:
                 result = await check()
@@ -243,7 +247,8 @@ class Health:
                 result = False
             if isinstance(result, Mapping):
                 await self.set_components(result)
-                ready = all(result.values())
+                ready = any(result.values()) if started else all(result.values())
+                started = started or ready
             else:
                 ready = bool(result)
             await self.set(ready)

@@ -93,6 +93,10 @@ class MeshSettings(BaseSettings):
     grpc_keepalive_timeout_ms: int = Field(default=10_000, gt=0)
     # Deadline for a call made without one and outside any inbound deadline.
     default_deadline_s: float = Field(default=30.0, gt=0)
+    # The same for a call whose answer is a stream (a generation lasts as long as its answer:
+    # the unary default would cut every stream longer than 30 s); a stall within it is ended
+    # sooner by the gateway's idle timeout (LLMESH_STREAM_IDLE_TIMEOUT_S).
+    stream_deadline_s: float = Field(default=600.0, gt=0)
     # On SIGTERM (mesh.server.drain): how long a process reports NOT_SERVING while still
     # serving, so that load balancers and callers' health checks stop sending to it first, and
     # then how long it waits for in-flight requests (streams too) before cancelling them.

@@ -49,6 +49,13 @@ BREAKER_STATE = Gauge(
     semconv.METRIC_INFERENCE_BREAKER_STATE, "Each model's circuit breaker: 0 closed, 1 half-open, 2 open", ["model"]
 )
 _BREAKER_STATE_VALUES = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
+# The service stays SERVING while any model is ready (mesh.server.Health.watch): this, and the
+# health entry of each model, say which ones are.
+MODEL_READY = Gauge(
+    semconv.METRIC_INFERENCE_MODEL_READY,
+    "Each catalog model's readiness on Triton at the last check: 1 ready",
+    ["model"],
+)
 VERSION_REQUESTS = Counter(
     semconv.METRIC_INFERENCE_VERSION_REQUESTS,
     "Engine calls per model version chosen by its traffic split (version '' while it has none)",
@@ -155,7 +162,12 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         # Called in the serving loop from the start: the splits' background reads start with it.
         self.splits.start()
         models = [model.name for model in self.settings.models] + [m.name for m in self.settings.embedding_models]
-        return dict(zip(models, await asyncio.gather(*(self.triton.model_ready(name) for name in models)), strict=True))
+        ready = dict(
+            zip(models, await asyncio.gather(*(self.triton.model_ready(name) for name in models)), strict=True)
+        )
+        for name, up in ready.items():
+            MODEL_READY.labels(name).set(1 if up else 0)
+        return ready
 
     async def close(self) -> None:
         await self.splits.close()

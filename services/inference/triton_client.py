@@ -207,10 +207,13 @@ class TritonClient:
         # so the mesh's 30 s keepalive would keep breaking the connection.
         self._client = triton_grpc.InferenceServerClient(settings.triton_grpc_addr)
 
-    def _timeout(self) -> float:
-        """Seconds this call may take: what is left of the inbound deadline, else the default."""
+    def _timeout(self, stream: bool = False) -> float:
+        """Seconds this call may take: what is left of the inbound deadline, else the default
+        (the stream default for a generation stream, which lasts as long as its answer)."""
         remaining = remaining_s()
-        return self.settings.default_deadline_s if remaining is None else max(remaining, 0.0)
+        if remaining is not None:
+            return max(remaining, 0.0)
+        return self.settings.stream_deadline_s if stream else self.settings.default_deadline_s
 
     async def generate_stream(
         self,
@@ -243,7 +246,9 @@ class TritonClient:
             request["model_version"] = str(version)
             attributes[semconv.LLMESH_MODEL_VERSION] = version
         with _client_span(span_name, attributes) as (span, headers):
-            responses = self._client.stream_infer(_single(request), stream_timeout=self._timeout(), headers=headers)
+            responses = self._client.stream_infer(
+                _single(request), stream_timeout=self._timeout(stream=True), headers=headers
+            )
             answers = max(int(params.get("n", 1)), 1)
             finished: set[int] = set()
             completion_tokens: dict[int, int] = {}

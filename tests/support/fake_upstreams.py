@@ -96,6 +96,9 @@ class FakeUpstreams(
         self.generate_delay_s = 0.0
         self.generating = 0
         self.peak_generating = 0
+        # Seconds each inference stream waits before its first, second, ... chunk (streams
+        # slower than a deadline, or stalled).
+        self.stream_pauses_s: list[float] = []
 
     def register(self, server: grpc.aio.Server) -> None:
         preprocess_pb2_grpc.add_PreprocessServiceServicer_to_server(self, server)
@@ -183,6 +186,8 @@ class FakeUpstreams(
                     await abort(context, grpc.StatusCode.INTERNAL, "the model crashed", "MODEL_FAILED")
                 if SLOW_STREAM in prompt:
                     await asyncio.sleep(0.2)
+                if start // CHUNK < len(self.stream_pauses_s):
+                    await asyncio.sleep(self.stream_pauses_s[start // CHUNK])
                 for index in range(answers):
                     delta = common_pb2.Completion(index=index, token_ids=token_ids[start : start + CHUNK])
                     yield inference_pb2.GenerateStreamResponse(model=request.model, delta=delta)

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tools.chaos.scenarios import SCENARIOS, Row
+from tools.chaos.scenarios import BOUND_S, BOUNDS_S, SCENARIOS, STACK_ENV, Row
 from tools.chaos.stack import ChaosStack, ChaosStackError
 
 console = Console()
@@ -28,9 +28,11 @@ def table(rows: list[Row]) -> Table:
     return out
 
 
-async def run(stack: ChaosStack, names: list[str], max_seconds: float) -> list[Row]:
+async def run(
+    stack: ChaosStack, names: list[str], deadline: float, params: dict[str, dict[str, float]] | None = None
+) -> list[Row]:
+    params = params or {}
     rows: list[Row] = []
-    deadline = time.monotonic() + max_seconds
     for name in names:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -38,29 +40,58 @@ async def run(stack: ChaosStack, names: list[str], max_seconds: float) -> list[R
             continue
         console.print(f"running [bold]{name}[/] ...")
         try:
-            rows += await asyncio.wait_for(SCENARIOS[name](stack), timeout=min(remaining, 180))
+            scenario = SCENARIOS[name](stack, **params.get(name, {}))
+            rows += await asyncio.wait_for(scenario, timeout=min(remaining, BOUNDS_S.get(name, BOUND_S)))
         except TimeoutError:
             rows.append(Row(name, "did not finish in time", "-", False))
     return rows
+
+
+def stacks(names: list[str]) -> list[tuple[dict[str, str], list[str]]]:
+    """The scenarios by the stack they need, in order: those on the suite's stack, then each
+    that needs a stack set otherwise on one of its own."""
+    shared = [name for name in names if name not in STACK_ENV]
+    own = [(STACK_ENV[name], [name]) for name in names if name in STACK_ENV]
+    return ([({}, shared)] if shared else []) + own
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.chaos", description=__doc__)
     parser.add_argument("--only", action="append", choices=list(SCENARIOS), help="run only these (repeatable)")
     parser.add_argument("--run-dir", type=Path, help="the stack's run directory (default: a new temporary one)")
-    parser.add_argument("--max-seconds", type=float, default=900.0, help="bound on the scenarios' time")
+    parser.add_argument("--max-seconds", type=float, default=1500.0, help="bound on the scenarios' time")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="SCENARIO:NAME=VALUE",
+        help="a scenario's own parameter (a number), e.g. model-unload:rate=20 (repeatable)",
+    )
     args = parser.parse_args(argv)
+    params: dict[str, dict[str, float]] = {}
+    for param in args.param:
+        scenario, _, assignment = param.partition(":")
+        name, _, value = assignment.partition("=")
+        if scenario not in SCENARIOS or not name or not value:
+            parser.error(f"--param {param}: expected SCENARIO:NAME=VALUE with a known scenario")
+        params.setdefault(scenario, {})[name] = float(value)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="llmesh-chaos-"))
-    console.print(f"starting a stack in {run_dir} (logs in {run_dir / 'logs'}) ...")
-    stack = ChaosStack(run_dir)
-    try:
-        stack.start()
-        rows = asyncio.run(run(stack, args.only or list(SCENARIOS), args.max_seconds))
-    except ChaosStackError as error:
-        console.print(f"[red]could not start the stack:[/] {error}")
-        return 2
-    finally:
-        stack.stop()
+    deadline = time.monotonic() + args.max_seconds
+    rows: list[Row] = []
+    groups = stacks(args.only or list(SCENARIOS))
+    for index, (env, names) in enumerate(groups):
+        # One stack at a time: each has its own Triton.
+        stack_dir = run_dir if index == 0 else run_dir / f"stack-{index + 1}"
+        console.print(f"starting a stack in {stack_dir} (logs in {stack_dir / 'logs'}) for {', '.join(names)} ...")
+        stack = ChaosStack(stack_dir, env=env)
+        try:
+            stack.start()
+            rows += asyncio.run(run(stack, names, deadline, params))
+        except ChaosStackError as error:
+            console.print(f"[red]could not start the stack:[/] {error}")
+            return 2
+        finally:
+            stack.stop()
     console.print(table(rows))
     return 0 if all(row.passed for row in rows) else 1
 

@@ -4,9 +4,11 @@ figures it measured against their pass criteria. Every wait is bounded."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import audit
 from mesh import semconv
+from mesh.catalog import default_models, find_model
 from tools.chaos.stack import EJECTION_S, MAX_CONCURRENT, MAX_QUEUED, ChaosStack, ChaosStackError
 
 # llmesh's own small model answers in milliseconds: the load is the mesh's, not the engine's.
@@ -631,6 +634,220 @@ async def client_disconnects(stack: ChaosStack, clients: int = MAX_CONCURRENT //
     ]
 
 
+def _eos_token_id(model: str) -> int:
+    """The token whose generation ends an answer, from the model's own directory."""
+    spec = find_model(default_models(), model)
+    if spec is None:
+        raise ChaosStackError(f"{model} is not in the catalog")
+    for name in ("generation_config.json", "config.json"):
+        path = spec.resolved_dir() / name
+        if path.exists():
+            eos = json.loads(path.read_text()).get("eos_token_id")
+            if eos is not None:
+                return int(eos[0] if isinstance(eos, list) else eos)
+    raise ChaosStackError(f"no eos_token_id in {spec.resolved_dir()}")
+
+
+async def long_stream(stack: ChaosStack, min_s: float = 60.0) -> list[Row]:
+    """Scenario 7: one streamed SmolLM2 completion that fills the model's context, its end of
+    answer banned (logit_bias) so that it runs to max_tokens, a minute or more: nothing in the
+    path may cut it (the unary deadline cut every stream at 30 s)."""
+    messages = [{"role": "user", "content": LONG_QUESTION}]
+    async with stack.client(timeout_s=60) as http:
+        listed = (await http.get("/models")).json()["data"]
+        context = next(entry["context_length"] for entry in listed if entry["id"] == SLOW_MODEL)
+        probe = await http.post("/chat/completions", json={"model": SLOW_MODEL, "messages": messages, "max_tokens": 1})
+        probe.raise_for_status()
+        max_tokens = context - probe.json()["usage"]["prompt_tokens"]
+        body = {
+            "model": SLOW_MODEL,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "stream": True,
+            "logit_bias": {str(_eos_token_id(SLOW_MODEL)): -100},
+        }
+        started = time.monotonic()
+        first_s, last_at, longest_gap, chunks = None, started, 0.0, 0
+        finish, error, done, status = None, "", False, 0
+        # A read timeout per chunk only: the stream as a whole lasts as long as it needs.
+        async with http.stream("POST", "/chat/completions", json=body, timeout=httpx.Timeout(60.0)) as response:
+            status = response.status_code
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                now = time.monotonic()
+                longest_gap, last_at = max(longest_gap, now - last_at), now
+                if line == "data: [DONE]":
+                    done = True
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    error = event["error"].get("code") or event["error"].get("message", "")
+                    continue
+                if first_s is None:
+                    first_s = now - started
+                chunks += 1
+                for choice in event.get("choices", []):
+                    finish = choice.get("finish_reason") or finish
+        took = time.monotonic() - started
+    cut = f"cut: {error}" if error else ("not cut" if done else "ended without [DONE]")
+    return [
+        Row(
+            "60 s stream (SmolLM2, end of answer banned)",
+            f"HTTP {status}, {cut}; {chunks} chunks of max_tokens {max_tokens} in {took:.1f} s "
+            f"(first after {first_s or 0:.1f} s, longest gap {longest_gap:.1f} s), finish_reason {finish}",
+            f"never cut, finish_reason length, >= {min_s:.0f} s",
+            status == 200 and done and not error and finish == "length" and took >= min_s,
+        )
+    ]
+
+
+def _outcome(answer: Answer) -> str:
+    """An answer as its status and code, or the client's error when there was no answer."""
+    return answer.code if answer.status == 0 else f"{answer.status} {answer.code}".strip()
+
+
+@dataclass(frozen=True)
+class Timed:
+    """An answer with when its request started, and which model answered it."""
+
+    started: float
+    answer: Answer
+    model: str
+
+
+async def _timed_chat(http: httpx.AsyncClient, body: dict, into: list[Timed]) -> None:
+    started = time.monotonic()
+    try:
+        response = await http.post("/chat/completions", json=body)
+    except httpx.HTTPError as error:
+        into.append(Timed(started, Answer(0, type(error).__name__, time.monotonic() - started), ""))
+        return
+    code = "" if response.status_code == 200 else (response.json().get("error") or {}).get("code") or ""
+    answer = Answer(response.status_code, code, time.monotonic() - started)
+    into.append(Timed(started, answer, response.headers.get("x-llmesh-model", "")))
+
+
+async def _open_loop(http: httpx.AsyncClient, body: dict, rate: float, count: int, into: list[Timed]) -> float:
+    """``count`` requests sent ``1 / rate`` s apart whatever the answers (an open loop: a slow
+    stack does not slow the arrivals), each on its own; the seconds the sending took."""
+    started = time.monotonic()
+    tasks = []
+    for i in range(count):
+        await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
+        tasks.append(asyncio.create_task(_timed_chat(http, body, into)))
+    sent_s = time.monotonic() - started
+    await asyncio.gather(*tasks)
+    return sent_s
+
+
+async def model_unload(
+    stack: ChaosStack, rate: float = 50.0, seconds: float = 24.0, unload_at_s: float = 4.0, reload_after_s: float = 6.0
+) -> list[Row]:
+    """Scenario 1, second half: requests for llmesh-small at ``rate`` per second (open loop)
+    while Triton unloads it (explicit model control, its repository API), then loads it again:
+    the inference service fails over along the chain, then its breaker skips the model until a
+    probe finds it back. The gateway's readiness is watched throughout."""
+    triton = f"http://127.0.0.1:{stack.status()['ports']['triton_http']}/v2/repository/models/{FAST_MODEL}"
+    body = _body(FAST_MODEL, max_tokens=1)
+    answers: list[Timed] = []
+    marks: dict[str, float] = {}
+    not_ready: list[int] = []
+    stop = asyncio.Event()
+    async with (
+        stack.client(timeout_s=40, connections=1000) as http,
+        httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=600.0)) as admin,
+    ):
+        for _ in range(5):  # warm-up
+            await _timed_chat(http, body, [])
+
+        async def readiness() -> None:
+            while not stop.is_set():
+                try:
+                    response = await admin.get(f"{stack.gateway_url}/readyz", timeout=5)
+                    if response.status_code != 200:
+                        not_ready.append(response.status_code)
+                except httpx.HTTPError:
+                    not_ready.append(0)
+                await asyncio.sleep(0.5)
+
+        async def unload_then_load() -> None:
+            await asyncio.sleep(unload_at_s)
+            marks["unload"] = time.monotonic()
+            (await admin.post(f"{triton}/unload")).raise_for_status()
+            marks["unloaded"] = time.monotonic()
+            await asyncio.sleep(reload_after_s)
+            marks["load"] = time.monotonic()
+            (await admin.post(f"{triton}/load")).raise_for_status()
+            marks["loaded"] = time.monotonic()
+
+        watcher = asyncio.create_task(readiness())
+        marks["start"] = time.monotonic()
+        lifecycle = asyncio.create_task(unload_then_load())
+        try:
+            sent_s = await _open_loop(http, body, rate, int(rate * seconds), answers)
+            marks["load_end"] = time.monotonic()
+            # The model back before the next scenario; its load is bounded by the scenario's.
+            await lifecycle
+        except httpx.HTTPError as error:
+            return [Row("Triton unloads the serving model", f"not done: {error!r}", "-", False)]
+        finally:
+            stop.set()
+            lifecycle.cancel()
+            await asyncio.gather(watcher, lifecycle, return_exceptions=True)
+    settle = marks["unload"] + 2.0
+    after = [t for t in answers if t.started >= settle]
+    errors = [t for t in after if t.answer.status != 200]
+    rate_after = len(errors) / len(after) if after else 1.0
+    codes = ", ".join(f"{n} {code}" for code, n in sorted(Counter(_outcome(t.answer) for t in errors).items()))
+    early = sum(t.answer.status != 200 for t in answers if marks["unload"] <= t.started < settle)
+    slowest = max(t.answer.seconds for t in answers)
+    deadline_s = 30.0
+    served_by: dict[str, int] = {}
+    for t in answers:
+        if t.started >= marks["unload"] and t.answer.status == 200:
+            served_by[t.model] = served_by.get(t.model, 0) + 1
+    back = sum(t.model == FAST_MODEL for t in answers if t.started >= marks.get("loaded", float("inf")))
+    offered = len(answers) / sent_s
+    # Every answer, for a closer look (a timeline of latencies and codes).
+    (stack.run_dir / "model-unload.json").write_text(
+        json.dumps(
+            {
+                "marks": {name: at - marks["start"] for name, at in marks.items()},
+                "answers": [
+                    [t.started - marks["start"], t.answer.status, t.answer.code, t.answer.seconds, t.model]
+                    for t in answers
+                ],
+                "not_ready": not_ready,
+            }
+        )
+    )
+    reloaded = (
+        f"loaded again {marks['loaded'] - marks['load']:.1f} s after its load began"
+        + (f", {back} answered by it after" if marks["loaded"] < marks["load_end"] else ", after the load ended")
+        if "loaded" in marks
+        else "not loaded again"
+    )
+    return [
+        Row(
+            f"Triton unloads the serving model ({FAST_MODEL}) under {rate:.0f} requests/s",
+            f"{len(answers)} requests ({offered:.1f}/s offered); {len(errors)} errors of {len(after)} from 2 s after "
+            f"the unload ({rate_after:.1%}{f': {codes}' if codes else ''}), {early} in the 2 s before; answered by "
+            + ", ".join(f"{model} {n}" for model, n in sorted(served_by.items()))
+            + f" from the unload on; slowest {slowest:.2f} s; {reloaded}",
+            f"< 1% errors after 2 s; slowest <= deadline ({deadline_s:.0f} s) + 0.1 s",
+            bool(after) and rate_after < 0.01 and slowest <= deadline_s + 0.1,
+        ),
+        Row(
+            "gateway readiness while a model is unloaded",
+            f"{sum(c != 0 for c in not_ready)} not-ready answers of /readyz, {not_ready.count(0)} probes not answered "
+            "within 5 s (a loaded machine)",
+            "never answered not ready (the other models serve)",
+            not any(not_ready),
+        ),
+    ]
+
+
 # In the order they run: the ones that restart processes last.
 SCENARIOS: dict[str, Callable[[ChaosStack], Awaitable[list[Row]]]] = {
     "overload": overload,
@@ -638,9 +855,29 @@ SCENARIOS: dict[str, Callable[[ChaosStack], Awaitable[list[Row]]]] = {
     "replica-unavailable": replica_unavailable,
     "model-swap": model_swap,
     "disconnects": client_disconnects,
+    "long-stream": long_stream,
     "replica-kill": replica_killed,
     "redis": redis_outage,
     "redis-accounting": redis_accounting,
     "sigkill": sigkill_service,
     "sigterm": sigterm_gateway,
+    "model-unload": model_unload,
+}
+
+# How long a scenario may take (BOUND_S unless named): the long stream runs a minute or more
+# by design, and the model unloaded is loaded again before its scenario ends.
+BOUND_S = 180.0
+BOUNDS_S = {"long-stream": 420.0, "model-unload": 420.0}
+
+# Scenarios whose stack is set otherwise than the suite's, each run on a stack of its own: an
+# open loop of 50 requests/s keeps several in flight at once, which the suite's admission
+# limits (2, for the overload scenario) would refuse (256 are the settings' defaults), and is
+# 3000 requests a minute, over the tenant's default rate limit (600).
+STACK_ENV = {
+    "model-unload": {
+        "LLMESH_MAX_CONCURRENT_REQUESTS": "256",
+        "LLMESH_MAX_QUEUED_REQUESTS": "256",
+        "LLMESH_TENANT_REQUESTS_PER_MINUTE": "100000",
+        "LLMESH_TENANT_TOKENS_PER_MINUTE": "10000000",
+    }
 }

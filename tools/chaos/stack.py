@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from mesh.settings import REPO_ROOT
+
 # Small on purpose: 3x overload is then a few clients, which two cores can offer. No queue:
 # a queued request waits a whole service time, which is what the accepted-latency criterion
 # of the overload scenario forbids (run 4 in docs/RESILIENCE.md had a queue of 2: 6.1x).
@@ -38,6 +40,8 @@ class ChaosStack:
     admin_key: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     api_key: str = ""
     proc: subprocess.Popen | None = None
+    # More settings for this stack's processes (LLMESH_...), over the suite's own.
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> ChaosStack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -53,6 +57,12 @@ class ChaosStack:
             # Requests are accepted while Redis is away, so that the Redis scenarios have
             # something to lose (fail closed, they are refused); set it false to see that.
             "LLMESH_RATE_LIMITS_FAIL_OPEN": os.environ.get("LLMESH_RATE_LIMITS_FAIL_OPEN", "true"),
+            # The stack runs the code of this suite's tree: the llmesh script of an editable
+            # install imports the checkout it was installed from, which may be another one.
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPO_ROOT), str(REPO_ROOT / "gen"), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
+            **self.env,
         }
         llmesh = Path(sys.executable).with_name("llmesh")
         # The child keeps its own copy of the descriptor.
@@ -120,9 +130,12 @@ class ChaosStack:
             time.sleep(0.1)
         return False
 
-    def client(self, timeout_s: float = 30.0) -> httpx.AsyncClient:
+    def client(self, timeout_s: float = 30.0, connections: int = 100) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            base_url=f"{self.gateway_url}/v1", headers={"authorization": f"Bearer {self.api_key}"}, timeout=timeout_s
+            base_url=f"{self.gateway_url}/v1",
+            headers={"authorization": f"Bearer {self.api_key}"},
+            timeout=timeout_s,
+            limits=httpx.Limits(max_connections=connections),
         )
 
     def __enter__(self) -> ChaosStack:

@@ -372,6 +372,58 @@ async def test_mid_stream_failure_is_an_error_event(client):
     assert events[-1]["error"]["code"] == "model_failed" and "inference" in events[-1]["error"]["message"]
 
 
+async def _stream_pausing(upstreams, pauses: list[float], **settings) -> tuple[httpx.Response, float]:
+    """A streamed chat through a gateway of ``settings`` whose inference stream waits
+    ``pauses`` seconds before its chunks; the response, and how long it took."""
+    fakes, addr = upstreams
+    pipeline, client = await _client(gateway_settings(addr, **settings))
+    fakes.stream_pauses_s = pauses
+    try:
+        async with client:
+            started = asyncio.get_running_loop().time()
+            response = await client.post(CHAT, json={**HELLO, "stream": True})
+            return response, asyncio.get_running_loop().time() - started
+    finally:
+        fakes.stream_pauses_s = []
+        await pipeline.close()
+
+
+async def test_a_stream_outlasts_the_unary_deadline(upstreams):
+    """Streaming calls have their own, longer deadline: a stream of 6 chunks 0.3 s apart
+    (1.8 s) is not cut at the 0.5 s every unary call gets."""
+    response, took = await _stream_pausing(
+        upstreams, [0.3] * 6, default_deadline_s=0.5, stream_deadline_s=20.0, stream_idle_timeout_s=5.0
+    )
+    events = _sse(response.text)
+    assert events[-1] == "[DONE]", events[-1]
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == reply_for(ROUTED_MODEL)
+    assert events[-2]["choices"][0]["finish_reason"] == "stop"
+    assert took >= 1.8
+
+
+@pytest.mark.parametrize(("pauses", "sent"), [([0.0, 5.0], "after the first chunk"), ([5.0], "before the first chunk")])
+async def test_a_stalled_stream_ends_with_stream_stalled(upstreams, pauses, sent):
+    """No chunk for the idle timeout ends the stream well within its deadline: an error event
+    once something was sent, a 504 before; the stalled inference stream is cancelled."""
+    fakes, _ = upstreams
+    cancelled = fakes.cancelled_streams
+    response, took = await _stream_pausing(upstreams, pauses, stream_deadline_s=20.0, stream_idle_timeout_s=0.5)
+    assert took < 3.0
+    if sent == "before the first chunk":
+        _assert_openai_error(response, 504, "server_error", code="stream_stalled")
+    else:
+        assert response.status_code == 200
+        events = _sse(response.text)
+        assert "[DONE]" not in events
+        assert events[1]["choices"][0]["delta"]["content"]  # the first chunk's text
+        assert events[-1]["error"]["code"] == "stream_stalled" and "0.5 s" in events[-1]["error"]["message"]
+    for _ in range(40):
+        if fakes.cancelled_streams > cancelled:
+            break
+        await asyncio.sleep(0.05)
+    assert fakes.cancelled_streams == cancelled + 1
+
+
 async def test_upstream_down_is_503(upstreams, spans):
     for down in ("preprocess_addr", "inference_addr"):
         pipeline, client = await _client(gateway_settings(upstreams[1], **{down: unused_addr()}))

@@ -6,6 +6,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
+from prometheus_client import REGISTRY
 
 from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
@@ -122,6 +123,37 @@ async def test_every_model_down_is_unavailable_with_details(stub, triton):
 
 async def test_health_follows_model_readiness(channel, triton):
     health = health_pb2_grpc.HealthStub(channel)
+    service = InferenceService.service_names[0]
+
+    async def status(name: str = service) -> int:
+        return (await health.Check(health_pb2.HealthCheckRequest(service=name))).status
+
     await asyncio.sleep(0.05)  # the first readiness check runs as the server starts
-    response = await health.Check(health_pb2.HealthCheckRequest(service=InferenceService.service_names[0]))
-    assert response.status == health_pb2.HealthCheckResponse.SERVING
+    assert await status() == health_pb2.HealthCheckResponse.SERVING
+
+    # One model unloaded from Triton: its own entry and gauge say so, the service keeps serving
+    # the others (NOT_SERVING here would take every replica out of a k8s Service at once).
+    unloaded = triton.scripts.pop(SMALL)
+    for _ in range(60):  # the check runs every 2 s
+        if await status(f"{service}/{SMALL}") == health_pb2.HealthCheckResponse.NOT_SERVING:
+            break
+        await asyncio.sleep(0.05)
+    assert await status(f"{service}/{SMALL}") == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert await status() == await status("") == health_pb2.HealthCheckResponse.SERVING
+    assert REGISTRY.get_sample_value(semconv.METRIC_INFERENCE_MODEL_READY, {"model": SMALL}) == 0
+    assert REGISTRY.get_sample_value(semconv.METRIC_INFERENCE_MODEL_READY, {"model": LARGE}) == 1
+
+    # No model left: not serving; loaded again: serving.
+    scripts = dict(triton.scripts)
+    triton.scripts.clear()
+    for _ in range(60):
+        if await status() == health_pb2.HealthCheckResponse.NOT_SERVING:
+            break
+        await asyncio.sleep(0.05)
+    assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+    triton.scripts.update(scripts, **{SMALL: unloaded})
+    for _ in range(40):  # checked every 0.5 s while not ready
+        if await status() == health_pb2.HealthCheckResponse.SERVING:
+            break
+        await asyncio.sleep(0.05)
+    assert await status() == health_pb2.HealthCheckResponse.SERVING

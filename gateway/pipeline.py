@@ -66,6 +66,7 @@ from llmesh.router.v1 import router_pb2, router_pb2_grpc
 from mesh import semconv
 from mesh.catalog import AUTO_MODEL, find_model
 from mesh.channel import build_channel
+from mesh.deadlines import request_deadline
 from mesh.sampling import SamplingError, check_budget, check_sampling
 from mesh.telemetry import tracer
 
@@ -192,7 +193,11 @@ class Pipeline:
 
     async def chat(self, request: ChatInput, trial: Trial | None = None) -> ChatResult:
         trial = trial or self.experiments.trial(request)
-        with _tracer.start_as_current_span(semconv.SPAN_GATEWAY_CHAT) as span, _observed(trial):
+        with (
+            request_deadline(self.settings.default_deadline_s),
+            _tracer.start_as_current_span(semconv.SPAN_GATEWAY_CHAT) as span,
+            _observed(trial),
+        ):
             cached, key, status, asked = await self._cached(request)
             if cached is not None:
                 result = await self._replay(request, cached, span, status)
@@ -214,7 +219,10 @@ class Pipeline:
         if not inputs:
             raise InvalidRequest("At least one input is required.", param="input")
         context = self._context("embd-", tenant, user)
-        with _tracer.start_as_current_span(semconv.SPAN_GATEWAY_EMBED) as span:
+        with (
+            request_deadline(self.settings.default_deadline_s),
+            _tracer.start_as_current_span(semconv.SPAN_GATEWAY_EMBED) as span,
+        ):
             span.set_attributes(
                 {
                     semconv.GEN_AI_SYSTEM: semconv.GEN_AI_SYSTEM_VALUE,
@@ -272,8 +280,9 @@ class Pipeline:
         span = _tracer.start_span(semconv.SPAN_GATEWAY_CHAT)
         try:
             # The span outlives this call; it is current only while calls are started here,
-            # never across a yield to the edge.
-            with trace.use_span(span), _observed(trial):
+            # never across a yield to the edge. Every call of the stream starts here, within
+            # the request's one deadline.
+            with request_deadline(self.settings.stream_deadline_s), trace.use_span(span), _observed(trial):
                 cached, key, status, asked = await self._cached(request)
                 if cached is not None:
                     result = await self._replay(request, cached, span, status)

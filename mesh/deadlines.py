@@ -7,9 +7,10 @@ and the default deadline (a longer one for calls answered by a stream), so every
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeAlias
 
 import grpc
@@ -23,6 +24,21 @@ def remaining_s() -> float | None:
     """Seconds left before the inbound deadline, or None outside a call with a deadline."""
     deadline = _inbound_deadline.get()
     return None if deadline is None else deadline - time.monotonic()
+
+
+@contextlib.contextmanager
+def request_deadline(seconds: float) -> Iterator[None]:
+    """One deadline for a request that begins here, at an edge that receives none (REST): every
+    call made within the block gets what is left of it, so the hops share it instead of each
+    taking a whole default from its own start. An earlier inbound deadline (a gRPC caller's) is
+    kept. Calls answered by a stream are started within the block, so they are bounded too."""
+    deadline = time.monotonic() + seconds
+    current = _inbound_deadline.get()
+    token = _inbound_deadline.set(deadline if current is None else min(current, deadline))
+    try:
+        yield
+    finally:
+        _inbound_deadline.reset(token)
 
 
 # A method handler's behaviour: (request or request iterator, context) -> response or iterator.

@@ -99,6 +99,10 @@ class FakeUpstreams(
         # Seconds each inference stream waits before its first, second, ... chunk (streams
         # slower than a deadline, or stalled).
         self.stream_pauses_s: list[float] = []
+        # Seconds each preprocess call waits (a slow hop), and the time each call had left of
+        # its deadline when it arrived, per service.
+        self.preprocess_delay_s = 0.0
+        self.time_remaining: dict[str, list[float | None]] = defaultdict(list)
 
     def register(self, server: grpc.aio.Server) -> None:
         preprocess_pb2_grpc.add_PreprocessServiceServicer_to_server(self, server)
@@ -114,6 +118,9 @@ class FakeUpstreams(
 
     async def Preprocess(self, request, context):
         self.requests["preprocess"].append(request)
+        self.time_remaining["preprocess"].append(context.time_remaining())
+        if self.preprocess_delay_s:
+            await asyncio.sleep(self.preprocess_delay_s)
         text = request.prompt or "\n".join(message.content for message in request.messages)
         if BLOCKED_WORD in text:
             verdict = common_pb2.SafetyVerdict(
@@ -157,6 +164,7 @@ class FakeUpstreams(
 
     async def Generate(self, request, context):
         self.requests["inference"].append(request)
+        self.time_remaining["inference"].append(context.time_remaining())
         self.generating += 1
         self.peak_generating = max(self.peak_generating, self.generating)
         try:
@@ -175,6 +183,7 @@ class FakeUpstreams(
 
     async def GenerateStream(self, request, context):
         self.requests["inference"].append(request)
+        self.time_remaining["inference"].append(context.time_remaining())
         token_ids, finish, usage = self._answer(request)
         answers = max(request.sampling.n, 1)
         usage.completion_tokens *= answers

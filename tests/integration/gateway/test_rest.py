@@ -401,6 +401,29 @@ async def test_a_stream_outlasts_the_unary_deadline(upstreams):
     assert took >= 1.8
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_request_has_one_deadline_that_its_hops_share(upstreams, stream):
+    """The REST edge sets one deadline for the whole request (the unary default, or the stream
+    deadline for a stream) and every hop gets what is left of it: after a preprocess that took
+    0.6 s, the inference call has at most the deadline less 0.6 s (before, each hop had a whole
+    default deadline from its own start)."""
+    fakes, addr = upstreams
+    deadline = {"stream_deadline_s": 4.0} if stream else {"default_deadline_s": 4.0}
+    pipeline, client = await _client(gateway_settings(addr, **deadline))
+    fakes.preprocess_delay_s = 0.6
+    fakes.time_remaining.clear()
+    try:
+        async with client:
+            response = await client.post(CHAT, json={**HELLO, "stream": stream})
+        assert response.status_code == 200
+    finally:
+        fakes.preprocess_delay_s = 0.0
+        await pipeline.close()
+    (preprocess,), (inference,) = fakes.time_remaining["preprocess"], fakes.time_remaining["inference"]
+    assert preprocess is not None and 3.0 < preprocess <= 4.0
+    assert inference is not None and inference <= 4.0 - 0.6
+
+
 @pytest.mark.parametrize(("pauses", "sent"), [([0.0, 5.0], "after the first chunk"), ([5.0], "before the first chunk")])
 async def test_a_stalled_stream_ends_with_stream_stalled(upstreams, pauses, sent):
     """No chunk for the idle timeout ends the stream well within its deadline: an error event

@@ -155,7 +155,7 @@ class FakeTritonGrpc:
 
 @pytest.fixture
 async def client():
-    triton = TritonClient(MeshSettings(default_deadline_s=7.0))
+    triton = TritonClient(MeshSettings(default_deadline_s=7.0, stream_deadline_s=70.0))
     await triton.close()  # its real channel is replaced below
     return triton
 
@@ -197,7 +197,8 @@ async def test_abandoned_stream_is_cancelled_in_triton(client):
 async def test_generate_stream_timeout_follows_inbound_deadline(client):
     client._client = FakeTritonGrpc([(chunk_result([7], [-0.1], "stop"), None)])
     await collect(client)
-    assert client._client.calls[-1]["timeout"] == 7.0  # no inbound call: the default deadline
+    # No inbound call: the stream deadline (a generation stream lasts as long as its answer).
+    assert client._client.calls[-1]["timeout"] == 70.0
     token = deadlines._inbound_deadline.set(time.monotonic() + 1.5)
     try:
         await collect(client)

@@ -1,7 +1,6 @@
 """Gateway gRPC edge (GatewayService) over in-process fake upstreams."""
 
 import asyncio
-import gc
 import logging
 
 import grpc
@@ -24,6 +23,7 @@ from support.fake_upstreams import (
     reply_for,
     unused_addr,
 )
+from support.settle import settle_after_cancel
 
 
 def _messages(content: str = "hi") -> list[common_pb2.ChatMessage]:
@@ -179,9 +179,7 @@ async def test_client_closing_a_stream_early_leaves_no_error(stub, caplog):
     first = await call.read()
     assert first.text_delta or first.id
     call.cancel()
-    for _ in range(10):
-        await asyncio.sleep(0.05)
-        gc.collect()
+    await settle_after_cancel()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
@@ -190,7 +188,5 @@ async def test_client_abandoning_a_unary_call_leaves_no_error(stub, caplog):
     call = stub.Chat(gateway_pb2.ChatRequest(messages=_messages(SLOW_STREAM)))
     await asyncio.sleep(0.3)
     call.cancel()
-    for _ in range(10):
-        await asyncio.sleep(0.05)
-        gc.collect()
+    await settle_after_cancel()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

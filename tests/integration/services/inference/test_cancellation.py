@@ -5,7 +5,6 @@ OpenTelemetry's server interceptor logged "Failed to detach context" at ERROR ea
 """
 
 import asyncio
-import gc
 import logging
 
 import pytest
@@ -21,6 +20,7 @@ from services.inference.triton_client import Chunk
 from services.postprocess.service import PostprocessService
 from services.postprocess.settings import PostprocessSettings
 from support.fake_triton import FakeTriton
+from support.settle import settle_after_cancel
 from support.tokenizer import build_tokenizer, catalog, wait_until_serving
 
 MODEL = "llmesh-small"
@@ -39,14 +39,6 @@ class EndlessTriton(FakeTriton):
 
 def _errors(caplog) -> list[str]:
     return [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
-
-
-async def _settle() -> None:
-    # The server notices the cancellation and closes the handler asynchronously; a generator
-    # left suspended is closed by the event loop's finaliser once it is collected.
-    for _ in range(10):
-        await asyncio.sleep(0.05)
-        gc.collect()
 
 
 @pytest.fixture
@@ -86,7 +78,7 @@ async def test_inference_stream_closed_early_logs_no_error(inference, caplog):
     first = await call.read()
     assert list(first.delta.token_ids) == [11, 12]
     call.cancel()
-    await _settle()
+    await settle_after_cancel()
     assert _errors(caplog) == []
 
 
@@ -95,7 +87,7 @@ async def test_inference_unary_abandoned_logs_no_error(inference, caplog):
     call = inference.Generate(_generate_request())
     await asyncio.sleep(0.3)  # the service is waiting for the rest of the answer
     call.cancel()
-    await _settle()
+    await settle_after_cancel()
     assert _errors(caplog) == []
 
 
@@ -111,5 +103,5 @@ async def test_postprocess_stream_closed_early_logs_no_error(postprocess, caplog
     await requests.put(postprocess_pb2.PostprocessStreamRequest(model=MODEL, token_ids=[40, 41]))
     await call.read()
     call.cancel()
-    await _settle()
+    await settle_after_cancel()
     assert _errors(caplog) == []

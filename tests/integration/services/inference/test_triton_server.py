@@ -287,8 +287,10 @@ def test_an_engine_that_cannot_start_fails_the_stack_with_the_cause(tmp_path, mo
     from tools.stack import Ports, Stack, StackError
 
     monkeypatch.setenv("LLMESH_SMOLLM2_MODEL_DIR", str(tmp_path / "no-such-model"))
+    # Triton serves only the broken engine, so it fails without loading the others first.
+    stack = Stack(ports=Ports.free(), run_dir=tmp_path / "run", triton_models=("smollm2-135m-instruct",))
     with pytest.raises(StackError) as raised:
-        Stack(ports=Ports.free(), run_dir=tmp_path / "run").start(triton_timeout_s=300)
+        stack.start(triton_timeout_s=300)
     message = str(raised.value)
     assert message.startswith("triton: tritonserver exited")
     assert "no-such-model is not a Hugging Face model directory" in message

@@ -140,7 +140,7 @@ def batch(
 @app.command()
 def mesh(
     concurrency: list[int] = typer.Option([1, 8, 32], help="numbers of concurrent requests (repeatable)"),
-    requests: int = typer.Option(160, min=8, help="requests per level (at least 4 per concurrent request)"),
+    requests: int = typer.Option(128, min=8, help="requests per level (at least 4 per concurrent request)"),
     auto_requests: int = typer.Option(48, min=8, help="requests per level for `auto` (each is scored by the router)"),
     stream_tokens: int = typer.Option(32, min=2, max=256, help="tokens per answer in the streaming levels"),
     stream_requests: int = typer.Option(64, min=1, help="streams per streaming level"),

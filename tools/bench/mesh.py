@@ -226,7 +226,7 @@ def level(
 @dataclass(frozen=True)
 class Plan:
     concurrencies: tuple[int, ...] = (1, 8, 32)
-    requests: int = 160
+    requests: int = 128
     # `auto` costs the router's scoring (a forward pass of the student, ~150 ms here) per
     # request: fewer requests per level keep the run short (its p99 is the coarser for it).
     auto_requests: int = 48

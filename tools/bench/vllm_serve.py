@@ -75,7 +75,7 @@ def run(
     api_key: str,
     model: str,
     concurrencies: Sequence[int] = (1, 8),
-    prompts: int = 24,
+    prompts: int = 16,
     output_len: int = 32,
     timeout_s: float = 300.0,
 ) -> list[dict[str, Any]]:

@@ -67,7 +67,7 @@ from gateway.records import ChatResult
 from gateway.response_cache import CACHE_HEADER
 from gateway.settings import GatewaySettings
 from gateway.tenancy import ApiKey
-from mesh import faults, shedding
+from mesh import deadlines, faults, shedding
 from mesh.faults import FaultInjector
 from mesh.shedding import Admission
 
@@ -100,7 +100,11 @@ def create_app(
     if settings.fault_injection_enabled:
         app.add_middleware(_Faults, injector=FaultInjector(settings))
     # Outside the body limit: an overloaded gateway refuses before reading the body.
-    app.add_middleware(_Shed, admission=Admission(settings.max_concurrent_requests, settings.max_queued_requests))
+    app.add_middleware(
+        _Shed,
+        admission=Admission(settings.max_concurrent_requests, settings.max_queued_requests),
+        max_wait_s=settings.default_deadline_s,
+    )
     app.add_middleware(_Observe)
     _add_error_handlers(app)
     started = int(time.time())
@@ -474,17 +478,22 @@ class _Shed:
         }
     )
 
-    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+    def __init__(self, app: ASGIApp, admission: Admission, max_wait_s: float) -> None:
         self.app = app
         self.admission = admission
+        # A request waits for a slot at most this long (the unary deadline, which counts from
+        # its arrival, so a unary request that waited it out could only time out afterwards).
+        self.max_wait_s = max_wait_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in self._PATHS:
             await self.app(scope, receive, send)
             return
+        deadlines.mark_arrival()
         try:
-            await self.admission.acquire()
-        except shedding.Overloaded:
+            async with asyncio.timeout(self.max_wait_s):
+                await self.admission.acquire()
+        except (shedding.Overloaded, TimeoutError):
             error = Overloaded(
                 f"The gateway is at capacity; retry in {shedding.RETRY_AFTER_S} s.", metadata={"service": "gateway"}
             )

@@ -26,13 +26,23 @@ def remaining_s() -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
+_arrived: contextvars.ContextVar[float | None] = contextvars.ContextVar("llmesh_request_arrived", default=None)
+
+
+def mark_arrival() -> None:
+    """The request being served arrived now (the REST edge, before it queues for admission):
+    its deadline counts from here, so a wait in the edge's queue is spent from it."""
+    _arrived.set(time.monotonic())
+
+
 @contextlib.contextmanager
 def request_deadline(seconds: float) -> Iterator[None]:
     """One deadline for a request that begins here, at an edge that receives none (REST): every
     call made within the block gets what is left of it, so the hops share it instead of each
-    taking a whole default from its own start. An earlier inbound deadline (a gRPC caller's) is
-    kept. Calls answered by a stream are started within the block, so they are bounded too."""
-    deadline = time.monotonic() + seconds
+    taking a whole default from its own start. It counts from the request's arrival when the
+    edge marked it. An earlier inbound deadline (a gRPC caller's) is kept. Calls answered by a
+    stream are started within the block, so they are bounded too."""
+    deadline = (_arrived.get() or time.monotonic()) + seconds
     current = _inbound_deadline.get()
     token = _inbound_deadline.set(deadline if current is None else min(current, deadline))
     try:

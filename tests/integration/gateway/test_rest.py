@@ -424,6 +424,28 @@ async def test_a_request_has_one_deadline_that_its_hops_share(upstreams, stream)
     assert inference is not None and inference <= 4.0 - 0.6
 
 
+async def test_a_request_s_deadline_counts_its_wait_for_admission(upstreams):
+    """The deadline counts from the request's arrival: a request that waited 0.8 s at the edge
+    for the one slot (another request held it) reaches preprocess with at most the deadline
+    less that wait."""
+    fakes, addr = upstreams
+    pipeline, client = await _client(gateway_settings(addr, default_deadline_s=4.0, max_concurrent_requests=1))
+    fakes.generate_delay_s = 0.8
+    fakes.time_remaining.clear()
+    try:
+        async with client:
+            first = asyncio.create_task(client.post(CHAT, json=HELLO))
+            while not fakes.generating:
+                await asyncio.sleep(0.01)
+            second = await client.post(CHAT, json=HELLO)
+            assert (await first).status_code == 200 and second.status_code == 200
+    finally:
+        fakes.generate_delay_s = 0.0
+        await pipeline.close()
+    waited = fakes.time_remaining["preprocess"][-1]
+    assert waited is not None and waited <= 4.0 - 0.6
+
+
 @pytest.mark.parametrize(("pauses", "sent"), [([0.0, 5.0], "after the first chunk"), ([5.0], "before the first chunk")])
 async def test_a_stalled_stream_ends_with_stream_stalled(upstreams, pauses, sent):
     """No chunk for the idle timeout ends the stream well within its deadline: an error event

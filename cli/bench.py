@@ -145,7 +145,9 @@ def mesh(
     stream_tokens: int = typer.Option(32, min=2, max=256, help="tokens per answer in the streaming levels"),
     stream_requests: int = typer.Option(64, min=1, help="streams per streaming level"),
     cache_requests: int = typer.Option(100, min=1, help="requests of the cache hit and miss levels"),
-    tracing_off: bool = typer.Option(True, help="each stack also with tracing off (Triton's trace mode too)"),
+    tracing_off: bool = typer.Option(
+        True, help="each stack also with tracing off (Triton's trace mode too), and sampled at 10%"
+    ),
     colocated: bool = typer.Option(True, help="also a stack with the services in the gateway's process (--colocate)"),
     profile_s: float = typer.Option(10.0, min=0, help="seconds of py-spy samples of the gateway under load; 0: none"),
     vllm_bench: bool = typer.Option(True, help="also vLLM's serving benchmark against the gateway (streaming)"),
@@ -174,7 +176,9 @@ def mesh(
         stream_requests=stream_requests,
         cache_requests=cache_requests,
     )
-    phases = [p for p in bench.PHASES if (tracing_off or p.tracing) and (colocated or not p.colocate)]
+    # The sampled phase is measured against tracing off, so it goes with it.
+    compared = [p for p in bench.PHASES if tracing_off or (p.tracing and p.sample_ratio == 1)]
+    phases = [p for p in compared if colocated or not p.colocate]
     # One Triton for both stacks (its engines take a minute to load); the stacks, one after the
     # other, reuse one set of free ports, so Triton's spans reach whichever collector is up.
     ports = Ports.free()
@@ -209,6 +213,7 @@ def mesh(
                 # The cache levels need the response cache; every other level says no-cache.
                 env = {
                     "LLMESH_RESPONSE_CACHE_ENABLED": "true",
+                    "LLMESH_TRACE_SAMPLE_RATIO": str(phase.sample_ratio),
                     **({} if phase.tracing else {"LLMESH_OTLP_ENDPOINT": ""}),
                 }
                 # Triton's trace mode follows the phase (its trace settings API, no restart).
@@ -247,7 +252,7 @@ def mesh(
                             extra["vllm_bench_error"] = str(error)[-2000:]
                         run_times[f"{phase.name}: vLLM's serving benchmark"] = time.monotonic() - mark
                         mark = time.monotonic()
-                    if phase.tracing:
+                    if phase.tracing and phase.scope != "minimal":
                         # Separate services and co-located: the same keys with a suffix.
                         suffix = "_colocated" if phase.colocate else ""
                         gateway = next(child for child in stack.children if child.name == "gateway")

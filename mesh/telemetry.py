@@ -42,9 +42,13 @@ def tracer(name: str) -> trace.Tracer:
 
 
 def current_traceparent() -> str | None:
-    """The W3C traceparent of the current span, for callers that inject it by hand (Triton)."""
+    """The W3C traceparent of the current span if it is sampled, for callers that inject it by
+    hand (Triton); None for a request this process does not record.
+
+    Triton records every request that carries a valid traceparent, whatever its sampled flag
+    says (tritonserver 2.51 sets ``force_sample`` on any valid propagated context), so sending
+    an unsampled one would make Triton trace the requests llmesh sampled out."""
     span_context = trace.get_current_span().get_span_context()
-    if not span_context.is_valid:
+    if not span_context.is_valid or not span_context.trace_flags.sampled:
         return None
-    flags = int(span_context.trace_flags)
-    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{flags:02x}"
+    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-01"

@@ -159,7 +159,14 @@ def _is_error_line(line: str) -> bool:
 
 
 def trace_args(otlp_endpoint: str | None) -> list[str]:
-    """tritonserver's OpenTelemetry trace mode, exporting to the collector at ``otlp_endpoint``."""
+    """tritonserver's OpenTelemetry trace mode, exporting to the collector at ``otlp_endpoint``.
+
+    Triton records a request when its caller sent a traceparent, and no other: ``rate=0`` is
+    Triton's setting for following propagated context only. The inference service sends one
+    for the requests llmesh samples (``LLMESH_TRACE_SAMPLE_RATIO``), so Triton's spans are
+    sampled with the rest of the trace; with a rate, Triton would also start traces of its own
+    for the requests llmesh left out, and pay for them (a third of its throughput at one
+    request at a time here, docs/PERFORMANCE.md)."""
     if not otlp_endpoint:
         return []
     url = otlp_endpoint.rstrip("/")
@@ -167,7 +174,7 @@ def trace_args(otlp_endpoint: str | None) -> list[str]:
         url += "/v1/traces"
     settings = [
         "mode=opentelemetry",
-        "rate=1",
+        "rate=0",
         "count=-1",
         "level=TIMESTAMPS",
         f"opentelemetry,url={url}",

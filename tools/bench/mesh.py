@@ -263,18 +263,24 @@ class Phase:
     tracing: bool
     colocate: bool
     scope: str
+    # LLMESH_TRACE_SAMPLE_RATIO: the share of requests traced end to end (Triton follows).
+    sample_ratio: float = 1.0
 
 
+# The sampled phase's ratio: a tenth of the requests traced, the kind of head sampling a busy
+# production mesh runs (k8s/base sets the same).
+SAMPLED_RATIO = 0.1
 PHASES = (
     Phase("tracing on", tracing=True, colocate=False, scope="full"),
+    Phase("tracing 10%", tracing=True, colocate=False, scope="minimal", sample_ratio=SAMPLED_RATIO),
     Phase("tracing off", tracing=False, colocate=False, scope="minimal"),
     Phase("co-located", tracing=True, colocate=True, scope="core"),
     Phase("co-located, tracing off", tracing=False, colocate=True, scope="minimal"),
 )
 # The throughput frontier: the highest open-loop rate answered with p99 within this and no errors.
 FRONTIER_P99_MS = 100.0
-# Each tracing-off phase, by the tracing-on phase it is compared with.
-TRACING_OFF_TWIN = {"tracing on": "tracing off", "co-located": "co-located, tracing off"}
+# Each traced phase, and the tracing-off phase it is compared with.
+TRACING_OFF_TWIN = {"tracing on": "tracing off", "tracing 10%": "tracing off", "co-located": "co-located, tracing off"}
 
 
 def steps(plan: Plan, scope: str) -> int:

@@ -186,6 +186,20 @@ async def test_generate_stream_forwards_trace_context(client, spans):
     assert not client._client.stream.cancelled
 
 
+async def test_a_request_llmesh_does_not_sample_sends_triton_no_traceparent(client):
+    """Triton traces any request with a valid traceparent, sampled flag or not: an unsampled
+    one must not reach it, or Triton records what llmesh sampled out."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    client._client = FakeTritonGrpc([(chunk_result([7], [-0.5], "stop"), None)])
+    unsampled = TracerProvider(sampler=ALWAYS_OFF).get_tracer("test")
+    with unsampled.start_as_current_span("caller") as caller:
+        assert caller.get_span_context().is_valid and not caller.get_span_context().trace_flags.sampled
+        await collect(client)
+    assert client._client.calls[0]["headers"] is None
+
+
 async def test_abandoned_stream_is_cancelled_in_triton(client):
     client._client = FakeTritonGrpc([(chunk_result([7], [-0.5]), None), (chunk_result([8], [-0.25], "stop"), None)])
     chunks = client.generate_stream("m", [1], {"max_tokens": 8})

@@ -64,18 +64,24 @@ def test_the_summary_is_against_the_same_phase_direct_baseline():
 def test_each_tracing_off_phase_is_compared_with_its_own_twin():
     levels = [
         _level("tracing on", "rest", 30, 60, 25),
+        _level("tracing 10%", "rest", 22, 44, 38),
         _level("tracing off", "rest", 20, 40, 40),
         _level("co-located", "rest", 12, 20, 50),
         _level("co-located, tracing off", "rest", 10, 18, 55),
     ]
     cost = {row["phase"]: row["throughput_cost"] for row in summary(levels)["tracing"]}
-    assert cost == {"tracing on": round(1 - 25 / 40, 3), "co-located": round(1 - 50 / 55, 3)}
+    assert cost == {
+        "tracing on": round(1 - 25 / 40, 3),
+        "tracing 10%": round(1 - 38 / 40, 3),
+        "co-located": round(1 - 50 / 55, 3),
+    }
 
 
 def test_the_progress_total_counts_each_phase_s_levels():
     plan = Plan(concurrencies=(1, 8), stream_concurrencies=(1,), rates=(10, 20, 40))
     assert {phase.name: steps(plan, phase.scope) for phase in PHASES} == {
         "tracing on": 7 * 2 + 2 + 2 * 3 + 3,
+        "tracing 10%": 2 * 2,
         "tracing off": 2 * 2,
         "co-located": 4 * 2 + 2 + 2 * 3,
         "co-located, tracing off": 2 * 2,

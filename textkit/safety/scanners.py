@@ -48,19 +48,25 @@ class _ProfanityModel:
     def __init__(self, vectorizer, model) -> None:
         import numpy as np
 
+        from textkit.safety.tfidf import LinearTfidf
+
         calibrated = model.calibrated_classifiers_
         if list(model.classes_) != [0, 1] or any(c.method != "sigmoid" or len(c.calibrators) != 1 for c in calibrated):
             raise ValueError("alt-profanity-check's model is no longer binary sigmoid-calibrated LinearSVCs")
-        self.vectorizer = vectorizer
-        self.weights = np.stack([c.estimator.coef_.ravel() for c in calibrated], axis=1)
-        self.intercepts = np.array([c.estimator.intercept_[0] for c in calibrated])
+        # The five decisions in one product (textkit.safety.tfidf: the vectorizer's checks per
+        # call cost more than the arithmetic).
+        self.decisions = LinearTfidf(
+            vectorizer,
+            np.stack([c.estimator.coef_.ravel() for c in calibrated], axis=1),
+            np.array([c.estimator.intercept_[0] for c in calibrated]),
+        ).decisions
         self.slopes = np.array([c.calibrators[0].a_ for c in calibrated])
         self.offsets = np.array([c.calibrators[0].b_ for c in calibrated])
 
     def __call__(self, texts: list[str]):
         import numpy as np
 
-        decisions = self.vectorizer.transform(texts) @ self.weights + self.intercepts
+        decisions = self.decisions(texts)
         # scikit-learn's _SigmoidCalibration: p = 1 / (1 + exp(a * decision + b)), then the mean.
         return (1.0 / (1.0 + np.exp(self.slopes * decisions + self.offsets))).mean(axis=1)
 

@@ -31,14 +31,19 @@ CONFIGS = sorted(REPOSITORY.glob("*/config.pbtxt")) + sorted(REPOSITORY.glob("*/
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: str(path.relative_to(REPOSITORY)))
-def test_every_config_bounds_tritons_queue(path):
-    """Without max_queue_size Triton queues without end; with it a full queue is refused at once,
-    which the inference service answers OVERLOADED (tests/integration/.../test_triton_queue.py)."""
+def test_only_the_embedder_has_a_dynamic_batcher_and_it_bounds_tritons_queue(path):
+    """A decoupled engine behind Triton 2.51's dynamic batcher had some of a burst's requests
+    held for 0.5 s steps (direct at 32 concurrent: p99 1-4.5 s against 67-98 ms without it), so
+    the engines have none, as in NVIDIA's vLLM backend; what waits for them is bounded by the
+    inference service's per-model admission. The embedder bounds Triton's queue: a full queue is
+    refused at once, which the inference service answers OVERLOADED (test_triton_queue.py)."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
     config = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
-    size = config.dynamic_batching.default_queue_policy.max_queue_size
+    if config.model_transaction_policy.decoupled:
+        assert not config.HasField("dynamic_batching")
+        return
+    assert config.name == "all-minilm-l6-v2"
     on_gpu = path.parent.name == "configs"
-    embedder = config.name == "all-minilm-l6-v2"
-    assert size == {(False, False): 256, (False, True): 16, (True, False): 1024, (True, True): 256}[on_gpu, embedder]
+    assert config.dynamic_batching.default_queue_policy.max_queue_size == (256 if on_gpu else 16)

@@ -31,9 +31,11 @@ def test_every_model_gets_gpu_instances_and_the_engine_parameters(tmp_path):
         assert all(
             config.parameters[key] == value for key, value in original.parameters.items() if key not in overridden
         )
-        # Its own (larger) bound of Triton's queue.
+        # The GPU configuration's own scheduling: the embedder's (larger) bound of Triton's
+        # queue; the decoupled engines have no dynamic batcher (test_model_repository.py).
         assert config.dynamic_batching == original.dynamic_batching
-        assert config.dynamic_batching.default_queue_policy.max_queue_size
+        decoupled = config.model_transaction_policy.decoupled
+        assert config.HasField("dynamic_batching") != decoupled
 
 
 def test_a_model_sharded_over_several_gpus_is_one_engine_instance():

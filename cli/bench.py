@@ -159,8 +159,6 @@ def mesh(
     streaming TTFT and gaps; tracing on vs off; the response cache; where the time goes."""
     import os
 
-    import httpx
-
     from cli.keys import create_key
     from services.inference.triton_server import TritonServer
     from tools.bench import mesh as bench
@@ -216,10 +214,9 @@ def mesh(
                     "LLMESH_TRACE_SAMPLE_RATIO": str(phase.sample_ratio),
                     **({} if phase.tracing else {"LLMESH_OTLP_ENDPOINT": ""}),
                 }
-                # Triton's trace mode follows the phase (its trace settings API, no restart).
-                trace_level = ["TIMESTAMPS"] if phase.tracing else ["OFF"]
-                setting = f"http://127.0.0.1:{ports.triton_http}/v2/trace/setting"
-                httpx.post(setting, json={"trace_level": trace_level}).raise_for_status()
+                # Triton's trace mode needs no switching: it records only the requests whose
+                # caller sent a traceparent (trace_args), i.e. those the phase's stack samples;
+                # the direct baseline sends none.
                 mark = time.monotonic()
                 with Stack(
                     ports=ports, run_dir=run_dir, extra_env=env, external_triton=triton, colocate=phase.colocate

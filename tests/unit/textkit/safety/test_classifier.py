@@ -24,7 +24,7 @@ def test_the_direct_computation_matches_the_pipeline():
     rng = random.Random(3)
     words = ["ignore", "previous", "instructions", "bomb", "build", "the", "capital", "你好", "炸弹", "制作", "!!", "a"]
     texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 30))) for _ in range(200)]
-    texts += TEXTS + ["aaaa" * 500, "What is the capital of France?", "\u200b", "x" * 20000]
+    texts += [*TEXTS, "aaaa" * 500, "What is the capital of France?", "\u200b", "x" * 20000]
     ours = np.array([[s.injection, s.sensitive] for s in CLASSIFIER.scores(texts)])
     classes = list(CLASSIFIER.pipeline.classes_)
     theirs = CLASSIFIER.pipeline.predict_proba(texts)[:, [classes.index("injection"), classes.index("sensitive")]]

@@ -86,7 +86,9 @@ async def test_calls_go_to_the_replica_with_fewest_outstanding(replicas):
 async def test_a_failing_replica_is_ejected_then_readmitted(replicas):
     fakes, target = replicas
     fakes[0].failing = True
-    channel = build_channel(target, MeshSettings(outlier_base_ejection_s=1.0, retry_max_attempts=1))
+    # Long enough that the 60 calls end within it on a loaded machine (at 1 s, a full-suite run
+    # readmitted the failing replica before the last of them).
+    channel = build_channel(target, MeshSettings(outlier_base_ejection_s=3.0, retry_max_attempts=1))
     async with channel:
         outcomes = await _calls(channel, 60)
         # Ejected after its fifth error in a row (one more call may have been sent to it while
@@ -94,7 +96,7 @@ async def test_a_failing_replica_is_ejected_then_readmitted(replicas):
         assert 5 <= outcomes.count("UNAVAILABLE") <= 6 and outcomes[-40:] == ["ok"] * 40
         assert channel.replicas[0].ejections == 1
         fakes[0].failing = False
-        await asyncio.sleep(1.1)
+        await asyncio.sleep(3.1)
         before = fakes[0].calls
         assert await _calls(channel, 10) == ["ok"] * 10
         assert fakes[0].calls > before

@@ -57,6 +57,11 @@ class ChaosStack:
             # Requests are accepted while Redis is away, so that the Redis scenarios have
             # something to lose (fail closed, they are refused); set it false to see that.
             "LLMESH_RATE_LIMITS_FAIL_OPEN": os.environ.get("LLMESH_RATE_LIMITS_FAIL_OPEN", "true"),
+            # The suite's one key carries every scenario's load: the tenant's request limit
+            # (600 a minute by default) must not be what refuses it (model-swap's two clients
+            # sent 872 requests in about a minute, and 9 were refused rate_limit_exceeded).
+            "LLMESH_TENANT_REQUESTS_PER_MINUTE": "1000000",
+            "LLMESH_TENANT_TOKENS_PER_MINUTE": "100000000",
             # The stack runs the code of this suite's tree: the llmesh script of an editable
             # install imports the checkout it was installed from, which may be another one.
             "PYTHONPATH": os.pathsep.join(

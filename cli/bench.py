@@ -146,7 +146,7 @@ def mesh(
     stream_requests: int = typer.Option(64, min=1, help="streams per streaming level"),
     cache_requests: int = typer.Option(100, min=1, help="requests of the cache hit and miss levels"),
     tracing_off: bool = typer.Option(
-        True, help="each stack also with tracing off (Triton's trace mode too), and sampled at 10%"
+        True, help="the separate services also with tracing off and with 10% of requests traced; co-located, off"
     ),
     colocated: bool = typer.Option(True, help="also a stack with the services in the gateway's process (--colocate)"),
     profile_s: float = typer.Option(10.0, min=0, help="seconds of py-spy samples of the gateway under load; 0: none"),

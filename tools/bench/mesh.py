@@ -279,8 +279,14 @@ PHASES = (
 )
 # The throughput frontier: the highest open-loop rate answered with p99 within this and no errors.
 FRONTIER_P99_MS = 100.0
-# Each traced phase, and the tracing-off phase it is compared with.
-TRACING_OFF_TWIN = {"tracing on": "tracing off", "tracing 10%": "tracing off", "co-located": "co-located, tracing off"}
+# Each traced phase, and the tracing-off phase of the same stack layout it is compared with.
+TRACING_OFF_TWIN = {
+    traced.name: off.name
+    for traced in PHASES
+    if traced.tracing
+    for off in PHASES
+    if not off.tracing and off.colocate == traced.colocate
+}
 
 
 def steps(plan: Plan, scope: str) -> int:
